@@ -1,0 +1,250 @@
+//! The content-addressed image cache: `<root>/<sha256 of the artifact>/` holds the verified
+//! members, `manifest.json` and `image.json` (the record). Entries appear by an atomic rename of a
+//! fully verified temporary directory and are guarded by `<root>/<sha256>.lock` flocks.
+
+use crate::digest::Sha256Digest;
+use crate::manifest::{MANIFEST_NAME, Manifest};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The record carbon-vm keeps beside each cached image.
+pub const RECORD_NAME: &str = "image.json";
+const LOCK_SUFFIX: &str = ".lock";
+const TEMP_PREFIX: &str = ".tmp-";
+/// Shortest ID prefix accepted where an image ID is expected.
+pub const MIN_ID_PREFIX: usize = 4;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub id: Sha256Digest,
+    /// Where it was pulled from, as the user wrote it.
+    pub source: String,
+    /// Seconds since the epoch.
+    pub pulled: u64,
+    /// Size of the artifact as transferred (compressed).
+    pub artifact_bytes: u64,
+    /// Whether a trusted key's signature over the manifest was verified.
+    pub signed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CachedImage {
+    pub record: Record,
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+}
+
+impl CachedImage {
+    pub fn member_path(&self, member: &str) -> PathBuf {
+        self.dir.join(member)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("no cached image matches {0:?}")]
+    NotFound(String),
+    #[error("{0:?} matches several cached images; give more digits")]
+    Ambiguous(String),
+    #[error("image IDs are at least {MIN_ID_PREFIX} hex digits: {0:?}")]
+    ShortId(String),
+    #[error("cached image {0} is damaged: {1}")]
+    Damaged(String, String),
+    #[error("cache I/O failed at {0}")]
+    Io(PathBuf, #[source] io::Error),
+}
+
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// An exclusive flock, released on drop.
+pub struct Lock(#[allow(dead_code, reason = "held for its flock")] File);
+
+impl Cache {
+    pub fn open(root: &Path) -> Result<Cache, CacheError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| CacheError::Io(root.into(), e))?;
+        Ok(Cache { root: root.into() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Blocks until no other process works on image `id`.
+    pub fn lock(&self, id: &Sha256Digest) -> Result<Lock, CacheError> {
+        let path = self.root.join(format!("{id}{LOCK_SUFFIX}"));
+        let io = |e| CacheError::Io(path.clone(), e);
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io(e.into()))?;
+        Ok(Lock(f))
+    }
+
+    pub fn contains(&self, id: &Sha256Digest) -> bool {
+        self.root.join(id.to_string()).join(RECORD_NAME).is_file()
+    }
+
+    fn load(&self, dir: PathBuf) -> Result<CachedImage, CacheError> {
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let read = |f: &str| {
+            let bytes = fs::read(dir.join(f))
+                .map_err(|e| CacheError::Damaged(name.clone(), format!("{f}: {e}")))?;
+            Ok::<_, CacheError>(bytes)
+        };
+        let damaged =
+            |f: &str, e: serde_json::Error| CacheError::Damaged(name.clone(), format!("{f}: {e}"));
+        let record: Record =
+            serde_json::from_slice(&read(RECORD_NAME)?).map_err(|e| damaged(RECORD_NAME, e))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&read(MANIFEST_NAME)?).map_err(|e| damaged(MANIFEST_NAME, e))?;
+        Ok(CachedImage {
+            record,
+            manifest,
+            dir,
+        })
+    }
+
+    /// Finds an image by full digest or unique prefix.
+    pub fn get(&self, id: &str) -> Result<CachedImage, CacheError> {
+        let id = id
+            .strip_prefix("sha256:")
+            .unwrap_or(id)
+            .to_ascii_lowercase();
+        if id.len() < MIN_ID_PREFIX || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CacheError::ShortId(id));
+        }
+        let mut hits = self
+            .entry_dirs()?
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(&id));
+        match (hits.next(), hits.next()) {
+            (Some((_, dir)), None) => self.load(dir),
+            (Some(_), Some(_)) => Err(CacheError::Ambiguous(id)),
+            (None, _) => Err(CacheError::NotFound(id)),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<CachedImage>, CacheError> {
+        let mut out = Vec::new();
+        for (_, dir) in self.entry_dirs()? {
+            out.push(self.load(dir)?);
+        }
+        out.sort_by_key(|i| std::cmp::Reverse(i.record.pulled));
+        Ok(out)
+    }
+
+    fn entry_dirs(&self) -> Result<Vec<(String, PathBuf)>, CacheError> {
+        let io = |e| CacheError::Io(self.root.clone(), e);
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.root).map_err(io)? {
+            let e = e.map_err(io)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.parse::<Sha256Digest>().is_ok() && e.path().join(RECORD_NAME).is_file() {
+                out.push((name, e.path()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes an image: renamed away first, so it disappears at once and whole.
+    pub fn remove(&self, id: &str) -> Result<Sha256Digest, CacheError> {
+        let image = self.get(id)?;
+        let _lock = self.lock(&image.record.id)?;
+        let doomed = self
+            .root
+            .join(format!("{TEMP_PREFIX}rm-{}", image.record.id));
+        let io = |e| CacheError::Io(image.dir.clone(), e);
+        fs::rename(&image.dir, &doomed).map_err(io)?;
+        fs::remove_dir_all(&doomed).map_err(io)?;
+        let _ = fs::remove_file(self.root.join(format!("{}{LOCK_SUFFIX}", image.record.id)));
+        Ok(image.record.id)
+    }
+
+    /// A private scratch directory for one pull; removed on drop unless committed.
+    pub(crate) fn scratch(&self) -> Result<tempfile::TempDir, CacheError> {
+        self.sweep_stale_scratch();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
+            .tempdir_in(&self.root)
+            .map_err(|e| CacheError::Io(self.root.clone(), e))?;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
+            .map_err(|e| CacheError::Io(dir.path().into(), e))?;
+        Ok(dir)
+    }
+
+    /// Scratch directories whose process died (kill -9, power loss) are removed by the next pull.
+    fn sweep_stale_scratch(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+                continue;
+            };
+            let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = owner
+                .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+                .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+            if !alive {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    /// Moves a verified scratch directory into place as image `id`: record written and every
+    /// file synced first, so the entry is complete once it is visible. The caller holds the lock.
+    pub(crate) fn commit(
+        &self,
+        scratch: tempfile::TempDir,
+        record: &Record,
+    ) -> Result<CachedImage, CacheError> {
+        let dest = self.root.join(record.id.to_string());
+        if self.contains(&record.id) {
+            return self.load(dest); // another pull got there first; ours is dropped
+        }
+        let io = |p: &Path, e| CacheError::Io(p.into(), e);
+        let rec = scratch.path().join(RECORD_NAME);
+        let json = serde_json::to_vec_pretty(record).expect("record serializes");
+        fs::write(&rec, json).map_err(|e| io(&rec, e))?;
+        sync_tree(scratch.path()).map_err(|e| io(scratch.path(), e))?;
+        let tmp = scratch.keep();
+        if let Err(e) = fs::rename(&tmp, &dest) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(io(&dest, e));
+        }
+        File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io(&self.root, e))?;
+        self.load(dest)
+    }
+}
+
+fn sync_tree(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            sync_tree(&e.path())?;
+        } else {
+            File::open(e.path())?.sync_all()?;
+        }
+    }
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,369 @@
+//! Transports: resolve a source to the artifact's expected digest and size, then pump its bytes,
+//! hashed on the way, into a bounded channel that the unpacker reads on another thread.
+//!
+//! HTTP and OCI downloads that break off are resumed with a Range request from the byte they
+//! reached; the whole-artifact digest check at the end is what makes a resumed stream trustworthy.
+
+use crate::digest::Sha256Digest;
+use crate::progress::Progress;
+use crate::source::{Source, is_loopback_host};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use sha2::{Digest as _, Sha256};
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Chunks in flight between the transport and the unpacker: bounds memory whatever the image size.
+const CHANNEL_DEPTH: usize = 32;
+const FILE_CHUNK: usize = 256 * 1024;
+/// Attempts to resume a broken download before giving up.
+pub const MAX_RESUMES: u32 = 5;
+
+pub const OCI_MANIFEST_TYPES: [&str; 2] = [
+    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot read {0}")]
+    File(PathBuf, #[source] io::Error),
+    #[error("HTTP request failed")]
+    Http(#[source] reqwest::Error),
+    #[error("server answered {0}")]
+    HttpStatus(reqwest::StatusCode),
+    #[error("server answered a range request with the wrong range ({0:?})")]
+    BadRange(Option<String>),
+    #[error("download broke off {attempts} times; last at byte {offset}")]
+    GaveUp {
+        attempts: u32,
+        offset: u64,
+        #[source]
+        last: io::Error,
+    },
+    #[error("registry request failed")]
+    Registry(#[source] oci_client::errors::OciDistributionError),
+    #[error("registry sent a manifest whose digest is {got}, not the {want} asked for")]
+    ManifestDigest { want: String, got: Sha256Digest },
+    #[error("registry manifest is not an OCI image manifest")]
+    ManifestJson(#[source] serde_json::Error),
+    #[error("registry image has {0} layers; a carbon-vm image is a single-layer artifact")]
+    LayerCount(usize),
+    #[error("registry layer digest {0:?} is not sha256")]
+    LayerDigest(String),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+}
+
+/// A source resolved to what it claims to deliver.
+pub struct Transport {
+    rt: tokio::runtime::Runtime,
+    kind: Kind,
+    /// The artifact digest the source itself vouches for (an OCI manifest's layer digest).
+    pub digest: Option<Sha256Digest>,
+    pub size: Option<u64>,
+}
+
+enum Kind {
+    File(PathBuf),
+    Http(reqwest::Client, reqwest::Url),
+    Oci(
+        Box<oci_client::Client>,
+        oci_client::Reference,
+        OciDescriptor,
+    ),
+}
+
+/// What the pump saw once the stream ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Fetched {
+    pub digest: Sha256Digest,
+    pub bytes: u64,
+}
+
+pub fn oci_client_for(registry: &str) -> oci_client::Client {
+    let protocol = if is_loopback_host(registry) {
+        oci_client::client::ClientProtocol::Http
+    } else {
+        oci_client::client::ClientProtocol::Https
+    };
+    oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol,
+        ..Default::default()
+    })
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, FetchError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(FetchError::Runtime)
+}
+
+impl Transport {
+    pub fn resolve(source: &Source) -> Result<Transport, FetchError> {
+        let rt = runtime()?;
+        let (kind, digest, size) = match source {
+            Source::File(p) => {
+                let meta = std::fs::metadata(p).map_err(|e| FetchError::File(p.clone(), e))?;
+                (Kind::File(p.clone()), None, Some(meta.len()))
+            }
+            Source::Http(url) => {
+                let client = reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(30))
+                    .read_timeout(Duration::from_secs(60))
+                    .build()
+                    .map_err(FetchError::Http)?;
+                (Kind::Http(client, url.clone()), None, None)
+            }
+            Source::Oci(reference) => {
+                let client = oci_client_for(reference.registry());
+                let layer = rt.block_on(resolve_oci_layer(&client, reference))?;
+                let digest = layer
+                    .digest
+                    .parse()
+                    .map_err(|_| FetchError::LayerDigest(layer.digest.clone()))?;
+                let size = u64::try_from(layer.size).ok();
+                let kind = Kind::Oci(Box::new(client), reference.clone(), layer);
+                (kind, Some(digest), size)
+            }
+        };
+        Ok(Transport {
+            rt,
+            kind,
+            digest,
+            size,
+        })
+    }
+
+    /// Starts the transfer on its own thread. The returned reader yields the artifact's bytes;
+    /// the handle yields their digest once the stream ended (or the transport's error).
+    pub fn spawn(
+        self,
+        progress: Arc<dyn Progress>,
+    ) -> (ChunkReader, JoinHandle<Result<Fetched, FetchError>>) {
+        let (tx, rx) = sync_channel(CHANNEL_DEPTH);
+        let handle = std::thread::Builder::new()
+            .name("carbon-fetch".into())
+            .spawn(move || {
+                let mut pump = Pump {
+                    tx,
+                    hasher: Sha256::new(),
+                    bytes: 0,
+                    progress,
+                };
+                let Transport { rt, kind, .. } = self;
+                let result = match kind {
+                    Kind::File(p) => pump.file(&p),
+                    Kind::Http(client, url) => rt.block_on(
+                        pump.resumable(async |offset| open_http(&client, &url, offset).await),
+                    ),
+                    Kind::Oci(client, reference, layer) => {
+                        rt.block_on(pump.resumable(async |offset| {
+                            open_oci(&client, &reference, &layer, offset).await
+                        }))
+                    }
+                };
+                let fetched = Fetched {
+                    digest: Sha256Digest::from_hasher(pump.hasher),
+                    bytes: pump.bytes,
+                };
+                if let Err(e) = &result {
+                    // Wake the reader with an error instead of a clean end of stream.
+                    let _ = pump.tx.send(Err(io::Error::other(e.to_string())));
+                }
+                result.map(|()| fetched)
+            })
+            .expect("spawning a thread");
+        (ChunkReader::new(rx), handle)
+    }
+}
+
+async fn resolve_oci_layer(
+    client: &oci_client::Client,
+    reference: &oci_client::Reference,
+) -> Result<OciDescriptor, FetchError> {
+    let (raw, _) = client
+        .pull_manifest_raw(reference, &RegistryAuth::Anonymous, &OCI_MANIFEST_TYPES)
+        .await
+        .map_err(FetchError::Registry)?;
+    if let Some(want) = reference.digest() {
+        // Check the bytes ourselves rather than trusting the registry's header.
+        let got = Sha256Digest::of(&raw);
+        if got.oci() != want {
+            return Err(FetchError::ManifestDigest {
+                want: want.to_owned(),
+                got,
+            });
+        }
+    }
+    let manifest: OciImageManifest =
+        serde_json::from_slice(&raw).map_err(FetchError::ManifestJson)?;
+    match <[OciDescriptor; 1]>::try_from(manifest.layers) {
+        Ok([layer]) => Ok(layer),
+        Err(layers) => Err(FetchError::LayerCount(layers.len())),
+    }
+}
+
+type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// Opens the artifact at `offset`; returns the stream and the offset it really starts at (a
+/// server may ignore the range and start again from 0).
+async fn open_http(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    offset: u64,
+) -> Result<(ByteStream, u64), FetchError> {
+    let mut req = client.get(url.clone());
+    if offset > 0 {
+        req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+    }
+    let resp = req.send().await.map_err(FetchError::Http)?;
+    let status = resp.status();
+    let start = match status {
+        reqwest::StatusCode::OK => 0,
+        reqwest::StatusCode::PARTIAL_CONTENT => {
+            let range = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes "))
+                .and_then(|r| r.split('-').next())
+                != Some(offset.to_string().as_str())
+            {
+                return Err(FetchError::BadRange(range));
+            }
+            offset
+        }
+        s => return Err(FetchError::HttpStatus(s)),
+    };
+    let stream = resp.bytes_stream().map(|r| r.map_err(io::Error::other));
+    Ok((stream.boxed(), start))
+}
+
+async fn open_oci(
+    client: &oci_client::Client,
+    reference: &oci_client::Reference,
+    layer: &OciDescriptor,
+    offset: u64,
+) -> Result<(ByteStream, u64), FetchError> {
+    use oci_client::client::BlobResponse;
+    let resp = client
+        .pull_blob_stream_partial(reference, layer, offset, None)
+        .await
+        .map_err(FetchError::Registry)?;
+    Ok(match resp {
+        BlobResponse::Full(s) => (s.stream, 0),
+        BlobResponse::Partial(s) => (s.stream, offset),
+    })
+}
+
+struct Pump {
+    tx: SyncSender<io::Result<Bytes>>,
+    hasher: Sha256,
+    bytes: u64,
+    progress: Arc<dyn Progress>,
+}
+
+impl Pump {
+    /// Hands one chunk downstream. Returns false when the reader is gone (it failed or finished).
+    fn push(&mut self, chunk: Bytes) -> bool {
+        self.hasher.update(&chunk);
+        self.bytes += chunk.len() as u64;
+        self.progress.advance(chunk.len() as u64);
+        self.tx.send(Ok(chunk)).is_ok()
+    }
+
+    fn file(&mut self, path: &PathBuf) -> Result<(), FetchError> {
+        let err = |e| FetchError::File(path.clone(), e);
+        let mut f = std::fs::File::open(path).map_err(err)?;
+        loop {
+            let mut buf = vec![0u8; FILE_CHUNK];
+            let n = f.read(&mut buf).map_err(err)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.truncate(n);
+            if !self.push(Bytes::from(buf)) {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn resumable(
+        &mut self,
+        mut open: impl AsyncFnMut(u64) -> Result<(ByteStream, u64), FetchError>,
+    ) -> Result<(), FetchError> {
+        let mut failures = 0u32;
+        loop {
+            let (mut stream, start) = open(self.bytes).await?;
+            // Bytes already handed downstream cannot be taken back: skip them if the server
+            // started over. The final digest check covers a server that sent something else.
+            let mut skip = self.bytes - start;
+            let broke = loop {
+                match stream.next().await {
+                    None => return Ok(()),
+                    Some(Err(e)) => break e,
+                    Some(Ok(mut chunk)) => {
+                        let drop_n = skip.min(chunk.len() as u64) as usize;
+                        skip -= drop_n as u64;
+                        let chunk = chunk.split_off(drop_n);
+                        if !chunk.is_empty() && !self.push(chunk) {
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            failures += 1;
+            tracing::warn!(offset = self.bytes, error = %broke, "download broke off; resuming");
+            if failures > MAX_RESUMES {
+                return Err(FetchError::GaveUp {
+                    attempts: failures,
+                    offset: self.bytes,
+                    last: broke,
+                });
+            }
+            // Back off a little so a restarting server gets a chance (this is not test timing).
+            tokio::time::sleep(Duration::from_millis(100 << failures)).await;
+        }
+    }
+}
+
+/// The unpacker's end of the channel, as a `Read`.
+pub struct ChunkReader {
+    rx: Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl ChunkReader {
+    pub fn new(rx: Receiver<io::Result<Bytes>>) -> Self {
+        Self {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.recv() {
+                Ok(chunk) => self.current = chunk?,
+                Err(_) => return Ok(0), // sender finished: end of stream
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}

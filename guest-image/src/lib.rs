@@ -1,0 +1,26 @@
+//! Guest images for carbon-vm: the artifact format, the verifying pull pipeline, the
+//! content-addressed cache, and the recipe that builds the default guest from Debian packages.
+
+pub mod cache;
+pub mod digest;
+pub mod fetch;
+pub mod inspect;
+pub mod manifest;
+pub mod pack;
+pub mod progress;
+pub mod pull;
+pub mod push;
+pub mod recipe;
+pub mod source;
+mod sparse;
+pub mod trust;
+pub mod unpack;
+pub mod verify;
+
+pub use cache::{Cache, CachedImage};
+pub use digest::Sha256Digest;
+pub use manifest::Manifest;
+pub use progress::{Progress, Silent};
+pub use pull::{PullOptions, pull};
+pub use source::Source;
+pub use trust::Trust;

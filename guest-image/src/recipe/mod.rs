@@ -1,0 +1,204 @@
+//! `image build`: the recipe for the default guest. Two mmdebstrap runs from Debian trixie (the
+//! guest root and a small Venus container image that ships inside it), then `pack`.
+
+mod oci_archive;
+
+use crate::digest::Sha256Digest;
+use crate::pack::{CONTAINER_DIR, PackError, PackOptions, pack};
+use crate::progress::Progress;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+pub const SUITE: &str = "trixie";
+
+const GUEST_PACKAGES: &str = include_str!("../../../configs/guest/packages.txt");
+const CONTAINER_PACKAGES: &str = include_str!("../../../configs/guest/container-packages.txt");
+/// carbon's guest files: (path in the guest, mode, contents).
+const GUEST_FILES: &[(&str, u32, &str)] = &[
+    (
+        "etc/fstab",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/fstab"),
+    ),
+    (
+        "etc/systemd/network/80-carbon.network",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/network/80-carbon.network"),
+    ),
+    (
+        "etc/systemd/system/carbon-ssh-hostkeys.service",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-ssh-hostkeys.service"),
+    ),
+    (
+        "etc/systemd/system/carbon-ready.service",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-ready.service"),
+    ),
+    (
+        "usr/lib/carbon-vm/ready",
+        0o755,
+        include_str!("../../../configs/guest/files/usr/lib/carbon-vm/ready"),
+    ),
+];
+const ENABLE_UNITS: &str = "systemd-networkd.service systemd-resolved.service ssh.service \
+    podman.socket carbon-ssh-hostkeys.service carbon-ready.service";
+/// Documentation and manuals are left out of both roots; licences stay.
+const DPKG_EXCLUDES: [&str; 4] = [
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("unsupported architecture {0:?} (the recipe builds x86_64 and aarch64)")]
+    Arch(String),
+    #[error("cannot run mmdebstrap (install it: apt-get install mmdebstrap)")]
+    NoMmdebstrap(#[source] io::Error),
+    #[error("mmdebstrap failed building the {0} ({1}); its log is above")]
+    Mmdebstrap(&'static str, std::process::ExitStatus),
+    #[error("cannot write the Venus container image")]
+    ContainerImage(#[source] io::Error),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error("I/O error at {0}")]
+    Io(PathBuf, #[source] io::Error),
+}
+
+pub struct RecipeOptions {
+    pub arch: String,
+    pub mirror: String,
+    pub epoch: u64,
+    pub zstd_level: i32,
+}
+
+fn debian_arch(arch: &str) -> Result<&'static str, RecipeError> {
+    match arch {
+        "x86_64" => Ok("amd64"),
+        "aarch64" => Ok("arm64"),
+        a => Err(RecipeError::Arch(a.to_owned())),
+    }
+}
+
+fn package_list(text: &str, arch: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|p| match (p, arch) {
+            ("linux-image-amd64", "arm64") => "linux-image-arm64",
+            (p, _) => p,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Builds the default guest into `output`; returns the artifact's sha256.
+pub fn build(
+    output: &Path,
+    opts: &RecipeOptions,
+    progress: &dyn Progress,
+) -> Result<Sha256Digest, RecipeError> {
+    let deb_arch = debian_arch(&opts.arch)?;
+    let out_dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let work = tempfile::Builder::new()
+        .prefix(".carbon-recipe-")
+        .tempdir_in(out_dir)
+        .map_err(|e| RecipeError::Io(out_dir.into(), e))?;
+    let ioe = |p: &Path| {
+        let p = p.to_owned();
+        move |e| RecipeError::Io(p, e)
+    };
+
+    progress.begin("container image (mmdebstrap)", None);
+    let container_tar = work.path().join("venus-rootfs.tar");
+    mmdebstrap(
+        opts,
+        deb_arch,
+        &package_list(CONTAINER_PACKAGES, deb_arch),
+        &container_tar,
+        &[],
+        "Venus container image",
+    )?;
+
+    let overlay = work.path().join("overlay");
+    for (path, mode, text) in GUEST_FILES {
+        let dest = overlay.join(path);
+        fs::create_dir_all(dest.parent().expect("has a parent")).map_err(ioe(&dest))?;
+        fs::write(&dest, text).map_err(ioe(&dest))?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(*mode)).map_err(ioe(&dest))?;
+    }
+    let containers = overlay.join(CONTAINER_DIR);
+    fs::create_dir_all(&containers).map_err(ioe(&containers))?;
+    oci_archive::write(
+        &container_tar,
+        &containers.join("venus.oci.tar"),
+        "localhost/carbon-venus:latest",
+        deb_arch,
+        opts.epoch,
+    )
+    .map_err(RecipeError::ContainerImage)?;
+    fs::remove_file(&container_tar).map_err(ioe(&container_tar))?;
+
+    progress.begin("guest root (mmdebstrap)", None);
+    let rootfs = work.path().join("rootfs");
+    let hooks = [
+        format!("sync-in {} /", overlay.display()),
+        format!("chroot \"$1\" systemctl enable {ENABLE_UNITS}"),
+        // Host keys are made per machine on first boot; machine-id likewise.
+        "rm -f \"$1\"/etc/ssh/ssh_host_*".to_owned(),
+        "echo uninitialized > \"$1\"/etc/machine-id".to_owned(),
+    ];
+    mmdebstrap(
+        opts,
+        deb_arch,
+        &package_list(GUEST_PACKAGES, deb_arch),
+        &rootfs,
+        &hooks,
+        "guest root filesystem",
+    )?;
+
+    let pack_opts = PackOptions {
+        name: format!("carbon-guest-{SUITE}"),
+        arch: opts.arch.clone(),
+        epoch: opts.epoch,
+        zstd_level: opts.zstd_level,
+    };
+    Ok(pack(&rootfs, output, &pack_opts, progress)?)
+}
+
+fn mmdebstrap(
+    opts: &RecipeOptions,
+    deb_arch: &str,
+    packages: &str,
+    target: &Path,
+    hooks: &[String],
+    what: &'static str,
+) -> Result<(), RecipeError> {
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.args(["--variant=apt", "--quiet"])
+        .arg(format!("--architectures={deb_arch}"))
+        .arg(format!("--include={packages}"))
+        .env("SOURCE_DATE_EPOCH", opts.epoch.to_string())
+        .stdin(Stdio::null());
+    for x in DPKG_EXCLUDES {
+        cmd.arg(format!("--dpkgopt={x}"));
+    }
+    for h in hooks {
+        cmd.arg(format!("--customize-hook={h}"));
+    }
+    cmd.arg(SUITE).arg(target).arg(&opts.mirror);
+    let status = cmd.status().map_err(RecipeError::NoMmdebstrap)?;
+    if !status.success() {
+        return Err(RecipeError::Mmdebstrap(what, status));
+    }
+    Ok(())
+}

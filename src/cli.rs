@@ -1,0 +1,175 @@
+//! The command line: clap types only. Each verb is implemented in `commands`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "carbon-vm",
+    version,
+    about = "GPU-accelerated (virtio-gpu Venus) Podman machines"
+)]
+pub struct Cli {
+    /// Print machine-readable JSON records instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Guest images: build, pack, pull, push, list, remove, verify.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Create a machine from a guest image and register it with Podman.
+    Create(CreateArgs),
+    /// Boot a machine; returns when the guest is ready and the Podman API answers.
+    Start(NameArg),
+    /// Shut a machine down (gracefully unless --force).
+    Stop(StopArgs),
+    /// Remove a machine and its Podman connection.
+    Rm(RmArgs),
+    /// List machines.
+    List,
+    /// Show one machine's record.
+    Inspect(NameArg),
+    /// Open a shell, or run a command, in a machine over SSH.
+    Ssh(SshArgs),
+    /// Print CONTAINER_HOST / DOCKER_HOST exports for a machine.
+    Env(NameArg),
+    /// GPU (Venus) checks.
+    #[command(subcommand)]
+    Gpu(GpuCommand),
+    /// Check the host's readiness for each driver and for the GPU.
+    Doctor,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Build the default guest from Debian trixie packages (needs root or unprivileged user namespaces).
+    Build(BuildArgs),
+    /// Pack a root filesystem (kernel and initrd under ROOTFS/boot) into an image artifact.
+    Pack(PackArgs),
+    /// Pull, verify and cache an image: http(s) URL, local path or oci://REGISTRY/REPO[:TAG|@sha256:DIGEST].
+    Pull(PullArgs),
+    /// Push an image artifact to an OCI registry.
+    Push(PushArgs),
+    /// List cached images.
+    Ls,
+    /// Remove a cached image.
+    Rm(IdArg),
+    /// Re-hash a cached image against its manifest.
+    Verify(IdArg),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Where to write the artifact.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(long, default_value = std::env::consts::ARCH)]
+    pub arch: String,
+    /// Debian mirror (default: CARBON_VM_DEBIAN_MIRROR, else deb.debian.org).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// zstd compression level of the artifact.
+    #[arg(long, default_value_t = 6)]
+    pub zstd_level: i32,
+}
+
+#[derive(Args, Debug)]
+pub struct PackArgs {
+    pub rootfs: PathBuf,
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(long, default_value = std::env::consts::ARCH)]
+    pub arch: String,
+    /// The image's name in its manifest.
+    #[arg(long, default_value = "custom-guest")]
+    pub name: String,
+    #[arg(long, default_value_t = 6)]
+    pub zstd_level: i32,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    pub source: String,
+    /// The artifact's sha256 (printed by `image build`/`image pack`); required unless the source
+    /// is an OCI digest reference or the image is signed by a trusted key.
+    #[arg(long)]
+    pub sha256: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    pub file: PathBuf,
+    /// oci://REGISTRY/REPO[:TAG]
+    pub destination: String,
+}
+
+#[derive(Args, Debug)]
+pub struct IdArg {
+    /// Image ID (its sha256, or a unique prefix of at least 4 digits).
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct NameArg {
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    pub name: String,
+    /// Give the machine a virtio-gpu Venus device.
+    #[arg(long)]
+    pub gpu: bool,
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u8,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub memory: u32,
+    /// Disk size in GiB.
+    #[arg(long, default_value_t = 20)]
+    pub disk_size: u32,
+    /// Image ID or source (default: the catalog's default image).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// qemu, krunkit or libkrun (default: krunkit on macOS, qemu on Linux).
+    #[arg(long)]
+    pub driver: Option<String>,
+    /// Make this machine Podman's default connection.
+    #[arg(long)]
+    pub default: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    pub name: String,
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    pub name: String,
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SshArgs {
+    pub name: String,
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GpuCommand {
+    /// Prove Venus works in the machine and in a container, or say which link is missing.
+    Check(NameArg),
+}

@@ -1,0 +1,231 @@
+//! `carbon-vm image ...`
+
+use crate::cli::{BuildArgs, IdArg, ImageCommand, PackArgs, PullArgs, PushArgs};
+use crate::env_vars;
+use crate::home::Home;
+use crate::output::Printer;
+use anyhow::Context;
+use guest_image::pack::{PackOptions, pack};
+use guest_image::recipe::{self, RecipeOptions};
+use guest_image::{Cache, CachedImage, PullOptions, Sha256Digest, Source, Trust};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+pub fn run(cmd: ImageCommand, home: &Home, out: Printer) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::Build(a) => build(a, out),
+        ImageCommand::Pack(a) => pack_cmd(a, out),
+        ImageCommand::Pull(a) => pull(a, home, out),
+        ImageCommand::Push(a) => push(a, out),
+        ImageCommand::Ls => ls(home, out),
+        ImageCommand::Rm(a) => rm(a, home, out),
+        ImageCommand::Verify(a) => verify(a, home, out),
+    }
+}
+
+/// SOURCE_DATE_EPOCH when set (reproducible builds), else now.
+fn epoch() -> anyhow::Result<u64> {
+    match std::env::var(env_vars::SOURCE_DATE_EPOCH) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{} is not a number: {v:?}", env_vars::SOURCE_DATE_EPOCH)),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()),
+    }
+}
+
+#[derive(Serialize)]
+struct Artifact<'a> {
+    path: &'a Path,
+    sha256: Sha256Digest,
+}
+
+fn print_artifact(out: Printer, path: &Path, sha256: Sha256Digest) {
+    out.record(&Artifact { path, sha256 }, || {
+        format!("{sha256}  {}", path.display())
+    });
+}
+
+fn build(a: BuildArgs, out: Printer) -> anyhow::Result<()> {
+    let mirror = a
+        .mirror
+        .or_else(|| std::env::var(env_vars::DEBIAN_MIRROR).ok())
+        .unwrap_or_else(|| recipe::DEFAULT_MIRROR.to_owned());
+    let opts = RecipeOptions {
+        arch: a.arch,
+        mirror,
+        epoch: epoch()?,
+        zstd_level: a.zstd_level,
+    };
+    let digest = recipe::build(&a.output, &opts, out.progress().as_ref())?;
+    print_artifact(out, &a.output, digest);
+    Ok(())
+}
+
+fn pack_cmd(a: PackArgs, out: Printer) -> anyhow::Result<()> {
+    let opts = PackOptions {
+        name: a.name,
+        arch: a.arch,
+        epoch: epoch()?,
+        zstd_level: a.zstd_level,
+    };
+    let digest = pack(&a.rootfs, &a.output, &opts, out.progress().as_ref())?;
+    print_artifact(out, &a.output, digest);
+    Ok(())
+}
+
+/// How an image shows in `image ls`, `image pull --json` and `image verify --json`.
+#[derive(Serialize)]
+struct ImageView<'a> {
+    id: Sha256Digest,
+    short_id: String,
+    name: &'a str,
+    arch: &'a str,
+    source: &'a str,
+    signed: bool,
+    artifact_bytes: u64,
+    pulled: u64,
+    kernel_version: &'a str,
+    mesa_version: &'a str,
+    venus_icd: &'a str,
+    venus_library: &'a str,
+    container_images: Vec<&'a str>,
+    cmdline: &'a str,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    disk: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    downloaded: Option<bool>,
+}
+
+impl<'a> ImageView<'a> {
+    fn of(i: &'a CachedImage, downloaded: Option<bool>) -> Self {
+        let m = &i.manifest;
+        ImageView {
+            id: i.record.id,
+            short_id: i.record.id.short(),
+            name: &m.name,
+            arch: &m.arch,
+            source: &i.record.source,
+            signed: i.record.signed,
+            artifact_bytes: i.record.artifact_bytes,
+            pulled: i.record.pulled,
+            kernel_version: &m.bundles.kernel_version,
+            mesa_version: &m.bundles.mesa_version,
+            venus_icd: &m.bundles.venus_icd,
+            venus_library: &m.bundles.venus_library,
+            container_images: m
+                .bundles
+                .container_images
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect(),
+            cmdline: &m.boot.cmdline,
+            kernel: i.member_path(&m.boot.kernel),
+            initrd: i.member_path(&m.boot.initrd),
+            disk: i.member_path(&m.boot.disk),
+            downloaded,
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{}  {:<24} {:<7} kernel {:<22} mesa {:<16} {}",
+            self.short_id,
+            self.name,
+            self.arch,
+            self.kernel_version,
+            self.mesa_version,
+            self.source
+        )
+    }
+}
+
+fn pull(a: PullArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
+    let source: Source = a.source.parse()?;
+    let pin = a.sha256.as_deref().map(str::parse).transpose()?;
+    let trust = Trust::with_pinned(&home.trusted_key_texts()?)?;
+    let cache = Cache::open(&home.images)?;
+    let opts = PullOptions {
+        pin,
+        trust: &trust,
+        progress: out.progress(),
+    };
+    let pulled = guest_image::pull(&cache, &source, &opts)?;
+    let view = ImageView::of(&pulled.image, Some(pulled.downloaded));
+    out.record(&view, || {
+        let verb = if pulled.downloaded {
+            "pulled"
+        } else {
+            "already cached"
+        };
+        format!("{verb}: {}", view.line())
+    });
+    Ok(())
+}
+
+fn push(a: PushArgs, out: Printer) -> anyhow::Result<()> {
+    let Source::Oci(reference) = a.destination.parse()? else {
+        anyhow::bail!("push needs an oci://REGISTRY/REPO[:TAG] destination");
+    };
+    let (artifact, manifest) = guest_image::push::push(&a.file, &reference)?;
+    let pinned = format!(
+        "oci://{}/{}@{}",
+        reference.registry(),
+        reference.repository(),
+        manifest.oci()
+    );
+    #[derive(Serialize)]
+    struct Pushed {
+        sha256: Sha256Digest,
+        manifest: Sha256Digest,
+        reference: String,
+    }
+    out.record(
+        &Pushed {
+            sha256: artifact,
+            manifest,
+            reference: pinned.clone(),
+        },
+        || format!("{artifact}  {pinned}"),
+    );
+    Ok(())
+}
+
+fn ls(home: &Home, out: Printer) -> anyhow::Result<()> {
+    let cache = Cache::open(&home.images)?;
+    let images = cache.list()?;
+    let views: Vec<ImageView> = images.iter().map(|i| ImageView::of(i, None)).collect();
+    out.record(&views, || {
+        if views.is_empty() {
+            "no cached images".to_owned()
+        } else {
+            views
+                .iter()
+                .map(ImageView::line)
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    });
+    Ok(())
+}
+
+fn rm(a: IdArg, home: &Home, out: Printer) -> anyhow::Result<()> {
+    let cache = Cache::open(&home.images)?;
+    let id = cache.remove(&a.id)?;
+    #[derive(Serialize)]
+    struct Removed {
+        id: Sha256Digest,
+    }
+    out.record(&Removed { id }, || format!("removed {id}"));
+    Ok(())
+}
+
+fn verify(a: IdArg, home: &Home, out: Printer) -> anyhow::Result<()> {
+    let cache = Cache::open(&home.images)?;
+    let image = guest_image::verify::verify(&cache, &a.id, out.progress().as_ref())?;
+    let view = ImageView::of(&image, None);
+    out.record(&view, || format!("ok: {}", view.line()));
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! carbon-vm: GPU-accelerated (virtio-gpu Venus) Podman machines from the command line.
+
+mod cli;
+mod commands;
+mod env_vars;
+mod exit;
+mod home;
+mod output;
+
+use clap::Parser;
+use cli::{Cli, Command, GpuCommand};
+use commands::NotImplemented;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env(env_vars::LOG)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let out = output::Printer {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    match run(cli.command, out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let (code, hint) = exit::classify(&e);
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if let Some(h) = hint {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(command: Command, out: output::Printer) -> anyhow::Result<()> {
+    let home = home::Home::from_env()?;
+    match command {
+        Command::Image(c) => commands::image::run(c, &home, out),
+        Command::Create(a) => {
+            if let Some(d) = &a.driver {
+                d.parse::<vmm::DriverKind>()?;
+            }
+            Err(NotImplemented("create").into())
+        }
+        Command::Start(_) => Err(NotImplemented("start").into()),
+        Command::Stop(_) => Err(NotImplemented("stop").into()),
+        Command::Rm(_) => Err(NotImplemented("rm").into()),
+        Command::List => Err(NotImplemented("list").into()),
+        Command::Inspect(_) => Err(NotImplemented("inspect").into()),
+        Command::Ssh(_) => Err(NotImplemented("ssh").into()),
+        Command::Env(_) => Err(NotImplemented("env").into()),
+        Command::Gpu(GpuCommand::Check(_)) => Err(NotImplemented("gpu check").into()),
+        Command::Doctor => commands::doctor::run(&home, out),
+    }
+}

@@ -1,0 +1,72 @@
+//! Shared test fixtures: a private CARBON_VM_HOME, real nginx and docker-registry servers on
+//! loopback, and archives crafted byte by byte for the hostile-input cases.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+pub mod archive;
+pub mod servers;
+
+use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+
+/// A carbon-vm invocation with its own state directory.
+pub struct Env {
+    pub home: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            home: tempfile::Builder::new()
+                .prefix("cvh")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("carbon-vm").unwrap();
+        c.env("CARBON_VM_HOME", self.home.path())
+            .env_remove("CARBON_VM_LOG");
+        c
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.home.path().join("cache/images")
+    }
+
+    /// Everything in the image cache except lock files: what a failed pull must leave unchanged.
+    pub fn cache_listing(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.images_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.ends_with(".lock"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// The default guest image built by the recipe (scripts/guest-image), as CI provides it.
+/// Outside CI a missing image skips the caller with a printed reason; in CI it fails.
+pub fn default_image() -> Option<PathBuf> {
+    match std::env::var_os("CARBON_VM_TEST_IMAGE") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("CARBON_VM_TEST_IMAGE is not set: .ci/run must build the default image")
+        }
+        None => {
+            eprintln!("SKIP: CARBON_VM_TEST_IMAGE is not set (run scripts/test to build it)");
+            None
+        }
+    }
+}

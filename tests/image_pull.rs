@@ -1,0 +1,544 @@
+//! `image pack` / `pull` / `ls` / `verify` / `rm` against the real pipeline: local files, a real
+//! nginx, a real docker-registry, and hand-crafted hostile archives that must be refused with the
+//! exact check named and the cache left as it was.
+
+mod common;
+
+use common::archive::{self, Entry, boot_members, entries, manifest, tar_bytes, zstd_bytes};
+use common::{Env, servers};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A small but real image (GPT, ext4 root with the Venus ICD, EFI partition), packed once per
+/// test binary and copied into each test's directory.
+fn mini_image(dir: &Path) -> (PathBuf, String) {
+    static MINI: std::sync::OnceLock<(tempfile::TempDir, PathBuf, String)> =
+        std::sync::OnceLock::new();
+    let (_, art, sha) = MINI.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let (a, s) = pack_mini(d.path());
+        (d, a, s)
+    });
+    let copy = dir.join("mini.tar.zst");
+    std::fs::copy(art, &copy).unwrap();
+    (copy, sha.clone())
+}
+
+fn pack_mini(dir: &Path) -> (PathBuf, String) {
+    let root = dir.join("rootfs");
+    archive::synthetic_rootfs(&root, true);
+    let out = dir.join("mini.tar.zst");
+    let env = Env::new();
+    let o = env
+        .cmd()
+        .args(["--json", "image", "pack"])
+        .arg(&root)
+        .arg("-o")
+        .arg(&out)
+        .args(["--name", "mini"])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: Value = serde_json::from_slice(&o).unwrap();
+    let sha = v["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sha,
+        common::sha256_file(&out),
+        "pack prints the artifact's digest"
+    );
+    (out, sha)
+}
+
+fn pull_json(env: &Env, source: &str, pin: Option<&str>) -> Value {
+    let mut c = env.cmd();
+    c.args(["--json", "image", "pull", source]);
+    if let Some(p) = pin {
+        c.args(["--sha256", p]);
+    }
+    let out = c.assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// Pulls `source`, expects exit `code` and `needle` in stderr, and an untouched cache.
+fn refused(env: &Env, source: &str, pin: Option<&str>, code: i32, needle: &str) {
+    let before = env.cache_listing();
+    let mut c = env.cmd();
+    c.args(["image", "pull", source]);
+    if let Some(p) = pin {
+        c.args(["--sha256", p]);
+    }
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{source}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{source}: expected {needle:?} in:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot pull"),
+        "error names the image: {stderr}"
+    );
+    assert_eq!(env.cache_listing(), before, "{source}: cache changed");
+}
+
+#[test]
+fn pack_pull_ls_verify_rm_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (art, sha) = mini_image(dir.path());
+    let env = Env::new();
+    let v = pull_json(&env, art.to_str().unwrap(), Some(&sha));
+    assert_eq!(v["id"], sha);
+    assert_eq!(v["downloaded"], true);
+    assert_eq!(v["name"], "mini");
+    assert_eq!(v["kernel_version"], "6.12.0-test");
+    assert_eq!(v["mesa_version"], "25.0.7-2");
+    assert_eq!(
+        v["venus_library"],
+        "/usr/lib/x86_64-linux-gnu/libvulkan_virtio.so"
+    );
+    assert_eq!(v["container_images"][0], "localhost/carbon-venus:latest");
+    let disk = PathBuf::from(v["disk"].as_str().unwrap());
+    assert!(disk.starts_with(env.images_dir().join(&sha)));
+    assert!(v["cmdline"].as_str().unwrap().starts_with("root=PARTUUID="));
+
+    // A second pull finds it cached and downloads nothing.
+    let again = pull_json(&env, art.to_str().unwrap(), Some(&sha));
+    assert_eq!(again["downloaded"], false);
+
+    let ls: Value = serde_json::from_slice(
+        &env.cmd()
+            .args(["--json", "image", "ls"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+    env.cmd()
+        .args(["image", "verify", &sha[..12]])
+        .assert()
+        .success();
+
+    // Tampering with the cached disk is caught by verify.
+    let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(1 << 20)).unwrap();
+    f.write_all(b"tampered").unwrap();
+    drop(f);
+    let out = env
+        .cmd()
+        .args(["image", "verify", &sha[..12]])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disk.raw"));
+
+    env.cmd()
+        .args(["image", "rm", &sha[..8]])
+        .assert()
+        .success();
+    assert_eq!(env.cache_listing(), Vec::<String>::new());
+    let out = env.cmd().args(["image", "rm", &sha[..8]]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn pack_refuses_a_root_without_venus_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    archive::synthetic_rootfs(&root, false);
+    let out = dir.path().join("x.tar.zst");
+    let env = Env::new();
+    let o = env
+        .cmd()
+        .args(["image", "pack"])
+        .arg(&root)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("mesa-vulkan-drivers"));
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("rootfs")],
+        "no partial output"
+    );
+}
+
+#[test]
+fn hostile_archives_are_refused_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new();
+    let members = boot_members();
+    let good = manifest(&members);
+    let with = |extra: Vec<Entry>| {
+        let mut e = entries(&good, &members);
+        e.extend(extra);
+        zstd_bytes(&tar_bytes(&e))
+    };
+    let swap_member = |idx: usize, replacement: Entry| {
+        let mut e = entries(&good, &members);
+        e[idx] = replacement;
+        zstd_bytes(&tar_bytes(&e))
+    };
+    let mut bad_sizes = good.clone();
+    bad_sizes["members"][0]["size"] = 3.into();
+    let mut bad_digest = good.clone();
+    bad_digest["members"][1]["sha256"] = archive::sha256(b"other").into();
+    let good_bytes = zstd_bytes(&tar_bytes(&entries(&good, &members)));
+    let mut corrupt = good_bytes.clone();
+    // Byte 4 is the zstd frame header descriptor: flipping it breaks the frame itself.
+    corrupt[4] ^= 0xff;
+    // 2 GiB of zeros after the archive: tiny compressed, far beyond what the manifest allows.
+    let mut bomb_tar = tar_bytes(&entries(&good, &members));
+    let bomb = {
+        let mut enc = zstd::Encoder::new(Vec::new(), 3).unwrap();
+        enc.write_all(&bomb_tar).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..2048 {
+            enc.write_all(&zeros).unwrap();
+        }
+        enc.finish().unwrap()
+    };
+    bomb_tar.clear();
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            good_bytes[..good_bytes.len() / 2].to_vec(),
+            "corrupt or truncated compressed data",
+        ),
+        ("corrupt", corrupt, "corrupt or truncated compressed data"),
+        (
+            "not-in-manifest",
+            with(vec![Entry::file("evil.sh", b"#!/bin/sh")]),
+            "\"evil.sh\" is not listed in the manifest",
+        ),
+        (
+            "absolute",
+            with(vec![Entry::file("/etc/cron.d/evil", b"x")]),
+            "\"/etc/cron.d/evil\" is not a plain relative path",
+        ),
+        (
+            "dotdot",
+            with(vec![Entry::file("boot/../../evil", b"x")]),
+            "\"boot/../../evil\" is not a plain relative path",
+        ),
+        (
+            "symlink",
+            swap_member(
+                3,
+                Entry::special("disk.raw", tar::EntryType::Symlink, Some("/etc/shadow")),
+            ),
+            "\"disk.raw\" is a symlink",
+        ),
+        (
+            "through-symlink",
+            with(vec![Entry::special(
+                "boot",
+                tar::EntryType::Symlink,
+                Some("/etc"),
+            )]),
+            "\"boot\" is a symlink",
+        ),
+        (
+            "hardlink",
+            swap_member(
+                1,
+                Entry::special("boot/vmlinuz", tar::EntryType::Link, Some("/etc/passwd")),
+            ),
+            "\"boot/vmlinuz\" is a hard link",
+        ),
+        (
+            "device",
+            with(vec![Entry::special("dev-null", tar::EntryType::Char, None)]),
+            "\"dev-null\" is a character device",
+        ),
+        (
+            "fifo",
+            with(vec![Entry::special("pipe", tar::EntryType::Fifo, None)]),
+            "\"pipe\" is a fifo",
+        ),
+        (
+            "size-mismatch",
+            zstd_bytes(&tar_bytes(&entries(&bad_sizes, &members))),
+            "\"boot/vmlinuz\" is 6 bytes, the manifest says 3",
+        ),
+        (
+            "digest-mismatch",
+            zstd_bytes(&tar_bytes(&entries(&bad_digest, &members))),
+            "\"boot/initrd.img\" has sha256",
+        ),
+        (
+            "missing",
+            zstd_bytes(&tar_bytes(&entries(&good, &members[..2]))),
+            "\"disk.raw\" is listed in the manifest but missing",
+        ),
+        (
+            "duplicate",
+            with(vec![Entry::file("disk.raw", &members[2].1)]),
+            "\"disk.raw\" appears twice",
+        ),
+        (
+            "no-manifest-first",
+            zstd_bytes(&tar_bytes(&[Entry::file("boot/vmlinuz", b"kernel")])),
+            "not manifest.json",
+        ),
+        (
+            "bad-manifest",
+            zstd_bytes(&tar_bytes(&[Entry::file(
+                "manifest.json",
+                b"{\"schema\": 1",
+            )])),
+            "manifest is not valid JSON",
+        ),
+        ("bomb", bomb, "decompression bomb"),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = dir.path().join(format!("{name}.tar.zst"));
+        std::fs::write(&path, &bytes).unwrap();
+        let pin = archive::sha256(&bytes);
+        refused(&env, path.to_str().unwrap(), Some(&pin), 4, needle);
+    }
+    // A valid archive under the wrong pin.
+    let path = dir.path().join("good.tar.zst");
+    std::fs::write(&path, &good_bytes).unwrap();
+    refused(
+        &env,
+        path.to_str().unwrap(),
+        Some(&"0".repeat(64)),
+        4,
+        "artifact digest mismatch",
+    );
+    // Nothing pins it and it is unsigned.
+    refused(&env, path.to_str().unwrap(), None, 4, "nothing pins it");
+    assert!(env.cache_listing().is_empty());
+}
+
+#[test]
+fn an_image_without_venus_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (art, _) = mini_image(dir.path());
+    let mut parts = archive::read_artifact(&art);
+    let mut m: Value = serde_json::from_slice(&parts[0].1).unwrap();
+    m["bundles"]["venus_icd"] = "/usr/share/vulkan/icd.d/nothing.json".into();
+    parts[0].1 = serde_json::to_vec(&m).unwrap();
+    let e: Vec<Entry> = parts.iter().map(|(n, d)| Entry::file(n, d)).collect();
+    let bytes = zstd_bytes(&tar_bytes(&e));
+    let path = dir.path().join("novenus.tar.zst");
+    std::fs::write(&path, &bytes).unwrap();
+    let env = Env::new();
+    refused(
+        &env,
+        path.to_str().unwrap(),
+        Some(&archive::sha256(&bytes)),
+        4,
+        "does not bundle a usable Venus driver",
+    );
+}
+
+#[test]
+fn signed_manifests_verify_against_trusted_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (art, _) = mini_image(dir.path());
+    let parts = archive::read_artifact(&art);
+    let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let sign = |data: &[u8]| {
+        minisign::sign(Some(&kp.pk), &kp.sk, data, Some("carbon-vm test"), None)
+            .unwrap()
+            .to_string()
+    };
+    let build = |sig: String| {
+        let mut e = vec![
+            Entry::file("manifest.json", &parts[0].1),
+            Entry::file("manifest.json.minisig", sig.as_bytes()),
+        ];
+        e.extend(parts[1..].iter().map(|(n, d)| Entry::file(n, d)));
+        zstd_bytes(&tar_bytes(&e))
+    };
+    let env = Env::new();
+    let keys = env.home.path().join("config/trusted-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("test.pub"), kp.pk.to_box().unwrap().to_string()).unwrap();
+
+    let forged = dir.path().join("forged.tar.zst");
+    std::fs::write(&forged, build(sign(b"some other manifest"))).unwrap();
+    refused(
+        &env,
+        forged.to_str().unwrap(),
+        None,
+        4,
+        "manifest signature rejected",
+    );
+
+    let signed = dir.path().join("signed.tar.zst");
+    std::fs::write(&signed, build(sign(&parts[0].1))).unwrap();
+    let v = pull_json(&env, signed.to_str().unwrap(), None);
+    assert_eq!(v["signed"], true);
+}
+
+#[test]
+fn concurrent_pulls_of_one_image_download_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (art, sha) = mini_image(dir.path());
+    let env = Env::new();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("carbon-vm"))
+                .env("CARBON_VM_HOME", env.home.path())
+                .args(["--json", "image", "pull"])
+                .arg(&art)
+                .args(["--sha256", &sha])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let downloaded: Vec<bool> = children
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success());
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["id"], sha);
+            v["downloaded"].as_bool().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        downloaded.iter().filter(|d| **d).count(),
+        1,
+        "{downloaded:?}"
+    );
+    assert_eq!(env.cache_listing(), vec![sha]);
+}
+
+#[test]
+fn http_pull_from_nginx_and_fetch_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (art, sha) = mini_image(dir.path());
+    let web = servers::nginx(dir.path());
+    let env = Env::new();
+    let url = format!(
+        "http://127.0.0.1:{}/{}",
+        web.port,
+        art.file_name().unwrap().to_str().unwrap()
+    );
+    let v = pull_json(&env, &url, Some(&sha));
+    assert_eq!(v["source"], url);
+    let env2 = Env::new();
+    refused(
+        &env2,
+        &format!("http://127.0.0.1:{}/missing.tar.zst", web.port),
+        Some(&sha),
+        5,
+        "404",
+    );
+}
+
+/// A TCP proxy in front of nginx that cuts the first response after `cut` bytes, like a dropped
+/// connection; later connections pass through. Records each request head.
+fn flaky_proxy(upstream: u16, cut: usize) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let h = heads.clone();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let mut client = client.unwrap();
+            let mut up = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && client.read(&mut b).unwrap() == 1 {
+                head.push(b[0]);
+            }
+            h.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head).into_owned());
+            up.write_all(&head).unwrap();
+            let limit = if n == 0 { cut } else { usize::MAX };
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                let mut buf = vec![0u8; 16 * 1024];
+                while sent < limit {
+                    let k = match up.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => k.min(limit - sent),
+                    };
+                    if client.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                    sent += k;
+                }
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, heads)
+}
+
+#[test]
+fn interrupted_http_download_resumes_with_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let (art, sha) = mini_image(dir.path());
+    let size = std::fs::metadata(&art).unwrap().len() as usize;
+    let web = servers::nginx(dir.path());
+    let (port, heads) = flaky_proxy(web.port, size / 2);
+    let env = Env::new();
+    let url = format!("http://127.0.0.1:{port}/mini.tar.zst");
+    let v = pull_json(&env, &url, Some(&sha));
+    assert_eq!(v["id"], sha);
+    let heads = heads.lock().unwrap();
+    assert!(heads.len() >= 2, "expected a reconnect: {heads:?}");
+    assert!(
+        heads[1].to_ascii_lowercase().contains("range: bytes="),
+        "second request resumes: {}",
+        heads[1]
+    );
+}
+
+#[test]
+fn oci_push_and_pull_by_tag_and_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (art, sha) = mini_image(dir.path());
+    let reg = servers::registry();
+    let env = Env::new();
+    let tag = format!("oci://127.0.0.1:{}/carbon/mini:test", reg.port);
+    let pushed: Value = serde_json::from_slice(
+        &env.cmd()
+            .args(["--json", "image", "push"])
+            .arg(&art)
+            .arg(&tag)
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(pushed["sha256"], sha);
+    let by_digest = pushed["reference"].as_str().unwrap().to_owned();
+    assert!(by_digest.contains("@sha256:"));
+
+    // A tag alone pins nothing.
+    refused(&env, &tag, None, 4, "nothing pins it");
+    // A wrong pin is caught from the registry manifest, before any download.
+    refused(&env, &tag, Some(&"1".repeat(64)), 4, "but --sha256 pins");
+    // A digest reference pins the manifest, and so the layer.
+    let v = pull_json(&env, &by_digest, None);
+    assert_eq!(v["id"], sha);
+    assert_eq!(v["downloaded"], true);
+    let env2 = Env::new();
+    let v = pull_json(&env2, &tag, Some(&sha));
+    assert_eq!(v["id"], sha);
+}

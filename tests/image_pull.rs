@@ -55,16 +55,6 @@ fn pack_mini(dir: &Path) -> (PathBuf, String) {
     (out, sha)
 }
 
-fn pull_json(env: &Env, source: &str, pin: Option<&str>) -> Value {
-    let mut c = env.cmd();
-    c.args(["--json", "image", "pull", source]);
-    if let Some(p) = pin {
-        c.args(["--sha256", p]);
-    }
-    let out = c.assert().success().get_output().stdout.clone();
-    serde_json::from_slice(&out).unwrap()
-}
-
 /// Pulls `source`, expects exit `code` and `needle` in stderr, and an untouched cache.
 fn refused(env: &Env, source: &str, pin: Option<&str>, code: i32, needle: &str) {
     let before = env.cache_listing();
@@ -92,7 +82,7 @@ fn pack_pull_ls_verify_rm_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let (art, sha) = mini_image(dir.path());
     let env = Env::new();
-    let v = pull_json(&env, art.to_str().unwrap(), Some(&sha));
+    let v = env.pull(art.to_str().unwrap(), Some(&sha));
     assert_eq!(v["id"], sha);
     assert_eq!(v["downloaded"], true);
     assert_eq!(v["name"], "mini");
@@ -108,7 +98,7 @@ fn pack_pull_ls_verify_rm_round_trip() {
     assert!(v["cmdline"].as_str().unwrap().starts_with("root=PARTUUID="));
 
     // A second pull finds it cached and downloads nothing.
-    let again = pull_json(&env, art.to_str().unwrap(), Some(&sha));
+    let again = env.pull(art.to_str().unwrap(), Some(&sha));
     assert_eq!(again["downloaded"], false);
 
     let ls: Value = serde_json::from_slice(
@@ -385,7 +375,7 @@ fn signed_manifests_verify_against_trusted_keys() {
 
     let signed = dir.path().join("signed.tar.zst");
     std::fs::write(&signed, build(sign(&parts[0].1))).unwrap();
-    let v = pull_json(&env, signed.to_str().unwrap(), None);
+    let v = env.pull(signed.to_str().unwrap(), None);
     assert_eq!(v["signed"], true);
 }
 
@@ -435,7 +425,7 @@ fn http_pull_from_nginx_and_fetch_errors() {
         web.port,
         art.file_name().unwrap().to_str().unwrap()
     );
-    let v = pull_json(&env, &url, Some(&sha));
+    let v = env.pull(&url, Some(&sha));
     assert_eq!(v["source"], url);
     let env2 = Env::new();
     refused(
@@ -497,7 +487,7 @@ fn interrupted_http_download_resumes_with_range() {
     let (port, heads) = flaky_proxy(web.port, size / 2);
     let env = Env::new();
     let url = format!("http://127.0.0.1:{port}/mini.tar.zst");
-    let v = pull_json(&env, &url, Some(&sha));
+    let v = env.pull(&url, Some(&sha));
     assert_eq!(v["id"], sha);
     let heads = heads.lock().unwrap();
     assert!(heads.len() >= 2, "expected a reconnect: {heads:?}");
@@ -515,18 +505,7 @@ fn oci_push_and_pull_by_tag_and_digest() {
     let reg = servers::registry();
     let env = Env::new();
     let tag = format!("oci://127.0.0.1:{}/carbon/mini:test", reg.port);
-    let pushed: Value = serde_json::from_slice(
-        &env.cmd()
-            .args(["--json", "image", "push"])
-            .arg(&art)
-            .arg(&tag)
-            .assert()
-            .success()
-            .get_output()
-            .stdout,
-    )
-    .unwrap();
-    assert_eq!(pushed["sha256"], sha);
+    let pushed = env.push(&art, &tag, &sha);
     let by_digest = pushed["reference"].as_str().unwrap().to_owned();
     assert!(by_digest.contains("@sha256:"));
 
@@ -535,10 +514,10 @@ fn oci_push_and_pull_by_tag_and_digest() {
     // A wrong pin is caught from the registry manifest, before any download.
     refused(&env, &tag, Some(&"1".repeat(64)), 4, "but --sha256 pins");
     // A digest reference pins the manifest, and so the layer.
-    let v = pull_json(&env, &by_digest, None);
+    let v = env.pull(&by_digest, None);
     assert_eq!(v["id"], sha);
     assert_eq!(v["downloaded"], true);
     let env2 = Env::new();
-    let v = pull_json(&env2, &tag, Some(&sha));
+    let v = env2.pull(&tag, Some(&sha));
     assert_eq!(v["id"], sha);
 }

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod digest;
 pub mod fetch;
+mod hashing;
 pub mod inspect;
 pub mod manifest;
 pub mod pack;
@@ -16,6 +17,7 @@ mod sparse;
 pub mod trust;
 pub mod unpack;
 pub mod verify;
+mod writeback;
 
 pub use cache::{Cache, CachedImage};
 pub use digest::Sha256Digest;

@@ -5,12 +5,14 @@
 //! mounts). The artifact is a zstd-compressed tar: manifest first, then kernel, initrd and disk.
 
 use crate::digest::Sha256Digest;
+use crate::hashing::HashingWriter;
 use crate::manifest::{Boot, Bundles, ContainerImage, MANIFEST_NAME, Manifest, Member, SCHEMA};
 use crate::progress::Progress;
 use crate::sparse::copy_sparse;
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -80,10 +82,7 @@ pub fn pack(
     let mesa_version = dpkg_version(rootfs, "mesa-vulkan-drivers")?;
     let container_images = container_images(rootfs)?;
 
-    let out_dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let out_dir = parent_dir(output);
     let work = tempfile::Builder::new()
         .prefix(".carbon-pack-")
         .tempdir_in(out_dir)
@@ -148,10 +147,7 @@ pub fn pack(
         .prefix(".carbon-artifact-")
         .tempfile_in(out_dir)
         .map_err(io_err(out_dir))?;
-    let hashing = HashingWriter {
-        inner: BufWriter::with_capacity(MIB as usize, tmp_out.as_file()),
-        hasher: Sha256::new(),
-    };
+    let hashing = HashingWriter::new(BufWriter::with_capacity(MIB as usize, tmp_out.as_file()));
     let mut zw =
         zstd::stream::write::Encoder::new(hashing, opts.zstd_level).map_err(io_err(output))?;
     zw.multithread(std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
@@ -172,16 +168,29 @@ pub fn pack(
         append(&mut tar, name, m.size, reader, opts.epoch).map_err(io_err(path))?;
     }
     let zw = tar.into_inner().map_err(io_err(output))?;
-    let HashingWriter { mut inner, hasher } = zw.finish().map_err(io_err(output))?;
-    inner.flush().map_err(io_err(output))?;
-    drop(inner);
-    let digest = Sha256Digest::from_hasher(hasher);
+    let (buffered, digest, _) = zw
+        .finish()
+        .and_then(HashingWriter::finish)
+        .map_err(io_err(output))?;
+    drop(buffered);
+    tmp_out
+        .as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(io_err(output))?;
     tmp_out.as_file().sync_all().map_err(io_err(output))?;
     tmp_out
         .persist(output)
         .map_err(|e| PackError::Io(output.into(), e.error))?;
     progress.finish();
     Ok(digest)
+}
+
+/// The directory a file is written in: scratch space goes there so the final rename stays on
+/// one filesystem.
+pub(crate) fn parent_dir(file: &Path) -> &Path {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 fn append(
@@ -501,22 +510,6 @@ fn hash_file(path: &Path) -> io::Result<(u64, Sha256Digest)> {
     let mut h = Sha256::new();
     let n = io::copy(&mut f, &mut h)?;
     Ok((n, Sha256Digest::from_hasher(h)))
-}
-
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 struct ProgressReader<'a, R> {

@@ -9,6 +9,7 @@ use crate::manifest::{
 };
 use crate::sparse::{read_full, write_sparse};
 use crate::trust::{Trust, TrustError};
+use crate::writeback;
 use sha2::{Digest as _, Sha256};
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -20,6 +21,8 @@ use std::sync::mpsc::sync_channel;
 use std::thread::JoinHandle;
 
 const IO_BUF: usize = 1024 * 1024;
+/// How much is written before its writeback is started (see `writeback`).
+const WRITEBACK_STRETCH: u64 = 32 * 1024 * 1024;
 /// Tar framing allowed on top of the members' own bytes: headers, pax records, padding, trailer.
 const FRAMING_PER_MEMBER: u64 = 4 * 1024;
 const FRAMING_FIXED: u64 = 1024 * 1024;
@@ -199,7 +202,6 @@ impl Walker<'_> {
         if let Some(m) = manifest.members.iter().find(|m| !seen.contains(&m.path)) {
             return Err(UnpackError::Missing(m.path.clone()));
         }
-        drop(entries);
         // Read to the real end so the transport hashes every byte (tar stops at its trailer).
         io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(UnpackError::Tar)?;
         fs::write(self.dir.join(MANIFEST_NAME), &manifest_bytes)
@@ -228,18 +230,39 @@ impl Walker<'_> {
             .create_new(true)
             .open(&dest)
             .map_err(werr)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; IO_BUF];
-        loop {
-            let n = read_full(entry, &mut buf).map_err(UnpackError::Tar)?;
-            if n == 0 {
-                break;
+        // Hash on a thread of its own: hashing and writing each cost about as much as
+        // decompressing, and this thread is the pipeline's longest stage.
+        let digest = std::thread::scope(|scope| {
+            let (tx, rx) = sync_channel::<bytes::Bytes>(4);
+            let hashing = scope.spawn(move || {
+                let mut hasher = Sha256::new();
+                for chunk in rx {
+                    hasher.update(&chunk);
+                }
+                Sha256Digest::from_hasher(hasher)
+            });
+            let (mut written, mut flushed) = (0u64, 0u64);
+            loop {
+                let mut buf = vec![0u8; IO_BUF];
+                let n = read_full(entry, &mut buf).map_err(UnpackError::Tar)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                let chunk = bytes::Bytes::from(buf);
+                write_sparse(&mut file, &chunk).map_err(werr)?;
+                tx.send(chunk).expect("hashing thread lives while we send");
+                written += n as u64;
+                if written - flushed >= WRITEBACK_STRETCH {
+                    writeback::start(&file, flushed, written - flushed);
+                    flushed = written;
+                }
             }
-            hasher.update(&buf[..n]);
-            write_sparse(&mut file, &buf[..n]).map_err(werr)?;
-        }
+            drop(tx);
+            Ok::<_, UnpackError>(hashing.join().expect("hashing thread panicked"))
+        })?;
         file.set_len(size).map_err(werr)?;
-        Ok(Sha256Digest::from_hasher(hasher))
+        Ok(digest)
     }
 }
 

@@ -30,6 +30,35 @@ impl Env {
         c
     }
 
+    /// Runs a verb with `--json`, expects success, returns its record.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .cmd()
+            .arg("--json")
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    /// `image pull SOURCE [--sha256 PIN]`, expecting success.
+    pub fn pull(&self, source: &str, pin: Option<&str>) -> serde_json::Value {
+        match pin {
+            Some(p) => self.json(&["image", "pull", source, "--sha256", p]),
+            None => self.json(&["image", "pull", source]),
+        }
+    }
+
+    /// `image push FILE DEST`, expecting success; checks the pushed digest is `sha`.
+    pub fn push(&self, file: &Path, dest: &str, sha: &str) -> serde_json::Value {
+        let v = self.json(&["image", "push", file.to_str().unwrap(), dest]);
+        assert_eq!(v["sha256"], sha);
+        v
+    }
+
     pub fn images_dir(&self) -> PathBuf {
         self.home.path().join("cache/images")
     }

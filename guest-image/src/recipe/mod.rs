@@ -105,10 +105,7 @@ pub fn build(
     progress: &dyn Progress,
 ) -> Result<Sha256Digest, RecipeError> {
     let deb_arch = debian_arch(&opts.arch)?;
-    let out_dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let out_dir = crate::pack::parent_dir(output);
     let work = tempfile::Builder::new()
         .prefix(".carbon-recipe-")
         .tempdir_in(out_dir)

@@ -1,6 +1,7 @@
 //! Writes a root filesystem tarball as a single-layer OCI image archive (`podman load` reads it).
 
 use crate::digest::Sha256Digest;
+use crate::hashing::HashingWriter;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use std::fs::File;
@@ -13,7 +14,7 @@ pub fn write(rootfs_tar: &Path, dest: &Path, name: &str, arch: &str, epoch: u64)
     // Compress the layer once, hashing the plain tar (diff_id) and the compressed blob together.
     let layer_path = dest.with_extension("layer");
     let mut diff_hasher = Sha256::new();
-    let blob = HashCount::new(File::create(&layer_path)?);
+    let blob = HashingWriter::new(File::create(&layer_path)?);
     let mut enc = zstd::stream::write::Encoder::new(blob, 6)?;
     let mut src = BufReader::new(File::open(rootfs_tar)?);
     let mut buf = vec![0u8; 1 << 20];
@@ -25,8 +26,7 @@ pub fn write(rootfs_tar: &Path, dest: &Path, name: &str, arch: &str, epoch: u64)
         diff_hasher.update(&buf[..n]);
         enc.write_all(&buf[..n])?;
     }
-    let blob = enc.finish()?;
-    let (layer_digest, layer_size) = (Sha256Digest::from_hasher(blob.hasher), blob.count);
+    let (_, layer_digest, layer_size) = enc.finish()?.finish()?;
     let diff_id = Sha256Digest::from_hasher(diff_hasher);
 
     let config = serde_json::to_vec(&json!({
@@ -82,32 +82,4 @@ pub fn write(rootfs_tar: &Path, dest: &Path, name: &str, arch: &str, epoch: u64)
     )?;
     tar.into_inner()?.sync_all()?;
     std::fs::remove_file(&layer_path)
-}
-
-struct HashCount<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W> HashCount<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-}
-
-impl<W: Write> Write for HashCount<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }

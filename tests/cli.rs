@@ -1,0 +1,90 @@
+//! The CLI contract: usage errors, exit codes, JSON on empty state, verbs not yet implemented.
+
+mod common;
+
+use common::Env;
+
+#[test]
+fn usage_errors_exit_2() {
+    let env = Env::new();
+    env.cmd().arg("frobnicate").assert().code(2);
+    let o = env
+        .cmd()
+        .args(["create", "dev", "--driver", "vbox"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown driver \"vbox\""));
+    let o = env
+        .cmd()
+        .args(["image", "pull", "x.tar", "--sha256", "abc"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not a sha256 digest"));
+}
+
+#[test]
+fn empty_state_lists_as_json() {
+    let env = Env::new();
+    let o = env
+        .cmd()
+        .args(["--json", "image", "ls"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o).unwrap(),
+        serde_json::json!([])
+    );
+    let o = env.cmd().args(["image", "rm", "abcdef"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("image ls"));
+}
+
+#[test]
+fn missing_source_is_a_fetch_error_naming_the_image() {
+    let env = Env::new();
+    let o = env
+        .cmd()
+        .args(["image", "pull", "/nonexistent/guest.tar.zst", "--sha256"])
+        .arg("a".repeat(64))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot pull /nonexistent/guest.tar.zst"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cannot read /nonexistent/guest.tar.zst"),
+        "{err}"
+    );
+}
+
+#[test]
+fn machine_verbs_not_yet_implemented_say_so() {
+    let env = Env::new();
+    for args in [&["start", "dev"][..], &["list"], &["gpu", "check", "dev"]] {
+        let o = env.cmd().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(7), "{args:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("not implemented yet"));
+    }
+}
+
+#[test]
+fn state_root_follows_carbon_vm_home() {
+    let env = Env::new();
+    let o = env.cmd().args(["--json", "doctor"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let home = env.home.path().to_str().unwrap();
+    for k in ["config", "images", "machines", "runtime"] {
+        assert!(
+            v["state"][k].as_str().unwrap().starts_with(home),
+            "{k}: {v}"
+        );
+    }
+}

@@ -173,7 +173,7 @@ impl Cache {
         let io = |e| CacheError::Io(image.dir.clone(), e);
         fs::rename(&image.dir, &doomed).map_err(io)?;
         fs::remove_dir_all(&doomed).map_err(io)?;
-        let _ = fs::remove_file(self.root.join(format!("{}{LOCK_SUFFIX}", image.record.id)));
+        // The lock file stays: deleting it could let a waiter and a newcomer lock two inodes.
         Ok(image.record.id)
     }
 

@@ -65,6 +65,35 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                 Some("`carbon-vm doctor` lists what this host is missing"),
             );
         }
+        match cause.downcast_ref::<machine::store::StoreError>() {
+            Some(machine::store::StoreError::NotFound(_)) => {
+                return (NOT_FOUND, Some("`carbon-vm list` lists machines"));
+            }
+            Some(machine::store::StoreError::BadName(_)) => return (USAGE, None),
+            _ => {}
+        }
+        if cause
+            .downcast_ref::<crate::commands::machine::NoImage>()
+            .is_some()
+        {
+            return (NOT_FOUND, None);
+        }
+        if let Some(e) = cause.downcast_ref::<machine::lifecycle::LifecycleError>() {
+            use machine::lifecycle::LifecycleError as L;
+            return match e {
+                L::Missing(..) => (
+                    HOST,
+                    Some("`carbon-vm doctor` lists what this host is missing"),
+                ),
+                L::NotReady(..) | L::Exited(..) => (
+                    FAILURE,
+                    Some(
+                        "the machine's console.log (in the dir `carbon-vm inspect` shows) has the whole boot",
+                    ),
+                ),
+                _ => (FAILURE, None),
+            };
+        }
         if cause
             .downcast_ref::<crate::commands::doctor::HostNotReady>()
             .is_some()

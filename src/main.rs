@@ -51,19 +51,14 @@ fn run(command: Command, out: output::Printer) -> anyhow::Result<()> {
     let home = home::Home::from_env()?;
     match command {
         Command::Image(c) => commands::image::run(c, &home, out),
-        Command::Create(a) => {
-            if let Some(d) = &a.driver {
-                d.parse::<vmm::DriverKind>()?;
-            }
-            Err(NotImplemented("create").into())
-        }
-        Command::Start(_) => Err(NotImplemented("start").into()),
-        Command::Stop(_) => Err(NotImplemented("stop").into()),
-        Command::Rm(_) => Err(NotImplemented("rm").into()),
-        Command::List => Err(NotImplemented("list").into()),
-        Command::Inspect(_) => Err(NotImplemented("inspect").into()),
-        Command::Ssh(_) => Err(NotImplemented("ssh").into()),
-        Command::Env(_) => Err(NotImplemented("env").into()),
+        Command::Create(a) => commands::machine::create_cmd(a, &home, out),
+        Command::Start(a) => commands::machine::start(a, &home, out),
+        Command::Stop(a) => commands::machine::stop(a, &home, out),
+        Command::Rm(a) => commands::machine::rm(a, &home, out),
+        Command::List => commands::machine::list(&home, out),
+        Command::Inspect(a) => commands::machine::inspect(a, &home, out),
+        Command::Ssh(a) => commands::machine::ssh(a, &home),
+        Command::Env(a) => commands::machine::env(a, &home, out),
         Command::Gpu(GpuCommand::Check(_)) => Err(NotImplemented("gpu check").into()),
         Command::Doctor => commands::doctor::run(&home, out),
     }

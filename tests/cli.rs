@@ -68,11 +68,29 @@ fn missing_source_is_a_fetch_error_naming_the_image() {
 #[test]
 fn machine_verbs_not_yet_implemented_say_so() {
     let env = Env::new();
-    for args in [&["start", "dev"][..], &["list"], &["gpu", "check", "dev"]] {
+    {
+        let args = ["gpu", "check", "dev"];
         let o = env.cmd().args(args).output().unwrap();
         assert_eq!(o.status.code(), Some(7), "{args:?}");
         assert!(String::from_utf8_lossy(&o.stderr).contains("not implemented yet"));
     }
+}
+
+#[test]
+fn unknown_machines_are_not_found() {
+    let env = Env::new();
+    for args in [
+        &["start", "nope"][..],
+        &["stop", "nope"],
+        &["inspect", "nope"],
+        &["rm", "nope"],
+    ] {
+        let o = env.cmd().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{args:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("no machine named \"nope\""));
+    }
+    let v = env.json(&["list"]);
+    assert_eq!(v, serde_json::json!([]));
 }
 
 #[test]

@@ -19,40 +19,12 @@ fn mini_image(dir: &Path) -> (PathBuf, String) {
         std::sync::OnceLock::new();
     let (_, art, sha) = MINI.get_or_init(|| {
         let d = tempfile::tempdir().unwrap();
-        let (a, s) = pack_mini(d.path());
+        let (a, s) = common::pack_mini(d.path());
         (d, a, s)
     });
     let copy = dir.join("mini.tar.zst");
     std::fs::copy(art, &copy).unwrap();
     (copy, sha.clone())
-}
-
-fn pack_mini(dir: &Path) -> (PathBuf, String) {
-    let root = dir.join("rootfs");
-    archive::synthetic_rootfs(&root, true);
-    let out = dir.join("mini.tar.zst");
-    let env = Env::new();
-    let o = env
-        .cmd()
-        .args(["--json", "image", "pack"])
-        .arg(&root)
-        .arg("-o")
-        .arg(&out)
-        .args(["--name", "mini"])
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v: Value = serde_json::from_slice(&o).unwrap();
-    let sha = v["sha256"].as_str().unwrap().to_owned();
-    assert_eq!(
-        sha,
-        common::sha256_file(&out),
-        "pack prints the artifact's digest"
-    );
-    (out, sha)
 }
 
 /// Pulls `source`, expects exit `code` and `needle` in stderr, and an untouched cache.

@@ -20,13 +20,33 @@ struct Report<'a> {
     checks: Vec<Check>,
 }
 
-/// Tools the image recipe and `image pack` run, with the Debian package that provides each.
-const IMAGE_TOOLS: [(&str, &str); 5] = [
-    ("mmdebstrap", "apt-get install mmdebstrap"),
-    ("mkfs.ext4", "apt-get install e2fsprogs"),
-    ("mkfs.vfat", "apt-get install dosfstools"),
-    ("mcopy", "apt-get install mtools"),
-    ("mmd", "apt-get install mtools"),
+/// Tools carbon-vm runs: (tool, what needs it, the fix on Debian).
+const TOOLS: [(&str, &str, &str); 9] = [
+    ("mmdebstrap", "image build", "apt-get install mmdebstrap"),
+    (
+        "mkfs.ext4",
+        "image build / pack",
+        "apt-get install e2fsprogs",
+    ),
+    (
+        "mkfs.vfat",
+        "image build / pack",
+        "apt-get install dosfstools",
+    ),
+    ("mcopy", "image build / pack", "apt-get install mtools"),
+    (
+        "qemu-system-x86_64",
+        "machines (qemu)",
+        "apt-get install qemu-system-x86",
+    ),
+    (
+        "gvproxy",
+        "machines (network)",
+        "scripts/install-deps (Debian trixie's gvproxy)",
+    ),
+    ("ssh-keygen", "create", "apt-get install openssh-client"),
+    ("ssh", "carbon-vm ssh", "apt-get install openssh-client"),
+    ("podman", "the Podman connection", "apt-get install podman"),
 ];
 
 fn which(tool: &str) -> Option<PathBuf> {
@@ -44,13 +64,13 @@ fn is_executable(p: &Path) -> bool {
 }
 
 pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
-    let checks: Vec<Check> = IMAGE_TOOLS
+    let checks: Vec<Check> = TOOLS
         .iter()
-        .map(|&(tool, fix)| {
+        .map(|&(tool, needed_for, fix)| {
             let found = which(tool);
             Check {
                 requirement: tool,
-                needed_for: "image build / image pack",
+                needed_for,
                 ok: found.is_some(),
                 found,
                 fix,
@@ -72,7 +92,7 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
         );
         for c in &report.checks {
             let mark = if c.ok { "ok  " } else { "MISSING" };
-            s += &format!("{mark} {:<12} ({})", c.requirement, c.needed_for);
+            s += &format!("{mark} {:<20} ({})", c.requirement, c.needed_for);
             if !c.ok {
                 s += &format!("  fix: {}", c.fix);
             }

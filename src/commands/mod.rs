@@ -2,6 +2,7 @@
 
 pub mod doctor;
 pub mod image;
+pub mod machine;
 
 /// Verbs whose implementation lands with a later milestone.
 #[derive(Debug, thiserror::Error)]

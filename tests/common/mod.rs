@@ -99,3 +99,28 @@ pub fn default_image() -> Option<PathBuf> {
         }
     }
 }
+
+/// Packs a small but real image from a synthetic root (see archive::synthetic_rootfs).
+pub fn pack_mini(dir: &Path) -> (PathBuf, String) {
+    let root = dir.join("rootfs");
+    archive::synthetic_rootfs(&root, true);
+    let out = dir.join("mini.tar.zst");
+    let env = Env::new();
+    let o = env
+        .cmd()
+        .args(["--json", "image", "pack"])
+        .arg(&root)
+        .arg("-o")
+        .arg(&out)
+        .args(["--name", "mini"])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&o).unwrap();
+    let sha = v["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(sha, sha256_file(&out), "pack prints the artifact's digest");
+    (out, sha)
+}

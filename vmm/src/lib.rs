@@ -1,5 +1,9 @@
 //! carbon-vm's VMM drivers behind one narrow trait: krunkit (macOS), qemu and libkrun (Linux).
 
+pub mod gvproxy;
+pub mod qemu;
+pub mod qmp;
+
 use serde::{Deserialize, Serialize};
 
 /// The VMMs carbon-vm can drive.

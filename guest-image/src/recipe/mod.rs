@@ -30,9 +30,26 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/systemd/network/80-carbon.network"),
     ),
     (
+        "etc/repart.d/50-root.conf",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/repart.d/50-root.conf"),
+    ),
+    (
+        "etc/systemd/system/systemd-growfs-root.service.d/after-repart.conf",
+        0o644,
+        include_str!(
+            "../../../configs/guest/files/etc/systemd/system/systemd-growfs-root.service.d/after-repart.conf"
+        ),
+    ),
+    (
         "etc/systemd/system/carbon-ssh-hostkeys.service",
         0o644,
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-ssh-hostkeys.service"),
+    ),
+    (
+        "etc/systemd/system/carbon-load-images.service",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-load-images.service"),
     ),
     (
         "etc/systemd/system/carbon-ready.service",
@@ -46,7 +63,7 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
     ),
 ];
 const ENABLE_UNITS: &str = "systemd-networkd.service systemd-resolved.service ssh.service \
-    podman.socket carbon-ssh-hostkeys.service carbon-ready.service";
+    podman.socket carbon-ssh-hostkeys.service carbon-load-images.service carbon-ready.service";
 /// Documentation and manuals are left out of both roots; licences stay.
 const DPKG_EXCLUDES: [&str; 4] = [
     "path-exclude=/usr/share/man/*",

@@ -1,0 +1,11 @@
+//! carbon-vm machines: one directory per machine, the lifecycle that drives the VMM and gvproxy,
+//! and the Podman connection. Nothing is kept in memory between invocations: state is derived
+//! from the machine directory on every call.
+
+pub mod create;
+pub mod lifecycle;
+pub mod podman;
+pub mod process;
+pub mod store;
+
+pub use store::{MachineDir, Store};

@@ -1,0 +1,231 @@
+//! `create`, `start`, `stop`, `rm`, `list`, `inspect`, `ssh`, `env`.
+
+use crate::cli::{CreateArgs, NameArg, RmArgs, SshArgs, StopArgs};
+use crate::env_vars;
+use crate::home::Home;
+use crate::output::Printer;
+use guest_image::Cache;
+use machine::create::{CreateOptions, create};
+use machine::lifecycle::{self, State};
+use machine::store::{self, Store};
+use serde::Serialize;
+
+fn store(home: &Home) -> Store {
+    Store {
+        machines: home.machines.clone(),
+        runtime: home.runtime.clone(),
+    }
+}
+
+#[derive(Serialize)]
+struct MachineView {
+    name: String,
+    #[serde(flatten)]
+    state: State,
+    driver: vmm::DriverKind,
+    cpus: u8,
+    memory_mib: u32,
+    disk_gib: u32,
+    gpu: bool,
+    image: guest_image::Sha256Digest,
+    ssh_port: Option<u16>,
+    podman_socket: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+fn view(m: &machine::MachineDir) -> anyhow::Result<MachineView> {
+    let spec = m.spec()?;
+    let state = lifecycle::state(m);
+    let running = state != State::Stopped;
+    Ok(MachineView {
+        name: spec.name,
+        state,
+        driver: spec.driver,
+        cpus: spec.cpus,
+        memory_mib: spec.memory_mib,
+        disk_gib: spec.disk_gib,
+        gpu: spec.gpu,
+        image: spec.image,
+        ssh_port: m.run().filter(|_| running).map(|r| r.ssh_port),
+        podman_socket: m.socket(store::PODMAN_SOCKET),
+        dir: m.dir.clone(),
+    })
+}
+
+fn line(v: &MachineView) -> String {
+    let state = match &v.state {
+        State::Running => "running".to_owned(),
+        State::Stopped => "stopped".to_owned(),
+        State::Broken(r) => format!("broken ({r})"),
+    };
+    format!(
+        "{:<16} {:<20} {:<8} {} cpus {} MiB {} GiB{}",
+        v.name,
+        state,
+        v.driver.name(),
+        v.cpus,
+        v.memory_mib,
+        v.disk_gib,
+        if v.gpu { " gpu" } else { "" }
+    )
+}
+
+pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
+    let driver = match &a.driver {
+        Some(d) => d.parse()?,
+        None => vmm::DriverKind::host_default(),
+    };
+    let cache = Cache::open(&home.images)?;
+    let image = match &a.image {
+        Some(id) => cache.get(id)?,
+        None => cache.list()?.into_iter().next().ok_or(NoImage)?,
+    };
+    let st = store(home);
+    let m = create(
+        &st,
+        &CreateOptions {
+            name: &a.name,
+            driver,
+            cpus: a.cpus,
+            memory_mib: a.memory,
+            disk_gib: a.disk_size,
+            gpu: a.gpu,
+            podman_default: a.default,
+            image: &image,
+        },
+    )?;
+    let v = view(&m)?;
+    out.record(&v, || format!("created {}", line(&v)));
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no guest image is cached: `carbon-vm image pull SOURCE --sha256 HEX` (or `image build`) first"
+)]
+pub struct NoImage;
+
+fn accel() -> anyhow::Result<vmm::qemu::Accel> {
+    match std::env::var(env_vars::ACCEL).as_deref() {
+        Ok("kvm") => Ok(vmm::qemu::Accel::Kvm),
+        Ok("tcg") | Err(_) => Ok(vmm::qemu::Accel::Tcg),
+        Ok(other) => anyhow::bail!("{} must be kvm or tcg, not {other:?}", env_vars::ACCEL),
+    }
+}
+
+pub fn start(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
+    let st = store(home);
+    let m = st.open(&a.name)?;
+    lifecycle::start(&m, accel()?)?;
+    let spec = m.spec()?;
+    let registered = machine::podman::add_connection(
+        &spec.name,
+        &m.socket(store::PODMAN_SOCKET),
+        spec.podman_default,
+    )?;
+    let v = view(&m)?;
+    out.record(&v, || {
+        let mut s = format!("started {}", line(&v));
+        if registered {
+            s += &format!("\npodman: podman -c {} ...", v.name);
+        }
+        s
+    });
+    Ok(())
+}
+
+pub fn stop(a: StopArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
+    let m = store(home).open(&a.name)?;
+    lifecycle::stop(&m, a.force)?;
+    let v = view(&m)?;
+    out.record(&v, || format!("stopped {}", v.name));
+    Ok(())
+}
+
+pub fn rm(a: RmArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
+    let st = store(home);
+    let m = st.open(&a.name)?;
+    lifecycle::remove(&st, &m, a.force)?;
+    #[derive(Serialize)]
+    struct Removed<'a> {
+        name: &'a str,
+    }
+    out.record(&Removed { name: &a.name }, || format!("removed {}", a.name));
+    Ok(())
+}
+
+pub fn list(home: &Home, out: Printer) -> anyhow::Result<()> {
+    let st = store(home);
+    let mut views = Vec::new();
+    for n in st.names()? {
+        views.push(view(&st.open(&n)?)?);
+    }
+    out.record(&views, || {
+        if views.is_empty() {
+            "no machines".into()
+        } else {
+            views.iter().map(line).collect::<Vec<_>>().join("\n")
+        }
+    });
+    Ok(())
+}
+
+pub fn inspect(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
+    let v = view(&store(home).open(&a.name)?)?;
+    out.record(&v, || serde_json::to_string_pretty(&v).expect("serializes"));
+    Ok(())
+}
+
+pub fn ssh(a: SshArgs, home: &Home) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let m = store(home).open(&a.name)?;
+    let run = match (lifecycle::state(&m), m.run()) {
+        (State::Running, Some(r)) => r,
+        _ => anyhow::bail!(lifecycle::LifecycleError::NotRunning(a.name.clone())),
+    };
+    let err = std::process::Command::new("ssh")
+        .args(["-i"])
+        .arg(m.path(store::KEY))
+        .args(["-p", &run.ssh_port.to_string()])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            m.path(store::KNOWN_HOSTS).display()
+        ))
+        .args([
+            "-o",
+            &format!("HostKeyAlias={}", lifecycle::host_alias(&a.name)),
+        ])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("root@127.0.0.1")
+        .args(&a.command)
+        .exec();
+    Err(anyhow::anyhow!(err).context("cannot run ssh (install openssh-client)"))
+}
+
+pub fn env(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
+    let m = store(home).open(&a.name)?;
+    let uri = format!("unix://{}", m.socket(store::PODMAN_SOCKET).display());
+    #[derive(Serialize)]
+    struct Env<'a> {
+        #[serde(rename = "CONTAINER_HOST")]
+        container_host: &'a str,
+        #[serde(rename = "DOCKER_HOST")]
+        docker_host: &'a str,
+    }
+    out.record(
+        &Env {
+            container_host: &uri,
+            docker_host: &uri,
+        },
+        || format!("export CONTAINER_HOST={uri}\nexport DOCKER_HOST={uri}"),
+    );
+    Ok(())
+}

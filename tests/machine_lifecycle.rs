@@ -1,0 +1,121 @@
+//! End to end on QEMU (TCG): create, start, the real podman client over the gvproxy-forwarded
+//! socket, ssh, graceful stop through QMP, start again, rm.
+
+mod common;
+
+use common::Env;
+use std::process::Command;
+
+#[test]
+fn create_start_podman_ssh_stop_start_rm() {
+    let Some(image) = common::default_image() else {
+        return;
+    };
+    let env = Env::new();
+    // Podman's connection list lives in the user's config: keep the test's own.
+    let xdg = env.home.path().join("xdg");
+    let podman = || {
+        let mut c = Command::new("podman");
+        c.env("XDG_CONFIG_HOME", &xdg);
+        c
+    };
+    let cv = || {
+        let mut c = env.cmd();
+        c.env("XDG_CONFIG_HOME", &xdg);
+        c
+    };
+    let img = env.pull(image.to_str().unwrap(), Some(&common::sha256_file(&image)));
+    cv().args([
+        "create",
+        "dev",
+        "--cpus",
+        "2",
+        "--memory",
+        "2048",
+        "--disk-size",
+        "8",
+    ])
+    .assert()
+    .success();
+    let started: serde_json::Value = serde_json::from_slice(
+        &cv()
+            .args(["--json", "start", "dev"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(started["state"], "running");
+    let sock = started["podman_socket"].as_str().unwrap().to_owned();
+    let mode = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+
+    let o = podman()
+        .args([
+            "-c",
+            "dev",
+            "run",
+            "--rm",
+            "localhost/carbon-venus:latest",
+            "echo",
+            "ok",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok");
+    let o = podman()
+        .args([
+            "--url",
+            &format!("unix://{sock}"),
+            "info",
+            "--format",
+            "{{.Host.Kernel}}",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        img["kernel_version"].as_str().unwrap()
+    );
+
+    let o = cv()
+        .args(["ssh", "dev", "--", "uname", "-r"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        img["kernel_version"].as_str().unwrap()
+    );
+
+    cv().args(["stop", "dev"]).assert().success();
+    let console =
+        std::fs::read_to_string(env.home.path().join("machines/dev/console.log")).unwrap();
+    assert!(
+        console.contains("reboot: Power down"),
+        "not a graceful power-down"
+    );
+    assert_eq!(env.json(&["inspect", "dev"])["state"], "stopped");
+
+    cv().args(["start", "dev"]).assert().success();
+    let o = podman().args(["-c", "dev", "ps"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cv().args(["rm", "dev"]).output().unwrap();
+    assert!(!o.status.success(), "rm of a running machine needs --force");
+    cv().args(["rm", "--force", "dev"]).assert().success();
+    assert!(!env.home.path().join("machines/dev").exists());
+    let o = podman()
+        .args(["system", "connection", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("dev"),
+        "connection removed"
+    );
+}

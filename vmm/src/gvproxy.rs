@@ -1,0 +1,78 @@
+//! gvproxy, the user-mode network every driver uses: DHCP and NAT for the guest, the SSH port
+//! forward on 127.0.0.1, and the guest's Podman API socket forwarded to a host unix socket.
+
+use std::path::PathBuf;
+
+/// The MAC address gvproxy's DHCP server hands 192.168.127.2 to.
+pub const GUEST_MAC: &str = "5a:94:ef:e4:0c:ee";
+/// Where rootful Podman listens in the guest.
+pub const GUEST_PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+
+#[derive(Debug, Clone)]
+pub struct GvproxyConfig {
+    /// How the VMM attaches: QEMU's stream socket or vfkit/krunkit's unixgram one.
+    pub listen: Listen,
+    /// Host port (on 127.0.0.1 only) forwarded to the guest's port 22.
+    pub ssh_port: u16,
+    /// Host unix socket that tunnels to the guest's Podman socket over SSH.
+    pub podman_socket: PathBuf,
+    pub identity: PathBuf,
+    pub pidfile: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum Listen {
+    Qemu(PathBuf),
+    Vfkit(PathBuf),
+}
+
+pub fn command_line(c: &GvproxyConfig) -> Vec<String> {
+    let p = |p: &PathBuf| p.display().to_string();
+    let (flag, uri) = match &c.listen {
+        Listen::Qemu(s) => ("-listen-qemu", format!("unix://{}", p(s))),
+        Listen::Vfkit(s) => ("-listen-vfkit", format!("unixgram://{}", p(s))),
+    };
+    vec![
+        "-mtu".into(),
+        "1500".into(),
+        flag.into(),
+        uri,
+        "-ssh-port".into(),
+        c.ssh_port.to_string(),
+        "-forward-sock".into(),
+        p(&c.podman_socket),
+        "-forward-dest".into(),
+        GUEST_PODMAN_SOCKET.into(),
+        "-forward-user".into(),
+        "root".into(),
+        "-forward-identity".into(),
+        p(&c.identity),
+        "-pid-file".into(),
+        p(&c.pidfile),
+        "-log-file".into(),
+        p(&c.log),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_listener_ssh_and_podman_forward() {
+        let argv = command_line(&GvproxyConfig {
+            listen: Listen::Qemu("/r/net.sock".into()),
+            ssh_port: 40022,
+            podman_socket: "/r/podman.sock".into(),
+            identity: "/m/id_ed25519".into(),
+            pidfile: "/m/gvproxy.pid".into(),
+            log: "/m/gvproxy.log".into(),
+        });
+        let s = argv.join(" ");
+        assert!(s.contains("-listen-qemu unix:///r/net.sock"));
+        assert!(s.contains("-ssh-port 40022"));
+        assert!(s.contains("-forward-sock /r/podman.sock -forward-dest /run/podman/podman.sock"));
+        assert!(s.contains("-forward-user root -forward-identity /m/id_ed25519"));
+    }
+}

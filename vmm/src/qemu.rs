@@ -1,0 +1,183 @@
+//! The QEMU driver's command line, as a pure function of the machine's configuration, so that
+//! unit tests pin exactly what QEMU is asked to do.
+
+use std::path::PathBuf;
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// Everything QEMU needs for one machine; paths are absolute.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub name: String,
+    pub cpus: u8,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub disk: PathBuf,
+    /// gvproxy's `-listen-qemu` socket.
+    pub net_socket: PathBuf,
+    pub mac: String,
+    /// QMP control socket (QEMU listens).
+    pub qmp_socket: PathBuf,
+    /// The guest's Ready channel (virtio-serial port `carbon.ready`); carbon-vm listens.
+    pub ready_socket: PathBuf,
+    pub console_log: PathBuf,
+    pub pidfile: PathBuf,
+    /// SMBIOS type 11 OEM strings (systemd credentials).
+    pub oem_strings: Vec<String>,
+}
+
+/// The virtio-serial port name the guest's carbon-ready unit writes to.
+pub const READY_PORT: &str = "carbon.ready";
+
+pub fn command_line(c: &QemuConfig) -> Vec<String> {
+    let p = |p: &PathBuf| p.display().to_string();
+    let accel = match c.accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    };
+    let mut a: Vec<String> = vec![
+        "-name".into(),
+        format!("carbon-vm-{},process=carbon-vm-{}", c.name, c.name),
+        "-machine".into(),
+        "q35".into(),
+        "-accel".into(),
+        accel.into(),
+        "-cpu".into(),
+        if c.accel == Accel::Kvm { "host" } else { "max" }.into(),
+        "-smp".into(),
+        c.cpus.to_string(),
+        "-m".into(),
+        format!("{}M", c.memory_mib),
+        "-nodefaults".into(),
+        "-display".into(),
+        "none".into(),
+        "-kernel".into(),
+        p(&c.kernel),
+        "-initrd".into(),
+        p(&c.initrd),
+        "-append".into(),
+        format!("{} console=ttyS0", c.cmdline),
+        "-drive".into(),
+        format!("file={},if=virtio,format=raw,discard=unmap", p(&c.disk)),
+        "-netdev".into(),
+        format!(
+            "stream,id=net0,addr.type=unix,addr.path={}",
+            p(&c.net_socket)
+        ),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=net0,mac={}", c.mac),
+        "-device".into(),
+        "virtio-rng-pci".into(),
+        "-device".into(),
+        "virtio-serial-pci".into(),
+        "-chardev".into(),
+        format!("socket,id=ready,path={}", p(&c.ready_socket)),
+        "-device".into(),
+        format!("virtserialport,chardev=ready,name={READY_PORT}"),
+        "-chardev".into(),
+        format!("file,id=console,path={}", p(&c.console_log)),
+        "-serial".into(),
+        "chardev:console".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", p(&c.qmp_socket)),
+        "-pidfile".into(),
+        p(&c.pidfile),
+        "-daemonize".into(),
+    ];
+    for s in &c.oem_strings {
+        // QEMU's option parser treats ',' as a separator; ',,' is a literal comma.
+        a.push("-smbios".into());
+        a.push(format!("type=11,value={}", s.replace(',', ",,")));
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> QemuConfig {
+        QemuConfig {
+            name: "dev".into(),
+            cpus: 2,
+            memory_mib: 2048,
+            accel: Accel::Tcg,
+            kernel: "/img/boot/vmlinuz".into(),
+            initrd: "/img/boot/initrd.img".into(),
+            cmdline: "root=PARTUUID=x rw".into(),
+            disk: "/m/dev/disk.raw".into(),
+            net_socket: "/run/c/dev/net.sock".into(),
+            mac: "5a:94:ef:e4:0c:ee".into(),
+            qmp_socket: "/run/c/dev/qmp.sock".into(),
+            ready_socket: "/run/c/dev/ready.sock".into(),
+            console_log: "/m/dev/console.log".into(),
+            pidfile: "/m/dev/qemu.pid".into(),
+            oem_strings: vec![
+                "io.systemd.credential:system.hostname=dev".into(),
+                "a,b".into(),
+            ],
+        }
+    }
+
+    fn pairs(argv: &[String]) -> Vec<(String, String)> {
+        argv.windows(2)
+            .map(|w| (w[0].clone(), w[1].clone()))
+            .collect()
+    }
+
+    #[test]
+    fn tcg_machine_boots_the_image_kernel_with_gvproxy_qmp_and_ready_channel() {
+        let argv = command_line(&config());
+        let p = pairs(&argv);
+        let has = |k: &str, v: &str| p.contains(&(k.to_owned(), v.to_owned()));
+        assert!(has("-accel", "tcg") && has("-cpu", "max"));
+        assert!(has("-smp", "2") && has("-m", "2048M"));
+        assert!(has("-kernel", "/img/boot/vmlinuz") && has("-initrd", "/img/boot/initrd.img"));
+        assert!(has("-append", "root=PARTUUID=x rw console=ttyS0"));
+        assert!(has(
+            "-drive",
+            "file=/m/dev/disk.raw,if=virtio,format=raw,discard=unmap"
+        ));
+        assert!(has(
+            "-netdev",
+            "stream,id=net0,addr.type=unix,addr.path=/run/c/dev/net.sock"
+        ));
+        assert!(has(
+            "-device",
+            "virtio-net-pci,netdev=net0,mac=5a:94:ef:e4:0c:ee"
+        ));
+        assert!(has(
+            "-chardev",
+            "socket,id=ready,path=/run/c/dev/ready.sock"
+        ));
+        assert!(has(
+            "-device",
+            "virtserialport,chardev=ready,name=carbon.ready"
+        ));
+        assert!(has("-qmp", "unix:/run/c/dev/qmp.sock,server=on,wait=off"));
+        assert!(has("-pidfile", "/m/dev/qemu.pid"));
+        assert!(has(
+            "-smbios",
+            "type=11,value=io.systemd.credential:system.hostname=dev"
+        ));
+        assert!(has("-smbios", "type=11,value=a,,b"), "commas are escaped");
+        assert!(argv.contains(&"-daemonize".to_owned()));
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu() {
+        let mut c = config();
+        c.accel = Accel::Kvm;
+        let p = pairs(&command_line(&c));
+        assert!(p.contains(&("-accel".into(), "kvm".into())));
+        assert!(p.contains(&("-cpu".into(), "host".into())));
+    }
+}

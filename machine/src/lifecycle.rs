@@ -95,15 +95,20 @@ fn tail(path: &Path, bytes: usize) -> String {
 pub fn start(m: &MachineDir, accel: vmm::qemu::Accel) -> Result<Run, LifecycleError> {
     let _lock = m.lock()?;
     let spec = m.spec()?;
+    // Running already: a start that completed pinned the host key; one that was interrupted
+    // (carbon-vm killed) did not, and that VM is restarted rather than trusted blindly.
     if state(m) == State::Running
+        && m.path(KNOWN_HOSTS).is_file()
         && let Some(run) = m.run()
     {
+        wait_podman(m, START_TIMEOUT)?;
         return Ok(run);
     }
     if let Some(pid) = process::live_pid(&m.path(QEMU_PID), &qemu_marker(m)) {
-        process::signal(pid, Signal::KILL); // broken: a VM without its network
+        process::signal(pid, Signal::KILL);
         process::wait_exit(pid, Duration::from_secs(10));
     }
+    let _ = fs::remove_file(m.path(KNOWN_HOSTS));
     clean_stale(m);
     mkdir_private(&m.run_dir)?;
     let run = Run {
@@ -191,12 +196,15 @@ pub fn start(m: &MachineDir, accel: vmm::qemu::Accel) -> Result<Run, LifecycleEr
             String::from_utf8_lossy(&out.stderr).trim().into(),
         ));
     }
+    tracing::info!(machine = %spec.name, "vmm running");
     let host_key = wait_ready(m, &ready, START_TIMEOUT)?;
+    tracing::info!(machine = %spec.name, "guest ready");
     fs::write(
         m.path(KNOWN_HOSTS),
         format!("{} {host_key}\n", host_alias(&spec.name)),
     )?;
     wait_podman(m, Duration::from_secs(60))?;
+    tracing::info!(machine = %spec.name, "podman api answers");
     fs::set_permissions(m.socket(PODMAN_SOCKET), fs::Permissions::from_mode(0o600))?;
     Ok(run)
 }

@@ -71,6 +71,9 @@ fn line(v: &MachineView) -> String {
 }
 
 pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
+    if a.gpu {
+        return Err(super::NotImplemented("create --gpu").into());
+    }
     let driver = match &a.driver {
         Some(d) => d.parse()?,
         None => vmm::DriverKind::host_default(),

@@ -74,10 +74,6 @@ impl Cache {
         Ok(Cache { root: root.into() })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Blocks until no other process works on image `id`.
     pub fn lock(&self, id: &Sha256Digest) -> Result<Lock, CacheError> {
         let path = self.root.join(format!("{id}{LOCK_SUFFIX}"));

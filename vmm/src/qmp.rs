@@ -1,5 +1,5 @@
 //! A minimal QMP client (QEMU Machine Protocol: JSON lines over a unix socket): enough for
-//! graceful power-down, status and quit.
+//! graceful power-down.
 
 use serde_json::{Value, json};
 use std::io::{self, BufRead, BufReader, Write};
@@ -58,11 +58,5 @@ impl Qmp {
                 return Err(QmpError::Refused(command, e.to_string()));
             }
         }
-    }
-
-    /// The guest's run state (`running`, `paused`, `shutdown`, ...).
-    pub fn status(&mut self) -> Result<String, QmpError> {
-        let r = self.execute("query-status")?;
-        Ok(r["status"].as_str().unwrap_or("unknown").to_owned())
     }
 }

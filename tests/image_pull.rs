@@ -358,8 +358,7 @@ fn concurrent_pulls_of_one_image_download_once() {
     let env = Env::new();
     let children: Vec<_> = (0..3)
         .map(|_| {
-            std::process::Command::new(assert_cmd::cargo::cargo_bin("carbon-vm"))
-                .env("CARBON_VM_HOME", env.home.path())
+            env.process()
                 .args(["--json", "image", "pull"])
                 .arg(&art)
                 .args(["--sha256", &sha])

@@ -24,8 +24,7 @@ fn concurrent_creates_of_one_name_have_exactly_one_winner() {
     env.pull(art.to_str().unwrap(), Some(&sha));
     let children: Vec<_> = (0..3)
         .map(|_| {
-            std::process::Command::new(assert_cmd::cargo::cargo_bin("carbon-vm"))
-                .env("CARBON_VM_HOME", env.home.path())
+            env.process()
                 .args(["create", "dev", "--disk-size", "1"])
                 .stderr(std::process::Stdio::piped())
                 .spawn()

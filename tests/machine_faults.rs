@@ -52,8 +52,7 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
         c
     };
     let spawn_start = || -> Child {
-        Command::new(assert_cmd::cargo::cargo_bin("carbon-vm"))
-            .env("CARBON_VM_HOME", env.home.path())
+        env.process()
             .env("XDG_CONFIG_HOME", &xdg)
             .args(["start", "dev"])
             .stdout(Stdio::null())

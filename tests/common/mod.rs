@@ -30,6 +30,14 @@ impl Env {
         c
     }
 
+    /// A plain (not assert_cmd) carbon-vm command, for processes run concurrently or killed.
+    pub fn process(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("carbon-vm"));
+        c.env("CARBON_VM_HOME", self.home.path())
+            .env_remove("CARBON_VM_LOG");
+        c
+    }
+
     /// Runs a verb with `--json`, expects success, returns its record.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self

@@ -14,6 +14,7 @@ pub const VERIFICATION: u8 = 4;
 pub const FETCH: u8 = 5;
 pub const HOST: u8 = 6;
 pub const NOT_IMPLEMENTED: u8 = 7;
+pub const GPU_CHECK: u8 = 8;
 
 /// Classifies an error by the first cause carbon-vm knows.
 pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
@@ -81,6 +82,10 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
         if let Some(e) = cause.downcast_ref::<machine::lifecycle::LifecycleError>() {
             use machine::lifecycle::LifecycleError as L;
             return match e {
+                L::Gpu(_) => (
+                    HOST,
+                    Some("`carbon-vm doctor` shows what the host's Venus stack lacks"),
+                ),
                 L::Missing(..) => (
                     HOST,
                     Some("`carbon-vm doctor` lists what this host is missing"),
@@ -99,6 +104,9 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
             .is_some()
         {
             return (HOST, None);
+        }
+        if let Some(f) = cause.downcast_ref::<crate::commands::machine::GpuCheckFailed>() {
+            return (GPU_CHECK, Some(f.0.hint));
         }
         if cause.downcast_ref::<NotImplemented>().is_some() {
             return (NOT_IMPLEMENTED, None);

@@ -9,7 +9,6 @@ mod output;
 
 use clap::Parser;
 use cli::{Cli, Command, GpuCommand};
-use commands::NotImplemented;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -59,7 +58,7 @@ fn run(command: Command, out: output::Printer) -> anyhow::Result<()> {
         Command::Inspect(a) => commands::machine::inspect(a, &home, out),
         Command::Ssh(a) => commands::machine::ssh(a, &home),
         Command::Env(a) => commands::machine::env(a, &home, out),
-        Command::Gpu(GpuCommand::Check(_)) => Err(NotImplemented("gpu check").into()),
+        Command::Gpu(GpuCommand::Check(a)) => commands::machine::gpu_check(a, &home, out),
         Command::Doctor => commands::doctor::run(&home, out),
     }
 }

@@ -41,6 +41,9 @@ fn default_image_pulls_over_http_and_oci_and_bundles_venus() {
     for path in [
         "/usr/lib/carbon-vm/ready",
         "/etc/systemd/system/multi-user.target.wants/carbon-ready.service",
+        "/usr/lib/carbon-vm/gpu-devices",
+        "/etc/systemd/system/multi-user.target.wants/carbon-gpu-devices.service",
+        "/etc/udev/rules.d/70-carbon-render.rules",
         "/etc/systemd/system/sockets.target.wants/podman.socket",
         "/usr/bin/vulkaninfo",
         "/usr/bin/podman",

@@ -3,9 +3,11 @@
 //! from the machine directory on every call.
 
 pub mod create;
+pub mod gpu;
 pub mod lifecycle;
 pub mod podman;
 pub mod process;
+pub mod ssh;
 pub mod store;
 
 pub use store::{MachineDir, Store};

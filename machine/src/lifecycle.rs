@@ -42,6 +42,8 @@ pub enum LifecycleError {
     NotRunning(String),
     #[error("machine {0} is running (stop it first, or use --force)")]
     Running(String),
+    #[error("this host cannot give the machine its Venus GPU")]
+    Gpu(#[from] venus::probe::ProbeError),
     #[error("QMP")]
     Qmp(#[from] vmm::qmp::QmpError),
     #[error(transparent)]
@@ -110,6 +112,12 @@ pub fn start(m: &MachineDir, accel: vmm::qemu::Accel) -> Result<Run, LifecycleEr
     }
     let _ = fs::remove_file(m.path(KNOWN_HOSTS));
     clean_stale(m);
+    // Before anything runs: a host that cannot serve the GPU is refused, not half-started.
+    let gpu = if spec.gpu {
+        Some(crate::gpu::qemu_device()?)
+    } else {
+        None
+    };
     mkdir_private(&m.run_dir)?;
     let run = Run {
         ssh_port: free_port()?,
@@ -179,10 +187,12 @@ pub fn start(m: &MachineDir, accel: vmm::qemu::Accel) -> Result<Run, LifecycleEr
         console_log: m.path(CONSOLE_LOG),
         pidfile: m.path(QEMU_PID),
         oem_strings: credentials(m, &spec.name)?,
+        gpu,
     };
     // -daemonize: QEMU returns once the VM is set up and running in the background.
     let out = Command::new("qemu-system-x86_64")
         .args(vmm::qemu::command_line(&cfg))
+        .envs(vmm::qemu::environment(&cfg))
         .stdin(Stdio::null())
         .process_group(0)
         .output()

@@ -6,6 +6,7 @@ use crate::home::Home;
 use crate::output::Printer;
 use guest_image::Cache;
 use machine::create::{CreateOptions, create};
+use machine::gpu::Scope;
 use machine::lifecycle::{self, State};
 use machine::store::{self, Store};
 use serde::Serialize;
@@ -71,9 +72,6 @@ fn line(v: &MachineView) -> String {
 }
 
 pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
-    if a.gpu {
-        return Err(super::NotImplemented("create --gpu").into());
-    }
     let driver = match &a.driver {
         Some(d) => d.parse()?,
         None => vmm::DriverKind::host_default(),
@@ -121,6 +119,9 @@ pub fn start(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = st.open(&a.name)?;
     lifecycle::start(&m, accel()?)?;
     let spec = m.spec()?;
+    if spec.gpu {
+        warn_without_venus(home, &m, &spec);
+    }
     let registered = machine::podman::add_connection(
         &spec.name,
         &m.socket(store::PODMAN_SOCKET),
@@ -135,6 +136,23 @@ pub fn start(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
         s
     });
     Ok(())
+}
+
+/// A started GPU machine whose guest fell back to software rendering works, but not as asked.
+fn warn_without_venus(home: &Home, m: &machine::MachineDir, spec: &store::Spec) {
+    let report = check_image(home, spec)
+        .and_then(|image| Ok(machine::gpu::check(m, spec, &image, Scope::Vm)?));
+    match report {
+        Ok(r) if r.device.is_some() => {}
+        Ok(r) => {
+            let why = r.missing.map(|m| m.detail).unwrap_or_default();
+            eprintln!(
+                "warning: the guest has no Venus GPU ({why}); `carbon-vm gpu check {}` says why",
+                m.name
+            );
+        }
+        Err(e) => eprintln!("warning: could not check the guest's GPU: {e:#}"),
+    }
 }
 
 pub fn stop(a: StopArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
@@ -182,36 +200,49 @@ pub fn inspect(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
 pub fn ssh(a: SshArgs, home: &Home) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let m = store(home).open(&a.name)?;
-    let run = match (lifecycle::state(&m), m.run()) {
-        (State::Running, Some(r)) => r,
-        _ => anyhow::bail!(lifecycle::LifecycleError::NotRunning(a.name.clone())),
-    };
-    let err = std::process::Command::new("ssh")
-        .args(["-i"])
-        .arg(m.path(store::KEY))
-        .args(["-p", &run.ssh_port.to_string()])
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            m.path(store::KNOWN_HOSTS).display()
-        ))
-        .args([
-            "-o",
-            &format!("HostKeyAlias={}", lifecycle::host_alias(&a.name)),
-        ])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg("root@127.0.0.1")
-        .args(&a.command)
-        .exec();
+    let err = machine::ssh::command(&m)?.args(&a.command).exec();
     Err(anyhow::anyhow!(err).context("cannot run ssh (install openssh-client)"))
 }
+
+/// The container image the machine's guest image bundles for GPU checks.
+fn check_image(home: &Home, spec: &store::Spec) -> anyhow::Result<String> {
+    let img = Cache::open(&home.images)?.get(&spec.image.to_string())?;
+    img.manifest
+        .bundles
+        .container_images
+        .first()
+        .map(|c| c.name.clone())
+        .ok_or_else(|| anyhow::anyhow!("the machine's guest image bundles no container image"))
+}
+
+pub fn gpu_check(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
+    let m = store(home).open(&a.name)?;
+    let spec = m.spec()?;
+    let image = if spec.gpu {
+        check_image(home, &spec)?
+    } else {
+        String::new()
+    };
+    let report = machine::gpu::check(&m, &spec, &image, Scope::Container)?;
+    out.record(&report, || match &report.missing {
+        None => format!(
+            "ok: {} ({}, Vulkan {}) in the VM and in a container",
+            report.device.as_deref().unwrap_or_default(),
+            report.driver_info.as_deref().unwrap_or_default(),
+            report.api_version.as_deref().unwrap_or_default(),
+        ),
+        Some(m) => format!("FAILED at {}: {}", m.link.name(), m.detail),
+    });
+    match report.missing {
+        None => Ok(()),
+        Some(m) => Err(GpuCheckFailed(m).into()),
+    }
+}
+
+/// `gpu check` found a broken link; its hint says how to mend it.
+#[derive(Debug, thiserror::Error)]
+#[error("Venus does not work in the machine: {} (link: {})", .0.detail, .0.link.name())]
+pub struct GpuCheckFailed(pub venus::check::Missing);
 
 pub fn env(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = store(home).open(&a.name)?;

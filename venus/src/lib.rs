@@ -1,3 +1,9 @@
-//! virtio-gpu Venus: what the guest needs to run Vulkan on the host GPU, and how to check it.
+//! virtio-gpu Venus: what the guest needs to run Vulkan on the host GPU, the flags and memory
+//! window each VMM is given, host probes, and the check that proves it works end to end.
 
+pub mod check;
+pub mod flags;
 pub mod icd;
+pub mod probe;
+pub mod vulkaninfo;
+pub mod window;

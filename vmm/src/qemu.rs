@@ -2,6 +2,7 @@
 //! unit tests pin exactly what QEMU is asked to do.
 
 use std::path::PathBuf;
+use venus::probe::Display;
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,15 @@ pub struct QemuConfig {
     pub pidfile: PathBuf,
     /// SMBIOS type 11 OEM strings (systemd credentials).
     pub oem_strings: Vec<String>,
+    pub gpu: Option<Gpu>,
+}
+
+/// A virtio-gpu Venus device.
+#[derive(Debug, Clone)]
+pub struct Gpu {
+    /// The host-memory window for Venus blobs (`venus::window::qemu_hostmem_bytes`).
+    pub hostmem_bytes: u64,
+    pub display: Display,
 }
 
 /// The virtio-serial port name the guest's carbon-ready unit writes to.
@@ -57,8 +67,6 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
         "-m".into(),
         format!("{}M", c.memory_mib),
         "-nodefaults".into(),
-        "-display".into(),
-        "none".into(),
         "-kernel".into(),
         p(&c.kernel),
         "-initrd".into(),
@@ -92,12 +100,52 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
         p(&c.pidfile),
         "-daemonize".into(),
     ];
+    match &c.gpu {
+        None => a.extend(["-display".into(), "none".into()]),
+        Some(gpu) => a.extend(gpu_args(c, gpu)),
+    }
     for s in &c.oem_strings {
         // QEMU's option parser treats ',' as a separator; ',,' is a literal comma.
         a.push("-smbios".into());
         a.push(format!("type=11,value={}", s.replace(',', ",,")));
     }
     a
+}
+
+/// Venus needs blob resources mapped through `hostmem`, and blobs need guest RAM that the
+/// render server can map too: a shared memfd backend. virtio-gpu-gl also needs a GL display.
+fn gpu_args(c: &QemuConfig, gpu: &Gpu) -> Vec<String> {
+    let display = match &gpu.display {
+        Display::EglHeadless { render_node } => {
+            format!("egl-headless,rendernode={}", render_node.display())
+        }
+        Display::SdlOffscreen => "sdl,gl=on".into(),
+    };
+    vec![
+        "-object".into(),
+        format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            c.memory_mib
+        ),
+        "-machine".into(),
+        "memory-backend=mem".into(),
+        "-device".into(),
+        format!(
+            "virtio-gpu-gl-pci,venus=on,blob=on,hostmem={}M",
+            gpu.hostmem_bytes >> 20
+        ),
+        "-display".into(),
+        display,
+    ]
+}
+
+/// Environment QEMU needs besides its arguments: SDL's offscreen video driver renders without an
+/// X server or Wayland compositor.
+pub fn environment(c: &QemuConfig) -> Vec<(&'static str, &'static str)> {
+    match c.gpu.as_ref().map(|g| &g.display) {
+        Some(Display::SdlOffscreen) => vec![("SDL_VIDEODRIVER", "offscreen")],
+        _ => vec![],
+    }
 }
 
 #[cfg(test)]
@@ -124,6 +172,7 @@ mod tests {
                 "io.systemd.credential:system.hostname=dev".into(),
                 "a,b".into(),
             ],
+            gpu: None,
         }
     }
 
@@ -170,6 +219,45 @@ mod tests {
         ));
         assert!(has("-smbios", "type=11,value=a,,b"), "commas are escaped");
         assert!(argv.contains(&"-daemonize".to_owned()));
+        assert!(has("-display", "none"), "no GPU, no display");
+        assert!(!argv.iter().any(|a| a.contains("virtio-gpu")));
+        assert!(environment(&config()).is_empty());
+    }
+
+    #[test]
+    fn gpu_machine_gets_venus_with_blob_hostmem_shared_memory_and_a_gl_display() {
+        let mut c = config();
+        c.gpu = Some(Gpu {
+            hostmem_bytes: 8 << 30,
+            display: Display::SdlOffscreen,
+        });
+        let argv = command_line(&c);
+        let p = pairs(&argv);
+        let has = |k: &str, v: &str| p.contains(&(k.to_owned(), v.to_owned()));
+        assert!(has(
+            "-device",
+            "virtio-gpu-gl-pci,venus=on,blob=on,hostmem=8192M"
+        ));
+        assert!(has(
+            "-object",
+            "memory-backend-memfd,id=mem,size=2048M,share=on"
+        ));
+        assert!(has("-machine", "memory-backend=mem"));
+        assert!(has("-display", "sdl,gl=on") && !has("-display", "none"));
+        assert_eq!(environment(&c), [("SDL_VIDEODRIVER", "offscreen")]);
+
+        c.gpu = Some(Gpu {
+            hostmem_bytes: 1 << 30,
+            display: Display::EglHeadless {
+                render_node: "/dev/dri/renderD128".into(),
+            },
+        });
+        let p = pairs(&command_line(&c));
+        assert!(p.contains(&(
+            "-display".into(),
+            "egl-headless,rendernode=/dev/dri/renderD128".into()
+        )));
+        assert!(environment(&c).is_empty());
     }
 
     #[test]

@@ -61,9 +61,25 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         0o755,
         include_str!("../../../configs/guest/files/usr/lib/carbon-vm/ready"),
     ),
+    (
+        "etc/udev/rules.d/70-carbon-render.rules",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/udev/rules.d/70-carbon-render.rules"),
+    ),
+    (
+        "etc/systemd/system/carbon-gpu-devices.service",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-gpu-devices.service"),
+    ),
+    (
+        "usr/lib/carbon-vm/gpu-devices",
+        0o755,
+        include_str!("../../../configs/guest/files/usr/lib/carbon-vm/gpu-devices"),
+    ),
 ];
 const ENABLE_UNITS: &str = "systemd-networkd.service systemd-resolved.service ssh.service \
-    podman.socket carbon-ssh-hostkeys.service carbon-load-images.service carbon-ready.service";
+    podman.socket carbon-ssh-hostkeys.service carbon-load-images.service carbon-gpu-devices.service \
+    carbon-ready.service";
 /// Documentation and manuals are left out of both roots; licences stay.
 const DPKG_EXCLUDES: [&str; 4] = [
     "path-exclude=/usr/share/man/*",

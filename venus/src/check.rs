@@ -1,0 +1,354 @@
+//! `gpu check`: prove Venus works in a guest and in a container there, or name the missing link.
+//!
+//! One shell script runs in the guest (over SSH) and prints marked sections; [`diagnose`] walks the
+//! chain from the VMM's device to the container's Vulkan driver and stops at the first broken link.
+
+use crate::vulkaninfo::{self, Device};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// The guest-side probe: `sh -s -- IMAGE vm|container`. The container gets no explicit
+/// `--device`: the guest's containers.conf must give it /dev/dri by default.
+pub const GUEST_SCRIPT: &str = r#"
+echo @@pci; grep -lx 0x1050 /sys/bus/pci/devices/*/device 2>/dev/null
+echo @@render; stat -c '%n %a' /dev/dri/renderD* 2>/dev/null
+echo @@icd; ls /usr/share/vulkan/icd.d/ 2>&1
+echo @@vm; vulkaninfo --summary 2>&1
+[ "$2" = container ] || exit 0
+if out=$(podman run --rm "$1" sh -c 'echo @@container-dri; ls /dev/dri 2>&1; echo @@container; vulkaninfo --summary 2>&1' 2>&1)
+then echo "$out"
+else echo @@container-run; echo "$out"
+fi
+"#;
+
+/// The links of the chain, in the order a frame of Vulkan work crosses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// The machine was created without a GPU.
+    NoGpu,
+    /// The VMM gave the guest no virtio-gpu device.
+    QemuDevice,
+    /// The guest kernel did not bind virtio_gpu (no render node).
+    GuestKernelDriver,
+    /// The render node exists but not every user may open it.
+    RenderNodePermissions,
+    /// The guest has no Venus ICD (Mesa's mesa-vulkan-drivers).
+    GuestMesa,
+    /// The device is there but Venus did not come up: the host's virglrenderer, render server or
+    /// Vulkan driver.
+    HostStack,
+    /// Containers do not get /dev/dri.
+    ContainerDevice,
+    /// The container sees /dev/dri but its own Mesa has no working Venus driver.
+    ContainerMesa,
+}
+
+impl Link {
+    /// The name `--json` gives the link.
+    pub fn name(self) -> &'static str {
+        match self {
+            Link::NoGpu => "no-gpu",
+            Link::QemuDevice => "qemu-device",
+            Link::GuestKernelDriver => "guest-kernel-driver",
+            Link::RenderNodePermissions => "render-node-permissions",
+            Link::GuestMesa => "guest-mesa",
+            Link::HostStack => "host-stack",
+            Link::ContainerDevice => "container-device",
+            Link::ContainerMesa => "container-mesa",
+        }
+    }
+
+    pub fn hint(self) -> &'static str {
+        match self {
+            Link::NoGpu => "create the machine with `carbon-vm create --gpu NAME`",
+            Link::QemuDevice => {
+                "the VMM was started without virtio-gpu: run `carbon-vm doctor` and restart the machine"
+            }
+            Link::GuestKernelDriver => {
+                "the guest kernel needs DRM_VIRTIO_GPU: `carbon-vm ssh NAME -- dmesg | grep -i virtio` shows why it did not bind"
+            }
+            Link::RenderNodePermissions => {
+                "the guest's udev rule (70-carbon-render.rules) should make /dev/dri/renderD128 mode 0666"
+            }
+            Link::GuestMesa => {
+                "install mesa-vulkan-drivers in the guest, or use the default guest image"
+            }
+            Link::HostStack => {
+                "the host's Venus stack failed: `carbon-vm doctor` checks QEMU, virglrenderer's render server and the host Vulkan driver; the machine's console.log has QEMU's messages"
+            }
+            Link::ContainerDevice => {
+                "containers get /dev/dri from the guest's containers.conf.d/50-carbon-gpu.conf (carbon-gpu-devices.service), or pass --device /dev/dri"
+            }
+            Link::ContainerMesa => {
+                "the container image needs Mesa's Venus driver (mesa-vulkan-drivers); macOS hosts need a 16 KiB-page-capable Mesa"
+            }
+        }
+    }
+}
+
+impl Serialize for Link {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Missing {
+    pub link: Link,
+    pub detail: String,
+    pub hint: &'static str,
+}
+
+impl Missing {
+    pub fn new(link: Link, detail: impl Into<String>) -> Missing {
+        Missing {
+            link,
+            detail: detail.into(),
+            hint: link.hint(),
+        }
+    }
+}
+
+/// What the check saw; `missing` is `None` when Venus works in the VM and in the container.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    /// The Venus device's name, e.g. `Virtio-GPU Venus (llvmpipe (LLVM 19.1.7, 256 bits))`.
+    pub device: Option<String>,
+    /// The host GPU behind Venus.
+    pub host_device: Option<String>,
+    /// The guest Venus driver's Mesa version and Vulkan API version.
+    pub driver_info: Option<String>,
+    pub api_version: Option<String>,
+    pub vm_devices: Vec<Device>,
+    pub container_devices: Vec<Device>,
+    pub missing: Option<Missing>,
+}
+
+/// Splits the script's output at its `@@name` lines.
+pub fn sections(output: &str) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = HashMap::new();
+    let mut current: Option<String> = None;
+    for line in output.lines() {
+        if let Some(name) = line.strip_prefix("@@") {
+            current = Some(name.trim().to_owned());
+            out.entry(name.trim().to_owned()).or_default();
+        } else if let Some(c) = &current {
+            let s = out.get_mut(c).expect("entry made above");
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    out
+}
+
+/// Walks the chain over the guest script's output.
+pub fn diagnose(output: &str) -> Report {
+    let s = sections(output);
+    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("");
+    let vm_devices = vulkaninfo::parse_summary(get("vm"));
+    let container_devices = vulkaninfo::parse_summary(get("container"));
+    let venus = vm_devices.iter().find(|d| d.is_venus());
+    let missing = find_missing(&s, &vm_devices, &container_devices);
+    Report {
+        ok: missing.is_none(),
+        device: venus.map(|d| d.name.clone()),
+        host_device: venus.and_then(|d| d.host_device()).map(str::to_owned),
+        driver_info: venus.map(|d| d.driver_info.clone()),
+        api_version: venus.map(|d| d.api_version.clone()),
+        vm_devices,
+        container_devices,
+        missing,
+    }
+}
+
+fn names(devices: &[Device]) -> String {
+    if devices.is_empty() {
+        return "no Vulkan device".into();
+    }
+    let n: Vec<String> = devices
+        .iter()
+        .map(|d| format!("{} ({})", d.name, d.driver_id))
+        .collect();
+    format!("only {}", n.join(", "))
+}
+
+fn find_missing(
+    s: &HashMap<String, String>,
+    vm: &[Device],
+    container: &[Device],
+) -> Option<Missing> {
+    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("").trim();
+    if get("pci").is_empty() {
+        return Some(Missing::new(
+            Link::QemuDevice,
+            "the guest has no virtio-gpu PCI device",
+        ));
+    }
+    let render = get("render");
+    let Some(node) = render.lines().next() else {
+        return Some(Missing::new(
+            Link::GuestKernelDriver,
+            "virtio-gpu is present but /dev/dri/renderD* is not",
+        ));
+    };
+    if !node.ends_with(" 666") {
+        return Some(Missing::new(
+            Link::RenderNodePermissions,
+            format!("render node mode: {node}"),
+        ));
+    }
+    if !get("icd").lines().any(|l| l.trim() == "virtio_icd.json") {
+        return Some(Missing::new(
+            Link::GuestMesa,
+            "no Venus ICD (virtio_icd.json) in /usr/share/vulkan/icd.d",
+        ));
+    }
+    if !vm.iter().any(Device::is_venus) {
+        return Some(Missing::new(
+            Link::HostStack,
+            format!("the guest's Vulkan loader lists {}", names(vm)),
+        ));
+    }
+    if s.contains_key("container-run") || !s.contains_key("container-dri") {
+        return Some(Missing::new(
+            Link::ContainerDevice,
+            format!(
+                "the container did not run: {}",
+                get("container-run").lines().last().unwrap_or("")
+            ),
+        ));
+    }
+    if !get("container-dri")
+        .lines()
+        .any(|l| l.starts_with("renderD"))
+    {
+        return Some(Missing::new(
+            Link::ContainerDevice,
+            "the container has no /dev/dri/renderD*",
+        ));
+    }
+    if !container.iter().any(Device::is_venus) {
+        return Some(Missing::new(
+            Link::ContainerMesa,
+            format!("the container's Vulkan loader lists {}", names(container)),
+        ));
+    }
+    None
+}
+
+/// The report for a machine created without a GPU: nothing to ask the guest.
+pub fn no_gpu() -> Report {
+    Report {
+        ok: false,
+        device: None,
+        host_device: None,
+        driver_info: None,
+        api_version: None,
+        vm_devices: Vec::new(),
+        container_devices: Vec::new(),
+        missing: Some(Missing::new(
+            Link::NoGpu,
+            "the machine was created without --gpu",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script's real output in a `--gpu` machine under QEMU + lavapipe (captured here).
+    const GOOD: &str = include_str!("../tests/data/guest-check-venus.txt");
+
+    /// GOOD with one section's body replaced.
+    fn with_section(name: &str, body: &str) -> String {
+        let mut s = sections(GOOD);
+        s.insert(name.into(), body.into());
+        [
+            "pci",
+            "render",
+            "icd",
+            "vm",
+            "container-dri",
+            "container",
+            "container-run",
+        ]
+        .iter()
+        .filter_map(|k| s.get(*k).map(|v| format!("@@{k}\n{v}")))
+        .collect()
+    }
+
+    fn link(output: &str) -> Option<Link> {
+        diagnose(output).missing.map(|m| m.link)
+    }
+
+    #[test]
+    fn a_working_machine_passes_and_names_the_host_device() {
+        let r = diagnose(GOOD);
+        assert!(r.ok, "{:?}", r.missing);
+        assert_eq!(
+            r.host_device.as_deref(),
+            Some("llvmpipe (LLVM 19.1.7, 256 bits)")
+        );
+        assert!(r.driver_info.unwrap().starts_with("Mesa 25"));
+        assert!(r.container_devices.iter().any(Device::is_venus));
+    }
+
+    #[test]
+    fn each_broken_link_is_named() {
+        let llvmpipe_only: String = {
+            let vm = sections(GOOD)["vm"].clone();
+            let start = vm.find("GPU0:").unwrap();
+            let end = vm.find("GPU1:").unwrap();
+            format!("{}{}", &vm[..start], &vm[end..])
+        };
+        let cases = [
+            (with_section("pci", ""), Link::QemuDevice),
+            (with_section("render", ""), Link::GuestKernelDriver),
+            (
+                with_section("render", "/dev/dri/renderD128 600\n"),
+                Link::RenderNodePermissions,
+            ),
+            (with_section("icd", "lvp_icd.json\n"), Link::GuestMesa),
+            (with_section("vm", &llvmpipe_only), Link::HostStack),
+            (
+                with_section("container-dri", "ls: /dev/dri: No such file\n"),
+                Link::ContainerDevice,
+            ),
+            (
+                with_section("container", &llvmpipe_only),
+                Link::ContainerMesa,
+            ),
+            (
+                with_section("container-run", "Error: no such image\n"),
+                Link::ContainerDevice,
+            ),
+        ];
+        for (output, want) in cases {
+            assert_eq!(link(&output), Some(want), "{want:?}");
+        }
+    }
+
+    #[test]
+    fn the_vm_scope_stops_before_the_container() {
+        let mut s = sections(GOOD);
+        s.retain(|k, _| !k.starts_with("container"));
+        let vm_only: String = ["pci", "render", "icd", "vm"]
+            .iter()
+            .map(|k| format!("@@{k}\n{}", s[*k]))
+            .collect();
+        let r = diagnose(&vm_only);
+        assert!(r.device.is_some(), "Venus seen in the VM");
+        assert_eq!(r.missing.unwrap().link, Link::ContainerDevice);
+    }
+
+    #[test]
+    fn a_machine_without_gpu_fails_with_that_reason() {
+        let r = no_gpu();
+        assert!(!r.ok);
+        assert_eq!(r.missing.as_ref().unwrap().link, Link::NoGpu);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["missing"]["link"], "no-gpu");
+    }
+}

@@ -108,6 +108,22 @@ pub fn default_image() -> Option<PathBuf> {
     }
 }
 
+/// `scripts/gpu-root`, the Debian trixie root with the Venus host stack (QEMU 10, virglrenderer
+/// 1.1, Mesa), when the test run provides it (scripts/test sets CARBON_VM_TEST_GPU_ROOT once the
+/// root is built). Outside CI its absence skips the caller with a printed reason; in CI it fails.
+pub fn gpu_root() -> Option<PathBuf> {
+    match std::env::var_os("CARBON_VM_TEST_GPU_ROOT") {
+        Some(_) => Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-root")),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("CARBON_VM_TEST_GPU_ROOT is not set: .ci/run must build the GPU host root")
+        }
+        None => {
+            eprintln!("SKIP: CARBON_VM_TEST_GPU_ROOT is not set (scripts/test builds the root)");
+            None
+        }
+    }
+}
+
 /// Packs a small but real image from a synthetic root (see archive::synthetic_rootfs).
 pub fn pack_mini(dir: &Path) -> (PathBuf, String) {
     let root = dir.join("rootfs");

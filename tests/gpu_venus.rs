@@ -1,0 +1,171 @@
+//! Venus end to end, for real: a `--gpu` machine on QEMU 10 + virglrenderer 1.1 (in the trixie
+//! host root, see scripts/gpu-root) whose guest and containers see "Virtio-GPU Venus (llvmpipe ...)"
+//! and run the project's Vulkan compute workload, checked against the CPU, through
+//! `podman -c NAME run --device /dev/dri`. A machine without --gpu fails `gpu check` saying so.
+
+mod common;
+
+use common::Env;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct GpuEnv {
+    env: Env,
+    root: PathBuf,
+    xdg: PathBuf,
+}
+
+impl GpuEnv {
+    /// A command run inside the GPU host root, with the test's own state and Podman config.
+    fn inside(&self, program: &Path) -> Command {
+        let mut c = Command::new(&self.root);
+        c.arg("run")
+            .arg(program)
+            .env("CARBON_VM_HOME", self.env.home.path())
+            .env("XDG_CONFIG_HOME", &self.xdg)
+            .env_remove("CARBON_VM_LOG");
+        c
+    }
+
+    fn carbon_vm(&self, args: &[&str]) -> Output {
+        self.inside(&assert_cmd::cargo::cargo_bin("carbon-vm"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn podman(&self, args: &[&str]) -> Output {
+        self.inside(Path::new("/usr/bin/podman"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+fn ok(o: &Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
+    let (Some(image), Some(root)) = (common::default_image(), common::gpu_root()) else {
+        return;
+    };
+    let env = Env::new();
+    let xdg = env.home.path().join("xdg");
+    let g = GpuEnv { env, root, xdg };
+    g.env
+        .pull(image.to_str().unwrap(), Some(&common::sha256_file(&image)));
+    ok(
+        &g.carbon_vm(&[
+            "create",
+            "--gpu",
+            "gpu",
+            "--memory",
+            "2048",
+            "--disk-size",
+            "8",
+        ]),
+        "create --gpu",
+    );
+    let o = g.carbon_vm(&["start", "gpu"]);
+    ok(&o, "start");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("warning"), "start warned: {stderr}");
+
+    // gpu check: Venus in the VM and in the bundled container.
+    let check: Value = serde_json::from_str(&ok(
+        &g.carbon_vm(&["--json", "gpu", "check", "gpu"]),
+        "gpu check",
+    ))
+    .unwrap();
+    assert_eq!(check["ok"], true, "{check:#}");
+    let device = check["device"].as_str().unwrap();
+    assert!(device.starts_with("Virtio-GPU Venus ("), "{device}");
+    assert!(
+        check["host_device"]
+            .as_str()
+            .unwrap()
+            .starts_with("llvmpipe")
+    );
+    for side in ["vm_devices", "container_devices"] {
+        assert!(
+            check[side]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["driver_id"] == "DRIVER_ID_MESA_VENUS"),
+            "{side}: {check:#}"
+        );
+    }
+
+    // The project's compute workload, built into an image on the machine by the podman client,
+    // run with --device /dev/dri on the Venus device, its product checked against the CPU.
+    let ctx = tempfile::tempdir_in(g.env.home.path()).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("carbon-vk-compute");
+    assert!(
+        bin.is_file(),
+        "{bin:?}: build the workspace first (cargo test --workspace)"
+    );
+    std::fs::copy(&bin, ctx.path().join("carbon-vk-compute")).unwrap();
+    std::fs::write(
+        ctx.path().join("Containerfile"),
+        "FROM localhost/carbon-venus:latest\nCOPY carbon-vk-compute /usr/local/bin/\n",
+    )
+    .unwrap();
+    let ctx_path = ctx.path().to_str().unwrap();
+    ok(
+        &g.podman(&[
+            "-c",
+            "gpu",
+            "build",
+            "-q",
+            "-t",
+            "localhost/carbon-vk-compute",
+            ctx_path,
+        ]),
+        "podman build",
+    );
+    let out = ok(
+        &g.podman(&[
+            "-c",
+            "gpu",
+            "run",
+            "--rm",
+            "--device",
+            "/dev/dri",
+            "localhost/carbon-vk-compute",
+            "carbon-vk-compute",
+            "--n",
+            "128",
+            "--driver",
+            "DRIVER_ID_MESA_VENUS",
+        ]),
+        "compute workload in a container",
+    );
+    let run: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(run["verified"], true, "{run}");
+    assert_eq!(run["driver_id"], "DRIVER_ID_MESA_VENUS");
+    assert!(run["gflops"].as_f64().unwrap() > 0.0);
+
+    // A machine created without --gpu fails the check, saying why.
+    ok(&g.carbon_vm(&["create", "plain"]), "create");
+    let o = g.carbon_vm(&["--json", "gpu", "check", "plain"]);
+    assert_eq!(o.status.code(), Some(8), "the GPU check's exit code");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["missing"]["link"], "no-gpu");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--gpu"));
+
+    ok(&g.carbon_vm(&["stop", "gpu"]), "stop");
+    ok(&g.carbon_vm(&["rm", "gpu"]), "rm");
+    ok(&g.carbon_vm(&["rm", "plain"]), "rm");
+}

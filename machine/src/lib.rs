@@ -5,6 +5,7 @@
 pub mod create;
 pub mod lifecycle;
 pub mod podman;
+pub mod podman_machine;
 pub mod process;
 pub mod store;
 

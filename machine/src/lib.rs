@@ -6,6 +6,7 @@ pub mod create;
 pub mod gpu;
 pub mod lifecycle;
 pub mod podman;
+pub mod podman_machine;
 pub mod process;
 pub mod ssh;
 pub mod store;

@@ -75,4 +75,19 @@ mod tests {
         assert!(s.contains("-forward-sock /r/podman.sock -forward-dest /run/podman/podman.sock"));
         assert!(s.contains("-forward-user root -forward-identity /m/id_ed25519"));
     }
+
+    #[test]
+    fn vfkit_listener_for_krunkit() {
+        let argv = command_line(&GvproxyConfig {
+            listen: Listen::Vfkit("/r/net.sock".into()),
+            ssh_port: 40022,
+            podman_socket: "/r/podman.sock".into(),
+            identity: "/m/id_ed25519".into(),
+            pidfile: "/m/gvproxy.pid".into(),
+            log: "/m/gvproxy.log".into(),
+        });
+        let s = argv.join(" ");
+        assert!(s.contains("-listen-vfkit unixgram:///r/net.sock"), "{s}");
+        assert!(!s.contains("-listen-qemu"));
+    }
 }

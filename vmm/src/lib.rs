@@ -1,6 +1,7 @@
 //! carbon-vm's VMM drivers behind one narrow trait: krunkit (macOS), qemu and libkrun (Linux).
 
 pub mod gvproxy;
+pub mod krunkit;
 pub mod qemu;
 pub mod qmp;
 

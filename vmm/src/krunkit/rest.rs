@@ -1,0 +1,222 @@
+//! krunkit's REST API (`--restful-uri unix://PATH`): `GET /vm/state` and `POST /vm/state`.
+//!
+//! Two wire protocols exist (krunkit src/status.rs):
+//! - 1.3 and later parse the request and answer with a Content-Length and a JSON body
+//!   `{"state":"VirtualMachineStateRunning","canStart":false,...,"canStop":true,"canHardStop":true}`;
+//!   `POST {"state":"Stop"}` and `{"state":"HardStop"}` answer `VirtualMachineStateStopping`.
+//! - Earlier versions answer fixed strings without Content-Length, terminated by a NUL byte:
+//!   `{"state": "VirtualMachineStateRunning"}\0` to anything, or
+//!   `{"state": "VirtualMachineStateStopping"}\0` to any request containing "POST" (every POST
+//!   stops the VM).
+//!
+//! Both versions serve one request per connection and close it, and both read the request with
+//! a single read, so it is sent with a single write. A missing socket or a refused connection
+//! means no krunkit is serving it: the VM is gone.
+//!
+//! A small HTTP/1.1 exchange over std's UnixStream, with httparse for the response: the
+//! workspace's hyper needs an async runtime for one request on a local socket.
+
+use serde::Deserialize;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+const PATH: &str = "/vm/state";
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub const RUNNING: &str = "VirtualMachineStateRunning";
+pub const STOPPING: &str = "VirtualMachineStateStopping";
+
+/// The state krunkit reports, e.g. [`RUNNING`] or [`STOPPING`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct VmState {
+    pub state: String,
+    /// Absent from pre-1.3 answers.
+    #[serde(rename = "canStop")]
+    pub can_stop: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateChange {
+    /// Asks the guest to shut down.
+    Stop,
+    HardStop,
+}
+
+impl StateChange {
+    fn name(self) -> &'static str {
+        match self {
+            StateChange::Stop => "Stop",
+            StateChange::HardStop => "HardStop",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestError {
+    #[error("krunkit is not serving its REST API (the VM is gone)")]
+    Gone,
+    #[error("cannot talk to krunkit's REST API")]
+    Io(#[source] io::Error),
+    #[error("krunkit answered HTTP {0}: {1}")]
+    Status(u16, String),
+    #[error("krunkit's answer is not its REST protocol: {0:?}")]
+    Protocol(String),
+}
+
+impl From<io::Error> for RestError {
+    fn from(e: io::Error) -> Self {
+        use io::ErrorKind::*;
+        match e.kind() {
+            NotFound | ConnectionRefused | ConnectionReset => RestError::Gone,
+            _ => RestError::Io(e),
+        }
+    }
+}
+
+pub fn get_state(socket: &Path) -> Result<VmState, RestError> {
+    exchange(socket, &request("GET", None))
+}
+
+pub fn change_state(socket: &Path, change: StateChange) -> Result<VmState, RestError> {
+    let body = serde_json::json!({ "state": change.name() }).to_string();
+    exchange(socket, &request("POST", Some(&body)))
+}
+
+fn request(method: &str, body: Option<&str>) -> Vec<u8> {
+    let mut r = format!("{method} {PATH} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(b) = body {
+        r.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ));
+    } else {
+        r.push_str("\r\n");
+    }
+    r.into_bytes()
+}
+
+fn exchange(socket: &Path, req: &[u8]) -> Result<VmState, RestError> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(RestError::Io)?;
+    s.set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(RestError::Io)?;
+    s.write_all(req)?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)?;
+    if answer.is_empty() {
+        // Closed without a word: krunkit is exiting.
+        return Err(RestError::Gone);
+    }
+    parse_response(&answer)
+}
+
+/// Parses either protocol's answer.
+pub fn parse_response(raw: &[u8]) -> Result<VmState, RestError> {
+    let text = || String::from_utf8_lossy(raw).into_owned();
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err(RestError::Protocol(text())),
+    };
+    let code = resp.code.unwrap_or(0);
+    let length = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
+    let rest = &raw[head_len..];
+    let body = match length {
+        Some(n) => rest.get(..n).ok_or_else(|| RestError::Protocol(text()))?,
+        None => rest,
+    };
+    // Pre-1.3 answers end with a NUL byte.
+    let body = String::from_utf8_lossy(body);
+    let body = body.trim_end_matches(['\0', '\r', '\n', ' ']);
+    if code != 200 {
+        return Err(RestError::Status(code, body.to_owned()));
+    }
+    serde_json::from_str(body).map_err(|_| RestError::Protocol(text()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_protocol() {
+        let body = "{\"state\":\"VirtualMachineStateRunning\",\"canStart\":false,\
+            \"canPause\":false,\"canResume\":false,\"canStop\":true,\"canHardStop\":true}";
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let s = parse_response(raw.as_bytes()).unwrap();
+        assert_eq!(s.state, RUNNING);
+        assert_eq!(s.can_stop, Some(true));
+    }
+
+    #[test]
+    fn pre_1_3_fixed_strings() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-type: application/json\r\n\r\n\
+            {\"state\": \"VirtualMachineStateStopping\"}\0";
+        let s = parse_response(raw).unwrap();
+        assert_eq!(s.state, STOPPING);
+        assert_eq!(s.can_stop, None);
+    }
+
+    #[test]
+    fn errors_carry_the_status_and_body() {
+        let body = "{\"error\":\"unsupported state change: Pause\"}";
+        let raw = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        match parse_response(raw.as_bytes()) {
+            Err(RestError::Status(400, b)) => assert!(b.contains("unsupported"), "{b}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_response(b"SSH-2.0-OpenSSH\r\n"),
+            Err(RestError::Protocol(_))
+        ));
+        // A truncated body is not a state.
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n{}"),
+            Err(RestError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn requests_are_one_buffer_with_a_json_body() {
+        let r = String::from_utf8(request("POST", Some("{\"state\":\"HardStop\"}"))).unwrap();
+        assert!(r.starts_with("POST /vm/state HTTP/1.1\r\n"));
+        assert!(r.ends_with("Content-Length: 20\r\n\r\n{\"state\":\"HardStop\"}"));
+        let g = String::from_utf8(request("GET", None)).unwrap();
+        assert!(g.starts_with("GET /vm/state HTTP/1.1\r\n") && g.ends_with("\r\n\r\n"));
+        assert!(
+            !g.contains("POST"),
+            "pre-1.3 krunkit stops on any request containing POST"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_dead_socket_means_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("rest.sock");
+        assert!(matches!(get_state(&sock), Err(RestError::Gone)));
+        // A socket file left by a dead krunkit: nobody listens.
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        assert!(sock.exists());
+        assert!(matches!(get_state(&sock), Err(RestError::Gone)));
+    }
+}

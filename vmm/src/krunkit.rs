@@ -156,18 +156,6 @@ pub fn command_line(c: &KrunkitConfig) -> Vec<String> {
     a
 }
 
-fn round_up_gib(mib: u64) -> u64 {
-    mib.div_ceil(1024) * 1024
-}
-
-/// The Venus window (MiB) krunkit gives a guest with `ram_mib` of RAM on a host with
-/// `host_ram_mib`: krunkit always enables Venus (flags VENUS | NO_VIRGL) with this window.
-pub fn venus_window_mib(ram_mib: u32, host_ram_mib: u64) -> u64 {
-    WINDOW_BUDGET_MIB
-        .saturating_sub(round_up_gib(u64::from(ram_mib)))
-        .min(host_ram_mib)
-}
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "a GPU machine here may have at most {max_mib} MiB of memory: the rest of the guest's \
@@ -183,7 +171,8 @@ pub fn fit_memory(requested_mib: u32, host_ram_mib: u64) -> Result<u32, NoRoomFo
     let by_window = WINDOW_BUDGET_MIB - MIN_WINDOW_MIB;
     let max_mib = u32::try_from(by_window).expect("small").min(MAX_MEMORY_MIB);
     let fits = requested_mib <= max_mib
-        && venus_window_mib(requested_mib, host_ram_mib) >= MIN_WINDOW_MIB.min(host_ram_mib);
+        && venus::window::krunkit_window_mib(u64::from(requested_mib), host_ram_mib)
+            >= MIN_WINDOW_MIB.min(host_ram_mib);
     if fits {
         Ok(requested_mib)
     } else {
@@ -321,15 +310,9 @@ mod tests {
     #[test]
     fn window_is_the_address_space_left_after_ram_rounded_up_to_a_gib() {
         let big_host = 128 * 1024;
-        // 4 GiB of RAM leaves 62 - 4 = 58 GiB.
-        assert_eq!(venus_window_mib(4096, big_host), 63488 - 4096);
-        // 4097 MiB counts as 5 GiB.
-        assert_eq!(venus_window_mib(4097, big_host), 63488 - 5120);
-        // Never more than the host's RAM.
-        assert_eq!(venus_window_mib(4096, 16 * 1024), 16 * 1024);
         // RAM + window always fit in the 36-bit guest physical space.
         for ram in [512, 2048, 4097, 30000, 55296, MAX_MEMORY_MIB] {
-            let w = venus_window_mib(ram, big_host);
+            let w = venus::window::krunkit_window_mib(u64::from(ram), big_host);
             assert!(u64::from(ram) + w <= GUEST_PHYS_MIB, "{ram}");
         }
     }
@@ -348,6 +331,6 @@ mod tests {
         assert!(fit_memory(MAX_MEMORY_MIB, host).is_err());
         // A small host bounds the window, not the RAM: 8 GiB host, 4 GiB guest, 8 GiB window.
         assert_eq!(fit_memory(4096, 8192), Ok(4096));
-        assert_eq!(venus_window_mib(4096, 8192), 8192);
+        assert_eq!(venus::window::krunkit_window_mib(4096, 8192), 8192);
     }
 }

@@ -10,7 +10,8 @@ struct Check {
     requirement: &'static str,
     needed_for: &'static str,
     ok: bool,
-    found: Option<PathBuf>,
+    /// What was found (a path, a version, devices), or why the requirement is not met.
+    found: Option<String>,
     fix: &'static str,
 }
 
@@ -64,7 +65,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
-    let checks: Vec<Check> = TOOLS
+    let mut checks: Vec<Check> = TOOLS
         .iter()
         .map(|&(tool, needed_for, fix)| {
             let found = which(tool);
@@ -72,11 +73,12 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
                 requirement: tool,
                 needed_for,
                 ok: found.is_some(),
-                found,
+                found: found.map(|p| p.display().to_string()),
                 fix,
             }
         })
         .collect();
+    checks.extend(gpu_checks());
     let failed = checks.iter().filter(|c| !c.ok).count();
     let report = Report {
         state: home,
@@ -93,8 +95,11 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
         for c in &report.checks {
             let mark = if c.ok { "ok  " } else { "MISSING" };
             s += &format!("{mark} {:<20} ({})", c.requirement, c.needed_for);
-            if !c.ok {
-                s += &format!("  fix: {}", c.fix);
+            match (&c.found, c.ok) {
+                (Some(f), true) if c.needed_for == GPU => s += &format!(": {f}"),
+                (Some(f), false) => s += &format!(": {f}\n        fix: {}", c.fix),
+                (None, false) => s += &format!("  fix: {}", c.fix),
+                _ => {}
             }
             s += "\n";
         }
@@ -104,6 +109,57 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
         anyhow::bail!(HostNotReady(failed));
     }
     Ok(())
+}
+
+const GPU: &str = "--gpu (qemu)";
+
+/// Venus under QEMU: each link asked of the real component (venus::probe).
+fn gpu_checks() -> Vec<Check> {
+    use venus::probe;
+    let check = |requirement, result: Result<String, probe::ProbeError>, fix| Check {
+        requirement,
+        needed_for: GPU,
+        ok: result.is_ok(),
+        found: Some(result.unwrap_or_else(|e| e.to_string())),
+        fix,
+    };
+    let qemu = probe::qemu(probe::QEMU);
+    let display = match &qemu {
+        Ok(q) => probe::choose_display(q, &probe::render_nodes(Path::new("/dev/dri"))),
+        Err(_) => Err(probe::ProbeError::NoDisplay),
+    };
+    vec![
+        check(
+            "qemu venus device",
+            qemu.map(|q| format!("QEMU {} (virtio-gpu-gl-pci venus=on)", q.version)),
+            "QEMU >= 9.2 with its OpenGL module: Debian trixie `apt-get install qemu-system-x86 qemu-system-modules-opengl qemu-system-gui`, Fedora `dnf install qemu-system-x86 qemu-device-display-virtio-gpu-gl qemu-ui-sdl`; on Debian bookworm run carbon-vm inside `scripts/gpu-root run`",
+        ),
+        check(
+            "gl display",
+            display.map(|d| match d {
+                probe::Display::EglHeadless { render_node } => {
+                    format!("egl-headless on {}", render_node.display())
+                }
+                probe::Display::SdlOffscreen => "sdl, offscreen (no render node)".into(),
+            }),
+            "a DRM render node (/dev/dri/renderD*) for egl-headless, or QEMU's SDL module (Debian qemu-system-gui, Fedora qemu-ui-sdl)",
+        ),
+        check(
+            "virgl render server",
+            probe::render_server().map(|p| p.display().to_string()),
+            "Debian trixie `apt-get install virgl-server`, Fedora `dnf install virglrenderer`",
+        ),
+        check(
+            "host vulkan device",
+            probe::host_vulkan().map(|d| {
+                d.iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+            "the GPU's Mesa Vulkan driver and vulkaninfo: Debian `apt-get install mesa-vulkan-drivers vulkan-tools`, Fedora `dnf install mesa-vulkan-drivers vulkan-tools`",
+        ),
+    ]
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -64,6 +64,19 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
     let g = GpuEnv { env, root, xdg };
     g.env
         .pull(image.to_str().unwrap(), Some(&common::sha256_file(&image)));
+    // doctor asks the root's real QEMU, render server and Vulkan loader: every GPU link is there.
+    let doctor: Value = serde_json::from_slice(&g.carbon_vm(&["--json", "doctor"]).stdout).unwrap();
+    let gpu_checks: Vec<&Value> = doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["needed_for"] == "--gpu (qemu)")
+        .collect();
+    assert_eq!(gpu_checks.len(), 4, "{doctor:#}");
+    for c in gpu_checks {
+        assert_eq!(c["ok"], true, "{c:#}");
+    }
+
     ok(
         &g.carbon_vm(&[
             "create",

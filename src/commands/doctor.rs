@@ -65,8 +65,11 @@ fn is_executable(p: &Path) -> bool {
 }
 
 pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
+    // Each host is checked for its own driver: QEMU (and its GPU stack) on Linux, krunkit on macOS.
+    let host = vmm::DriverKind::host_default();
     let mut checks: Vec<Check> = TOOLS
         .iter()
+        .filter(|(tool, ..)| host == vmm::DriverKind::Qemu || !tool.starts_with("qemu-"))
         .map(|&(tool, needed_for, fix)| {
             let found = which(tool);
             Check {
@@ -78,7 +81,10 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
             }
         })
         .collect();
-    checks.extend(gpu_checks());
+    match host {
+        vmm::DriverKind::Krunkit => checks.push(krunkit_check()),
+        _ => checks.extend(gpu_checks()),
+    }
     let failed = checks.iter().filter(|c| !c.ok).count();
     let report = Report {
         state: home,
@@ -112,6 +118,29 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
 }
 
 const GPU: &str = "--gpu (qemu)";
+
+/// krunkit, the macOS VMM (Venus always on): its version decides the REST protocol.
+fn krunkit_check() -> Check {
+    use vmm::krunkit::{INSTALL_HINT, JSON_REST, parse_version};
+    let found = std::process::Command::new("krunkit")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run krunkit: {e}"))
+        .and_then(|o| {
+            parse_version(&String::from_utf8_lossy(&o.stdout)).map_err(|e| e.to_string())
+        });
+    Check {
+        requirement: "krunkit",
+        needed_for: "machines (krunkit), --gpu",
+        ok: found.is_ok(),
+        found: Some(match found {
+            Ok(v) if v < JSON_REST => format!("krunkit {v} (older REST protocol; supported)"),
+            Ok(v) => format!("krunkit {v}"),
+            Err(e) => e,
+        }),
+        fix: INSTALL_HINT,
+    }
+}
 
 /// Venus under QEMU: each link asked of the real component (venus::probe).
 fn gpu_checks() -> Vec<Check> {

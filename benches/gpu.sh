@@ -12,7 +12,7 @@ cargo build --release --quiet --workspace
 image=$(scripts/guest-image)
 root=scripts/gpu-root
 bin=$PWD/target/release/carbon-vm
-work=$(mktemp -d /var/tmp/carbon-gpu-bench.XXXXXX)
+work=$(mktemp -d /tmp/carbon-gpu-bench.XXXXXX) # /tmp is bound into the GPU root
 export CARBON_VM_HOME=$work/home XDG_CONFIG_HOME=$work/xdg
 trap '$root run "$bin" rm --force gbench >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 

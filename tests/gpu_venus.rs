@@ -89,6 +89,48 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
         ]),
         "create --gpu",
     );
+    // Outside the root, a host whose own QEMU cannot serve Venus (Debian bookworm's 7.2) is
+    // refused before anything starts.
+    let host_doctor: Value = serde_json::from_slice(
+        &g.env
+            .cmd()
+            .args(["--json", "doctor"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let host_has_venus = host_doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["requirement"] == "qemu venus device" && c["ok"] == true);
+    if !host_has_venus {
+        let o = g
+            .env
+            .cmd()
+            .env("XDG_CONFIG_HOME", &g.xdg)
+            .args(["start", "gpu"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(6), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("cannot give the machine its Venus GPU"),
+            "{err}"
+        );
+        let list: Value = serde_json::from_slice(
+            &g.env
+                .cmd()
+                .args(["--json", "list"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        assert_eq!(list[0]["state"], "stopped", "nothing was started: {list}");
+    }
+
     let o = g.carbon_vm(&["start", "gpu"]);
     ok(&o, "start");
     let stderr = String::from_utf8_lossy(&o.stderr);

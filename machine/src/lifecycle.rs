@@ -207,13 +207,15 @@ pub fn start(m: &MachineDir, accel: vmm::qemu::Accel) -> Result<Run, LifecycleEr
         ));
     }
     tracing::info!(machine = %spec.name, "vmm running");
+    let started = Instant::now();
     let host_key = wait_ready(m, &ready, START_TIMEOUT)?;
     tracing::info!(machine = %spec.name, "guest ready");
     fs::write(
         m.path(KNOWN_HOSTS),
         format!("{} {host_key}\n", host_alias(&spec.name)),
     )?;
-    wait_podman(m, Duration::from_secs(60))?;
+    // Podman's service is socket-activated: its first answer can take long on a loaded TCG host.
+    wait_podman(m, START_TIMEOUT.saturating_sub(started.elapsed()))?;
     tracing::info!(machine = %spec.name, "podman api answers");
     fs::set_permissions(m.socket(PODMAN_SOCKET), fs::Permissions::from_mode(0o600))?;
     Ok(run)

@@ -1,6 +1,5 @@
 //! Stable exit codes (docs/cli.md) and the hint printed under an error.
 
-use crate::commands::NotImplemented;
 use guest_image::cache::CacheError;
 use guest_image::pack::PackError;
 use guest_image::pull::{PullError, PullFailure};
@@ -108,7 +107,7 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
         if let Some(f) = cause.downcast_ref::<crate::commands::machine::GpuCheckFailed>() {
             return (GPU_CHECK, Some(f.0.hint));
         }
-        if cause.downcast_ref::<NotImplemented>().is_some() {
+        if let Some(machine::create::CreateError::Driver(_)) = cause.downcast_ref() {
             return (NOT_IMPLEMENTED, None);
         }
         if cause

@@ -1,4 +1,4 @@
-//! The CLI contract: usage errors, exit codes, JSON on empty state, verbs not yet implemented.
+//! The CLI contract: usage errors, exit codes, JSON on empty state, drivers not yet available here.
 
 mod common;
 
@@ -66,13 +66,21 @@ fn missing_source_is_a_fetch_error_naming_the_image() {
 }
 
 #[test]
-fn machine_verbs_not_yet_implemented_say_so() {
+fn drivers_not_yet_available_here_exit_7_before_anything_is_written() {
     let env = Env::new();
-    {
-        let args = ["gpu", "check", "dev"];
-        let o = env.cmd().args(args).output().unwrap();
-        assert_eq!(o.status.code(), Some(7), "{args:?}");
-        assert!(String::from_utf8_lossy(&o.stderr).contains("not implemented yet"));
+    for driver in ["krunkit", "libkrun"] {
+        let o = env
+            .cmd()
+            .args(["create", "dev", "--driver", driver])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(7), "{driver}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("the {driver} driver is not available")),
+            "{err}"
+        );
+        assert!(!env.home.path().join("machines").join("dev").exists());
     }
 }
 
@@ -84,6 +92,7 @@ fn unknown_machines_are_not_found() {
         &["stop", "nope"],
         &["inspect", "nope"],
         &["rm", "nope"],
+        &["gpu", "check", "nope"],
     ] {
         let o = env.cmd().args(args).output().unwrap();
         assert_eq!(o.status.code(), Some(3), "{args:?}");

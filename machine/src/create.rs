@@ -35,10 +35,16 @@ pub struct CreateOptions<'a> {
     pub image: &'a CachedImage,
 }
 
-pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateError> {
-    if o.driver != vmm::DriverKind::Qemu {
-        return Err(CreateError::Driver(o.driver.name()));
+/// Refuses a driver this host cannot run machines with yet, before anything is pulled or written.
+pub fn check_driver(driver: vmm::DriverKind) -> Result<(), CreateError> {
+    match driver {
+        vmm::DriverKind::Qemu => Ok(()),
+        other => Err(CreateError::Driver(other.name())),
     }
+}
+
+pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateError> {
+    check_driver(o.driver)?;
     let m = store.machine(o.name)?;
     mkdir_private(&store.machines)?;
     if m.dir.exists() {

@@ -76,6 +76,7 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
         Some(d) => d.parse()?,
         None => vmm::DriverKind::host_default(),
     };
+    machine::create::check_driver(driver)?;
     let cache = Cache::open(&home.images)?;
     let image = match &a.image {
         Some(id) => cache.get(id)?,

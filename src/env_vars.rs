@@ -8,5 +8,5 @@ pub const DEBIAN_MIRROR: &str = "CARBON_VM_DEBIAN_MIRROR";
 pub const LOG: &str = "CARBON_VM_LOG";
 /// Reproducible builds: the timestamp the recipe and `image pack` stamp into the artifact.
 pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
-/// QEMU accelerator: `tcg` (default) or `kvm` (where hardware virtualization really works).
+/// QEMU accelerator: `auto` (default: KVM where a probe shows it runs guests, else TCG), `kvm`, `tcg`.
 pub const ACCEL: &str = "CARBON_VM_ACCEL";

@@ -114,4 +114,13 @@ fn state_root_follows_carbon_vm_home() {
             "{k}: {v}"
         );
     }
+    // KVM is probed, and only costs speed when missing: it never fails doctor on its own.
+    let kvm = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["requirement"] == "kvm")
+        .unwrap_or_else(|| panic!("no kvm check: {v}"));
+    assert_eq!(kvm["optional"], true);
+    assert!(!kvm["found"].as_str().unwrap().is_empty());
 }

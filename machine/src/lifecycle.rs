@@ -190,14 +190,14 @@ pub fn start(m: &MachineDir, accel: vmm::qemu::Accel) -> Result<Run, LifecycleEr
         gpu,
     };
     // -daemonize: QEMU returns once the VM is set up and running in the background.
-    let out = Command::new("qemu-system-x86_64")
+    let out = Command::new(venus::probe::QEMU)
         .args(vmm::qemu::command_line(&cfg))
         .envs(vmm::qemu::environment(&cfg))
         .stdin(Stdio::null())
         .process_group(0)
         .output()
         .map_err(|e| {
-            LifecycleError::Missing("qemu-system-x86_64", "apt-get install qemu-system-x86", e)
+            LifecycleError::Missing(venus::probe::QEMU, "apt-get install qemu-system-x86", e)
         })?;
     if !out.status.success() {
         clean_stale(m);

@@ -10,6 +10,8 @@ struct Check {
     requirement: &'static str,
     needed_for: &'static str,
     ok: bool,
+    /// Not met only costs speed: it is reported, and doctor still succeeds.
+    optional: bool,
     /// What was found (a path, a version, devices), or why the requirement is not met.
     found: Option<String>,
     fix: &'static str,
@@ -76,6 +78,7 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
                 requirement: tool,
                 needed_for,
                 ok: found.is_some(),
+                optional: false,
                 found: found.map(|p| p.display().to_string()),
                 fix,
             }
@@ -83,9 +86,12 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
         .collect();
     match host {
         vmm::DriverKind::Krunkit => checks.push(krunkit_check()),
-        _ => checks.extend(gpu_checks()),
+        _ => {
+            checks.push(kvm_check());
+            checks.extend(gpu_checks());
+        }
     }
-    let failed = checks.iter().filter(|c| !c.ok).count();
+    let failed = checks.iter().filter(|c| !c.ok && !c.optional).count();
     let report = Report {
         state: home,
         checks,
@@ -99,10 +105,14 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
             home.runtime.display()
         );
         for c in &report.checks {
-            let mark = if c.ok { "ok  " } else { "MISSING" };
+            let mark = match (c.ok, c.optional) {
+                (true, _) => "ok  ",
+                (false, true) => "note",
+                (false, false) => "MISSING",
+            };
             s += &format!("{mark} {:<20} ({})", c.requirement, c.needed_for);
             match (&c.found, c.ok) {
-                (Some(f), true) if c.needed_for == GPU => s += &format!(": {f}"),
+                (Some(f), true) if c.needed_for == GPU || c.optional => s += &format!(": {f}"),
                 (Some(f), false) => s += &format!(": {f}\n        fix: {}", c.fix),
                 (None, false) => s += &format!("  fix: {}", c.fix),
                 _ => {}
@@ -133,12 +143,29 @@ fn krunkit_check() -> Check {
         requirement: "krunkit",
         needed_for: "machines (krunkit), --gpu",
         ok: found.is_ok(),
+        optional: false,
         found: Some(match found {
             Ok(v) if v < JSON_REST => format!("krunkit {v} (older REST protocol; supported)"),
             Ok(v) => format!("krunkit {v}"),
             Err(e) => e,
         }),
         fix: INSTALL_HINT,
+    }
+}
+
+/// KVM is a matter of speed: without it machines run under TCG.
+fn kvm_check() -> Check {
+    let probe = vmm::kvm::probe(venus::probe::QEMU);
+    Check {
+        requirement: "kvm",
+        needed_for: "machines (qemu) at native speed",
+        ok: probe.is_ok(),
+        optional: true,
+        found: Some(match probe {
+            Ok(()) => "QEMU runs guests with KVM".into(),
+            Err(e) => format!("{e}; machines run under TCG (slower)"),
+        }),
+        fix: "enable hardware virtualization (in a VM: nested virtualization) and give yourself read/write access to /dev/kvm (the kvm group)",
     }
 }
 
@@ -149,6 +176,7 @@ fn gpu_checks() -> Vec<Check> {
         requirement,
         needed_for: GPU,
         ok: result.is_ok(),
+        optional: false,
         found: Some(result.unwrap_or_else(|e| e.to_string())),
         fix,
     };

@@ -107,11 +107,22 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
 )]
 pub struct NoImage;
 
+/// KVM where QEMU can really run a guest with it (vmm::kvm), else TCG; the env var overrides.
 fn accel() -> anyhow::Result<vmm::qemu::Accel> {
     match std::env::var(env_vars::ACCEL).as_deref() {
         Ok("kvm") => Ok(vmm::qemu::Accel::Kvm),
-        Ok("tcg") | Err(_) => Ok(vmm::qemu::Accel::Tcg),
-        Ok(other) => anyhow::bail!("{} must be kvm or tcg, not {other:?}", env_vars::ACCEL),
+        Ok("tcg") => Ok(vmm::qemu::Accel::Tcg),
+        Ok("auto") | Err(_) => Ok(match vmm::kvm::probe(venus::probe::QEMU) {
+            Ok(()) => vmm::qemu::Accel::Kvm,
+            Err(e) => {
+                tracing::info!(reason = %e, "KVM is not usable: TCG");
+                vmm::qemu::Accel::Tcg
+            }
+        }),
+        Ok(other) => anyhow::bail!(
+            "{} must be auto, kvm or tcg, not {other:?}",
+            env_vars::ACCEL
+        ),
     }
 }
 

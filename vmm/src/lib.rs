@@ -2,6 +2,7 @@
 
 pub mod gvproxy;
 pub mod krunkit;
+pub mod kvm;
 pub mod qemu;
 pub mod qmp;
 

@@ -1,10 +1,10 @@
-//! start / stop / remove / state of a machine on the QEMU driver, with gvproxy networking.
+//! start / stop / remove / state of a machine on the QEMU driver, with gvproxy networking and
+//! an SSH tunnel for the guest's Podman socket.
 
 use crate::process::{self, Signal};
 use crate::store::*;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -34,8 +34,8 @@ pub enum LifecycleError {
     Exited(&'static str, String),
     #[error("the guest did not signal Ready within {0:?}; console log tail:\n{1}")]
     NotReady(Duration, String),
-    #[error("the Podman API did not answer on {0}")]
-    NoPodman(String),
+    #[error("the Podman API did not answer on {0}; the tunnel's log:\n{1}")]
+    NoPodman(String, String),
     #[error("the guest did not power down within {0:?} (use --force)")]
     NoPowerdown(Duration),
     #[error("machine {0} is not running (`carbon-vm start {0}`)")]
@@ -60,23 +60,37 @@ fn gvproxy_marker(m: &MachineDir) -> String {
     format!("unix://{}", m.socket(NET_SOCKET).display())
 }
 
+fn qemu_pid(m: &MachineDir) -> Option<i32> {
+    process::live_pid(&m.path(QEMU_PID), &qemu_marker(m))
+}
+
+fn gvproxy_pid(m: &MachineDir) -> Option<i32> {
+    process::live_pid(&m.path(GVPROXY_PID), &gvproxy_marker(m))
+}
+
+fn forward_pid(m: &MachineDir) -> Option<i32> {
+    let marker = format!("{}:", m.socket(PODMAN_SOCKET).display());
+    process::live_pid(&m.path(FORWARD_PID), &marker)
+}
+
 pub fn state(m: &MachineDir) -> State {
-    let qemu = process::live_pid(&m.path(QEMU_PID), &qemu_marker(m));
-    let gv = process::live_pid(&m.path(GVPROXY_PID), &gvproxy_marker(m));
-    match (qemu, gv) {
-        (Some(_), Some(_)) => State::Running,
-        (Some(_), None) => State::Broken("gvproxy is not running: no network".into()),
-        (None, _) => State::Stopped,
+    match (qemu_pid(m), gvproxy_pid(m), forward_pid(m)) {
+        (Some(_), Some(_), Some(_)) => State::Running,
+        (Some(_), None, _) => State::Broken("gvproxy is not running: no network".into()),
+        (Some(_), Some(_), None) => State::Broken(
+            "the Podman socket is not forwarded (a start did not finish, or the tunnel dropped; `carbon-vm start` repairs it)".into(),
+        ),
+        (None, ..) => State::Stopped,
     }
 }
 
-/// Stops leftovers of a dead run: a gvproxy without its VM, pidfiles, sockets.
+/// Stops leftovers of a dead run: a gvproxy or tunnel without its VM, pidfiles, sockets.
 fn clean_stale(m: &MachineDir) {
-    if let Some(pid) = process::live_pid(&m.path(GVPROXY_PID), &gvproxy_marker(m)) {
+    for pid in [gvproxy_pid(m), forward_pid(m)].into_iter().flatten() {
         process::signal(pid, Signal::KILL);
         process::wait_exit(pid, Duration::from_secs(5));
     }
-    for f in [QEMU_PID, GVPROXY_PID] {
+    for f in [QEMU_PID, GVPROXY_PID, FORWARD_PID] {
         let _ = fs::remove_file(m.path(f));
     }
     let _ = fs::remove_dir_all(&m.run_dir);
@@ -97,16 +111,20 @@ fn tail(path: &Path, bytes: usize) -> String {
 pub fn start(m: &MachineDir, accel: vmm::qemu::Accel) -> Result<Run, LifecycleError> {
     let _lock = m.lock()?;
     let spec = m.spec()?;
-    // Running already: a start that completed pinned the host key; one that was interrupted
-    // (carbon-vm killed) did not, and that VM is restarted rather than trusted blindly.
-    if state(m) == State::Running
+    // Up already: a start that got the guest's Ready pinned the host key (one interrupted before
+    // did not, and that VM is restarted rather than trusted blindly); only the tunnel may be due.
+    if qemu_pid(m).is_some()
+        && gvproxy_pid(m).is_some()
         && m.path(KNOWN_HOSTS).is_file()
         && let Some(run) = m.run()
     {
+        if forward_pid(m).is_none() {
+            start_forward(m, &run)?;
+        }
         wait_podman(m, START_TIMEOUT)?;
         return Ok(run);
     }
-    if let Some(pid) = process::live_pid(&m.path(QEMU_PID), &qemu_marker(m)) {
+    if let Some(pid) = qemu_pid(m) {
         process::signal(pid, Signal::KILL);
         process::wait_exit(pid, Duration::from_secs(10));
     }
@@ -133,8 +151,6 @@ pub fn start(m: &MachineDir, accel: vmm::qemu::Accel) -> Result<Run, LifecycleEr
     let gv_args = vmm::gvproxy::command_line(&vmm::gvproxy::GvproxyConfig {
         listen: vmm::gvproxy::Listen::Qemu(m.socket(NET_SOCKET)),
         ssh_port: run.ssh_port,
-        podman_socket: m.socket(PODMAN_SOCKET),
-        identity: m.path(KEY),
         pidfile: m.path(GVPROXY_PID),
         log: m.path(GVPROXY_LOG),
     });
@@ -214,11 +230,25 @@ pub fn start(m: &MachineDir, accel: vmm::qemu::Accel) -> Result<Run, LifecycleEr
         m.path(KNOWN_HOSTS),
         format!("{} {host_key}\n", host_alias(&spec.name)),
     )?;
+    start_forward(m, &run)?;
     // Podman's service is socket-activated: its first answer can take long on a loaded TCG host.
     wait_podman(m, START_TIMEOUT.saturating_sub(started.elapsed()))?;
     tracing::info!(machine = %spec.name, "podman api answers");
-    fs::set_permissions(m.socket(PODMAN_SOCKET), fs::Permissions::from_mode(0o600))?;
     Ok(run)
+}
+
+/// Starts the SSH tunnel to the guest's Podman socket (the guest is Ready: sshd listens).
+fn start_forward(m: &MachineDir, run: &Run) -> Result<(), LifecycleError> {
+    let log = fs::File::create(m.path(FORWARD_LOG))?;
+    let child = crate::ssh::podman_forward(m, run.ssh_port)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0) // outlives this command, and a ^C to it
+        .spawn()
+        .map_err(|e| LifecycleError::Missing("ssh", "apt-get install openssh-client", e))?;
+    write_atomic(&m.path(FORWARD_PID), child.id().to_string().as_bytes())?;
+    Ok(())
 }
 
 /// The SSH host-key alias: the port changes per start, the pinned key does not.
@@ -270,10 +300,16 @@ fn wait_ready(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                if state(m) == State::Stopped {
+                if qemu_pid(m).is_none() {
                     return Err(LifecycleError::Exited(
                         "qemu",
                         tail(&m.path(CONSOLE_LOG), 3000),
+                    ));
+                }
+                if gvproxy_pid(m).is_none() {
+                    return Err(LifecycleError::Exited(
+                        "gvproxy",
+                        tail(&m.path(GVPROXY_LOG), 2000),
                     ));
                 }
             }
@@ -300,8 +336,17 @@ fn wait_podman(m: &MachineDir, timeout: Duration) -> Result<(), LifecycleError> 
         {
             return Ok(());
         }
+        if forward_pid(m).is_none() {
+            return Err(LifecycleError::Exited(
+                "ssh (the Podman socket tunnel)",
+                tail(&m.path(FORWARD_LOG), 2000),
+            ));
+        }
         if Instant::now() > deadline {
-            return Err(LifecycleError::NoPodman(sock.display().to_string()));
+            return Err(LifecycleError::NoPodman(
+                sock.display().to_string(),
+                tail(&m.path(FORWARD_LOG), 2000),
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -310,7 +355,7 @@ fn wait_podman(m: &MachineDir, timeout: Duration) -> Result<(), LifecycleError> 
 /// Powers the guest down through QMP (or kills QEMU with `force`), then gvproxy.
 pub fn stop(m: &MachineDir, force: bool) -> Result<(), LifecycleError> {
     let _lock = m.lock()?;
-    if let Some(pid) = process::live_pid(&m.path(QEMU_PID), &qemu_marker(m)) {
+    if let Some(pid) = qemu_pid(m) {
         if force {
             process::signal(pid, Signal::KILL);
             process::wait_exit(pid, Duration::from_secs(10));
@@ -321,7 +366,7 @@ pub fn stop(m: &MachineDir, force: bool) -> Result<(), LifecycleError> {
             }
         }
     }
-    if let Some(pid) = process::live_pid(&m.path(GVPROXY_PID), &gvproxy_marker(m)) {
+    for pid in [forward_pid(m), gvproxy_pid(m)].into_iter().flatten() {
         process::signal(pid, Signal::TERM);
         if !process::wait_exit(pid, Duration::from_secs(5)) {
             process::signal(pid, Signal::KILL);

@@ -1,7 +1,8 @@
-//! SSH into a running machine as root, with the machine's own key and its pinned host key.
+//! SSH into a running machine as root, with the machine's own key and its pinned host key; and
+//! the SSH tunnel that forwards the guest's Podman socket to the host.
 
 use crate::lifecycle::{self, LifecycleError, State};
-use crate::store::{KEY, KNOWN_HOSTS, MachineDir};
+use crate::store::{KEY, KNOWN_HOSTS, MachineDir, PODMAN_SOCKET};
 use std::process::Command;
 
 /// `ssh ... root@127.0.0.1`; the caller appends the remote command.
@@ -10,10 +11,48 @@ pub fn command(m: &MachineDir) -> Result<Command, LifecycleError> {
         (State::Running, Some(r)) => r,
         _ => return Err(LifecycleError::NotRunning(m.name.clone())),
     };
+    let mut c = to_guest(m, run.ssh_port);
+    c.arg(DESTINATION);
+    Ok(c)
+}
+
+const DESTINATION: &str = "root@127.0.0.1";
+
+/// Where rootful Podman listens in the guest.
+const GUEST_PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+
+/// `ssh -N -L` that serves the guest's Podman API on the machine's PODMAN_SOCKET (mode 0600),
+/// checking the pinned host key, and exits when the guest's SSH connection is lost.
+pub fn podman_forward(m: &MachineDir, ssh_port: u16) -> Command {
+    let mut c = to_guest(m, ssh_port);
+    c.args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "StreamLocalBindUnlink=yes",
+        "-o",
+        "StreamLocalBindMask=0177",
+        "-o",
+        "ServerAliveInterval=10",
+        "-o",
+        "ConnectTimeout=60",
+        "-L",
+    ])
+    .arg(format!(
+        "{}:{GUEST_PODMAN_SOCKET}",
+        m.socket(PODMAN_SOCKET).display()
+    ))
+    .arg(DESTINATION);
+    c
+}
+
+/// ssh with the machine's key and pinned host key, without the destination.
+fn to_guest(m: &MachineDir, ssh_port: u16) -> Command {
     let mut c = Command::new("ssh");
     c.arg("-i")
         .arg(m.path(KEY))
-        .args(["-p", &run.ssh_port.to_string()])
+        .args(["-p", &ssh_port.to_string()])
         .arg("-o")
         .arg(format!(
             "UserKnownHostsFile={}",
@@ -30,7 +69,6 @@ pub fn command(m: &MachineDir) -> Result<Command, LifecycleError> {
             "BatchMode=yes",
             "-o",
             "LogLevel=ERROR",
-        ])
-        .arg("root@127.0.0.1");
-    Ok(c)
+        ]);
+    c
 }

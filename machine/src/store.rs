@@ -19,6 +19,9 @@ pub const CONSOLE_LOG: &str = "console.log";
 pub const GVPROXY_LOG: &str = "gvproxy.log";
 pub const QEMU_PID: &str = "qemu.pid";
 pub const GVPROXY_PID: &str = "gvproxy.pid";
+/// The `ssh -L` process that forwards the guest's Podman socket to PODMAN_SOCKET, and its log.
+pub const FORWARD_PID: &str = "podman-forward.pid";
+pub const FORWARD_LOG: &str = "podman-forward.log";
 /// flock held by every command that changes the machine.
 pub const LOCK: &str = "lock";
 /// Sockets, in the machine's runtime directory (kept short for the unix socket path limit).

@@ -13,6 +13,26 @@ pub struct Env {
     pub home: tempfile::TempDir,
 }
 
+/// A test that fails half-way must not leave its VMs running (they would slow every later test):
+/// whatever machines remain are force-removed.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir(self.home.path().join("machines")) else {
+            return;
+        };
+        for name in dir.flatten().map(|e| e.file_name()) {
+            let _ = self
+                .process()
+                .arg("rm")
+                .arg("--force")
+                .arg(&name)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Env {
     pub fn new() -> Env {
         Env {

@@ -1,22 +1,18 @@
-//! gvproxy, the user-mode network every driver uses: DHCP and NAT for the guest, the SSH port
-//! forward on 127.0.0.1, and the guest's Podman API socket forwarded to a host unix socket.
+//! gvproxy, the user-mode network every driver uses: DHCP and NAT for the guest and the SSH port
+//! forward on 127.0.0.1. The guest's Podman socket is not forwarded by gvproxy (`-forward-sock`):
+//! gvproxy waits a bounded time for the guest's sshd and exits when a slow boot outlasts it, taking
+//! the VM's network with it; carbon-vm forwards that socket itself once the guest is Ready.
 
 use std::path::PathBuf;
 
 /// The MAC address gvproxy's DHCP server hands 192.168.127.2 to.
 pub const GUEST_MAC: &str = "5a:94:ef:e4:0c:ee";
-/// Where rootful Podman listens in the guest.
-pub const GUEST_PODMAN_SOCKET: &str = "/run/podman/podman.sock";
-
 #[derive(Debug, Clone)]
 pub struct GvproxyConfig {
     /// How the VMM attaches: QEMU's stream socket or vfkit/krunkit's unixgram one.
     pub listen: Listen,
     /// Host port (on 127.0.0.1 only) forwarded to the guest's port 22.
     pub ssh_port: u16,
-    /// Host unix socket that tunnels to the guest's Podman socket over SSH.
-    pub podman_socket: PathBuf,
-    pub identity: PathBuf,
     pub pidfile: PathBuf,
     pub log: PathBuf,
 }
@@ -40,14 +36,6 @@ pub fn command_line(c: &GvproxyConfig) -> Vec<String> {
         uri,
         "-ssh-port".into(),
         c.ssh_port.to_string(),
-        "-forward-sock".into(),
-        p(&c.podman_socket),
-        "-forward-dest".into(),
-        GUEST_PODMAN_SOCKET.into(),
-        "-forward-user".into(),
-        "root".into(),
-        "-forward-identity".into(),
-        p(&c.identity),
         "-pid-file".into(),
         p(&c.pidfile),
         "-log-file".into(),
@@ -60,20 +48,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn qemu_listener_ssh_and_podman_forward() {
+    fn qemu_listener_and_ssh_port_without_socket_forwards() {
         let argv = command_line(&GvproxyConfig {
             listen: Listen::Qemu("/r/net.sock".into()),
             ssh_port: 40022,
-            podman_socket: "/r/podman.sock".into(),
-            identity: "/m/id_ed25519".into(),
             pidfile: "/m/gvproxy.pid".into(),
             log: "/m/gvproxy.log".into(),
         });
         let s = argv.join(" ");
         assert!(s.contains("-listen-qemu unix:///r/net.sock"));
         assert!(s.contains("-ssh-port 40022"));
-        assert!(s.contains("-forward-sock /r/podman.sock -forward-dest /run/podman/podman.sock"));
-        assert!(s.contains("-forward-user root -forward-identity /m/id_ed25519"));
+        // A -forward-sock would make gvproxy exit when the guest's sshd comes up late.
+        assert!(!s.contains("-forward"), "{s}");
     }
 
     #[test]
@@ -81,8 +67,6 @@ mod tests {
         let argv = command_line(&GvproxyConfig {
             listen: Listen::Vfkit("/r/net.sock".into()),
             ssh_port: 40022,
-            podman_socket: "/r/podman.sock".into(),
-            identity: "/m/id_ed25519".into(),
             pidfile: "/m/gvproxy.pid".into(),
             log: "/m/gvproxy.log".into(),
         });

@@ -23,21 +23,36 @@ pub struct GvproxyConfig {
 
 #[derive(Debug, Clone)]
 pub enum Listen {
+    /// QEMU's `-netdev stream`: a unix stream socket.
     Qemu(PathBuf),
+    /// vfkit's and krunkit's `virtio-net,unixSocketPath=`: a unix datagram socket.
     Vfkit(PathBuf),
+}
+
+impl Listen {
+    fn flag(&self) -> &'static str {
+        match self {
+            Listen::Qemu(_) => "-listen-qemu",
+            Listen::Vfkit(_) => "-listen-vfkit",
+        }
+    }
+
+    /// The socket's URI as gvproxy takes it (and as its command line shows it).
+    pub fn uri(&self) -> String {
+        match self {
+            Listen::Qemu(s) => format!("unix://{}", s.display()),
+            Listen::Vfkit(s) => format!("unixgram://{}", s.display()),
+        }
+    }
 }
 
 pub fn command_line(c: &GvproxyConfig) -> Vec<String> {
     let p = |p: &PathBuf| p.display().to_string();
-    let (flag, uri) = match &c.listen {
-        Listen::Qemu(s) => ("-listen-qemu", format!("unix://{}", p(s))),
-        Listen::Vfkit(s) => ("-listen-vfkit", format!("unixgram://{}", p(s))),
-    };
     vec![
         "-mtu".into(),
         "1500".into(),
-        flag.into(),
-        uri,
+        c.listen.flag().into(),
+        c.listen.uri(),
         "-ssh-port".into(),
         c.ssh_port.to_string(),
         "-forward-sock".into(),

@@ -145,6 +145,10 @@ pub struct CreateArgs {
     /// Make this machine Podman's default connection.
     #[arg(long)]
     pub default: bool,
+    /// Also list it among Podman 5's machines, as a libkrun machine (macOS; needs --driver
+    /// krunkit and podman 5.2 to 5.6).
+    #[arg(long)]
+    pub podman_machine: bool,
 }
 
 #[derive(Args, Debug)]

@@ -10,3 +10,12 @@ pub const LOG: &str = "CARBON_VM_LOG";
 pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
 /// QEMU accelerator: `auto` (default: KVM where a probe shows it runs guests, else TCG), `kvm`, `tcg`.
 pub const ACCEL: &str = "CARBON_VM_ACCEL";
+/// The krunkit executable (default: `krunkit` from PATH).
+pub const KRUNKIT: &str = "CARBON_VM_KRUNKIT";
+/// Seconds `start` waits for the Podman API once the guest is Ready (default: what is left of
+/// start's 15 minutes). For tests and slow hosts.
+pub const PODMAN_TIMEOUT: &str = "CARBON_VM_PODMAN_TIMEOUT";
+/// Where Podman keeps its configuration (its machine files): `$XDG_CONFIG_HOME`, else
+/// `$HOME/.config`, on Linux and on macOS alike.
+pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+pub const USER_HOME: &str = "HOME";

@@ -15,6 +15,9 @@ pub const HOST: u8 = 6;
 pub const NOT_IMPLEMENTED: u8 = 7;
 pub const GPU_CHECK: u8 = 8;
 
+const KRUNKIT_HINT: &str = "krunkit runs on macOS (`brew tap slp/krun && brew install krunkit`); \
+    CARBON_VM_KRUNKIT names the krunkit to run";
+
 /// Classifies an error by the first cause carbon-vm knows.
 pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
     for cause in err.chain() {
@@ -89,10 +92,24 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                     HOST,
                     Some("`carbon-vm doctor` lists what this host is missing"),
                 ),
+                L::Exited("gvproxy", _) => (
+                    FAILURE,
+                    Some(
+                        "gvproxy.log in the machine's dir (`carbon-vm inspect` shows it) says more; krunkit machines need a gvproxy that listens in vfkit mode (macOS builds do; Linux releases up to 0.8.8 do not)",
+                    ),
+                ),
                 L::NotReady(..) | L::Exited(..) => (
                     FAILURE,
                     Some(
                         "the machine's console.log (in the dir `carbon-vm inspect` shows) has the whole boot",
+                    ),
+                ),
+                L::Krunkit(vmm::krunkit::StartError::Spawn(..)) => (HOST, Some(KRUNKIT_HINT)),
+                L::GpuMemory(_) => (USAGE, None),
+                L::NoPodman(..) => (
+                    FAILURE,
+                    Some(
+                        "the machine runs; `carbon-vm ssh NAME -- systemctl status podman.socket` shows the guest's side, `carbon-vm start NAME` waits again",
                     ),
                 ),
                 _ => (FAILURE, None),
@@ -107,8 +124,32 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
         if let Some(f) = cause.downcast_ref::<crate::commands::machine::GpuCheckFailed>() {
             return (GPU_CHECK, Some(f.0.hint));
         }
-        if let Some(machine::create::CreateError::Driver(_)) = cause.downcast_ref() {
-            return (NOT_IMPLEMENTED, None);
+        match cause.downcast_ref::<machine::create::CreateError>() {
+            Some(machine::create::CreateError::Driver(_)) => return (NOT_IMPLEMENTED, None),
+            Some(machine::create::CreateError::NoKrunkit(_)) => {
+                return (NOT_IMPLEMENTED, Some(KRUNKIT_HINT));
+            }
+            Some(
+                machine::create::CreateError::PodmanMachineDriver
+                | machine::create::CreateError::GpuMemory(_),
+            ) => return (USAGE, None),
+            _ => {}
+        }
+        if let Some(e) = cause.downcast_ref::<machine::podman_machine::ExposeError>() {
+            use machine::podman_machine::ExposeError as E;
+            return match e {
+                E::NoPodman(_) | E::Unparseable(_) | E::Unsupported(_) => (
+                    HOST,
+                    Some(
+                        "without --podman-machine, `podman -c NAME` reaches the machine through the connection `start` registers",
+                    ),
+                ),
+                E::Exists(_) => (
+                    FAILURE,
+                    Some("choose another machine name; `podman machine ls` lists Podman's"),
+                ),
+                _ => (FAILURE, None),
+            };
         }
         if cause
             .downcast_ref::<guest_image::source::SourceError>()

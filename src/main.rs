@@ -6,6 +6,7 @@ mod env_vars;
 mod exit;
 mod home;
 mod output;
+mod settings;
 
 use clap::Parser;
 use cli::{Cli, Command, GpuCommand};

@@ -26,6 +26,13 @@ impl Printer {
         }
     }
 
+    /// A warning on stderr (never on stdout, which --json keeps for records); --quiet drops it.
+    pub fn warn(&self, message: &str) {
+        if !self.quiet {
+            eprintln!("warning: {message}");
+        }
+    }
+
     /// A progress reporter: bars on a terminal, silence otherwise.
     pub fn progress(&self) -> std::sync::Arc<dyn Progress> {
         if self.json || self.quiet || !std::io::stderr().is_terminal() {

@@ -1,8 +1,10 @@
 //! `create`: a machine directory made complete in a scratch directory (disk cloned from the
 //! image, SSH key generated, spec written), then renamed into place only if the name is free.
 
+use crate::podman_machine::{self, ExposeError};
 use crate::store::{
-    DISK, KEY, MachineDir, SPEC, Spec, Store, StoreError, mkdir_private, write_atomic,
+    DISK, KEY, MachineDir, PodmanMachine, SPEC, Spec, Store, StoreError, mkdir_private,
+    write_atomic,
 };
 use guest_image::CachedImage;
 use std::fs::File;
@@ -18,6 +20,16 @@ pub enum CreateError {
     Exists(String),
     #[error("the {0} driver is not available on this host yet (use --driver qemu)")]
     Driver(&'static str),
+    #[error("the krunkit driver is not available on this host")]
+    NoKrunkit(#[source] vmm::krunkit::ProbeError),
+    #[error("--podman-machine needs --driver krunkit (Podman's libkrun machines run on krunkit)")]
+    PodmanMachineDriver,
+    #[error("cannot expose the machine to Podman")]
+    PodmanMachine(#[from] ExposeError),
+    #[error(transparent)]
+    GpuMemory(#[from] vmm::krunkit::NoRoomForGpu),
+    #[error("cannot reserve ports on 127.0.0.1")]
+    Ports(#[source] io::Error),
     #[error("cannot clone the image disk")]
     Disk(#[source] io::Error),
     #[error("ssh-keygen failed (install openssh-client): {0}")]
@@ -33,18 +45,83 @@ pub struct CreateOptions<'a> {
     pub gpu: bool,
     pub podman_default: bool,
     pub image: &'a CachedImage,
+    /// The krunkit to ask whether the krunkit driver is available.
+    pub krunkit: &'a Path,
+    /// Expose the machine to Podman as a libkrun machine (`--podman-machine`).
+    pub podman_machine: Option<PodmanTarget<'a>>,
 }
 
-/// Refuses a driver this host cannot run machines with yet, before anything is pulled or written.
-pub fn check_driver(driver: vmm::DriverKind) -> Result<(), CreateError> {
+/// Where Podman keeps its machine files, and which podman reads them.
+#[derive(Debug, Clone, Copy)]
+pub struct PodmanTarget<'a> {
+    /// Podman's config home: `$XDG_CONFIG_HOME`, else `$HOME/.config`.
+    pub config_home: &'a Path,
+    /// `podman --version` output.
+    pub version: &'a str,
+}
+
+/// Refuses a driver this host cannot run machines with, before anything is pulled or written:
+/// krunkit is available where `krunkit --version` names a krunkit.
+pub fn check_driver(driver: vmm::DriverKind, krunkit: &Path) -> Result<(), CreateError> {
     match driver {
         vmm::DriverKind::Qemu => Ok(()),
-        other => Err(CreateError::Driver(other.name())),
+        vmm::DriverKind::Krunkit => vmm::krunkit::probe(krunkit)
+            .map(drop)
+            .map_err(CreateError::NoKrunkit),
+        vmm::DriverKind::Libkrun => Err(CreateError::Driver("libkrun")),
     }
 }
 
+/// Refuses what `--podman-machine` cannot do, before anything is pulled or written: a driver
+/// Podman's libkrun machines do not run on, then a podman whose machine-file schema was not
+/// checked. Returns `podman --version`'s output.
+pub fn check_podman_machine(
+    driver: vmm::DriverKind,
+    podman_version: impl FnOnce() -> Result<String, ExposeError>,
+) -> Result<String, CreateError> {
+    if driver != vmm::DriverKind::Krunkit {
+        return Err(CreateError::PodmanMachineDriver);
+    }
+    let version = podman_version()?;
+    podman_machine::check_podman_version(&version)?;
+    Ok(version)
+}
+
+/// The Podman machine of a new machine, unless Podman already has one of that name.
+fn reserve_podman_machine(
+    o: &CreateOptions,
+    t: PodmanTarget,
+) -> Result<PodmanMachine, CreateError> {
+    check_podman_machine(o.driver, || Ok(t.version.to_owned()))?;
+    let file = podman_machine::store_dir(t.config_home).join(format!("{}.json", o.name));
+    if file.exists() {
+        return Err(ExposeError::Exists(file).into());
+    }
+    // Both ports are held at once, so they differ; Podman's file names them for good.
+    let ports = || -> io::Result<(u16, u16)> {
+        let ssh = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let rest = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Ok((ssh.local_addr()?.port(), rest.local_addr()?.port()))
+    };
+    let (ssh_port, rest_port) = ports().map_err(CreateError::Ports)?;
+    Ok(PodmanMachine {
+        file,
+        ssh_port,
+        rest_port,
+    })
+}
+
 pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateError> {
-    check_driver(o.driver)?;
+    check_driver(o.driver, o.krunkit)?;
+    if o.driver == vmm::DriverKind::Krunkit && o.gpu {
+        // `start` checks again: the host's memory may change.
+        let host_ram_mib = crate::platform::host_ram_bytes() >> 20;
+        vmm::krunkit::fit_memory(o.memory_mib, host_ram_mib)?;
+    }
+    let podman_machine = o
+        .podman_machine
+        .map(|t| reserve_podman_machine(o, t))
+        .transpose()?;
     let m = store.machine(o.name)?;
     mkdir_private(&store.machines)?;
     if m.dir.exists() {
@@ -79,6 +156,7 @@ pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateErro
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        podman_machine,
     };
     write_atomic(
         &scratch.path().join(SPEC),
@@ -97,44 +175,23 @@ pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateErro
             StoreError::Io(m.dir.clone(), e.into()).into()
         });
     }
+    if let (Some(p), Some(t)) = (&spec.podman_machine, o.podman_machine)
+        && let Err(e) = podman_machine::expose(&m, &spec, p, t.version)
+    {
+        let _ = std::fs::remove_dir_all(&m.dir); // no machine without the file it was asked for
+        return Err(e.into());
+    }
     Ok(m)
 }
 
-/// A copy-on-write clone where the filesystem can (FICLONE), else a sparse copy of the data
-/// extents only; then grown to `size` (never shrunk).
+/// A copy-on-write clone where the filesystem can, else a copy of the data only (holes stay
+/// holes); then grown to `size` (never shrunk).
 fn clone_disk(src: &Path, dst: &Path, size: u64) -> io::Result<()> {
-    let s = File::open(src)?;
-    let d = File::options().write(true).create_new(true).open(dst)?;
-    if rustix::fs::ioctl_ficlone(&d, &s).is_err() {
-        copy_extents(&s, &d)?;
-    }
-    let len = s.metadata()?.len().max(size);
+    crate::platform::clone_file(src, dst)?;
+    let d = File::options().write(true).open(dst)?;
+    let len = std::fs::metadata(src)?.len().max(size);
     d.set_len(len)?;
     d.sync_all()
-}
-
-fn copy_extents(s: &File, d: &File) -> io::Result<()> {
-    use rustix::fs::{SeekFrom, copy_file_range, seek};
-    let len = s.metadata()?.len();
-    let mut pos = 0u64;
-    while pos < len {
-        let start = match seek(s, SeekFrom::Data(pos)) {
-            Ok(p) => p,
-            Err(rustix::io::Errno::NXIO) => break, // only a hole remains
-            Err(e) => return Err(e.into()),
-        };
-        let end = seek(s, SeekFrom::Hole(start))?;
-        let (mut off_in, mut off_out) = (start, start);
-        while off_in < end {
-            let want = (end - off_in) as usize;
-            let n = copy_file_range(s, Some(&mut off_in), d, Some(&mut off_out), want)?;
-            if n == 0 {
-                break;
-            }
-        }
-        pos = end;
-    }
-    Ok(())
 }
 
 fn keygen(path: &Path, name: &str) -> Result<(), CreateError> {

@@ -20,10 +20,8 @@ pub fn qemu_device() -> Result<vmm::qemu::Gpu, probe::ProbeError> {
     let qemu = probe::qemu(probe::QEMU)?;
     probe::render_server()?;
     let display = probe::choose_display(&qemu, &probe::render_nodes("/dev/dri".as_ref()))?;
-    let info = rustix::system::sysinfo();
-    let host_ram = info.totalram as u64 * u64::from(info.mem_unit.max(1));
     Ok(vmm::qemu::Gpu {
-        hostmem_bytes: venus::window::qemu_hostmem_bytes(host_ram),
+        hostmem_bytes: venus::window::qemu_hostmem_bytes(crate::platform::host_ram_bytes()),
         display,
     })
 }

@@ -5,6 +5,7 @@
 pub mod create;
 pub mod gpu;
 pub mod lifecycle;
+mod platform;
 pub mod podman;
 pub mod podman_machine;
 pub mod process;

@@ -17,7 +17,7 @@
 //! | `SSH` | `{IdentityPath, Port, RemoteUsername}` | the machine's key, port, `root` |
 //! | `Version` | uint | 1 |
 //! | `ImagePath` | `{Path, symlink?}` | the machine's disk |
-//! | `LibKrunHypervisor.KRun` | `{Endpoint, VirtualMachine: {vcpus, memoryBytes, bootloader: {kind: "efiBootloader", EFIVariableStorePath, CreateVariableStore}}}` | the REST endpoint and the VM's size |
+//! | `LibKrunHypervisor.KRun` | `{Endpoint, VirtualMachine: {vcpus, memoryBytes, bootloader: {kind: "efiBootloader", EFIVariableStorePath, CreateVariableStore}}}` | krunkit's REST endpoint (below) and the VM's size |
 //! | `Starting` | bool | false |
 //!
 //! Fields podman adds in later 5.x releases (`Swap`, `Rosetta`, `Ansible`, `KRun.LogLevel`, ...)
@@ -25,10 +25,25 @@
 //!
 //! Podman derives the sockets it uses (ready, gvproxy, API) from its own runtime directory and
 //! the machine name; they are not in this file.
+//!
+//! The endpoint. Podman talks to krunkit with Go's default HTTP client (pkg/machine/apple/vfkit
+//! helper.go), which speaks `http://` over TCP only: a `unix://` endpoint makes every state
+//! query fail with "unsupported protocol scheme", and `podman machine list` fails as a whole on
+//! the first machine whose state it cannot get (pkg/machine/shim/host.go `List`). An endpoint
+//! nobody serves would be read as "stopped" (connection refused), and `podman machine start`
+//! would then boot a second VM on the running machine's disk. So a machine exposed to Podman
+//! has krunkit serve its REST API on `127.0.0.1:PORT`, the port fixed at create and written
+//! here as `http://127.0.0.1:PORT`, as Podman does for its own machines: Podman then sees the
+//! true state, refuses to start a running machine, and can stop it. The price is Podman's own:
+//! any local user can reach that port and stop the VM. Machines not exposed keep the unix
+//! socket.
 
-use crate::store::{StoreError, write_atomic};
+use crate::store::{
+    DISK, EFI_VARS, GVPROXY_LOG, GVPROXY_PID, KEY, MachineDir, PodmanMachine, Spec,
+};
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// The machine-config schema version podman 5 writes and reads.
@@ -164,10 +179,8 @@ pub struct Exposed {
     pub disk: PathBuf,
     pub identity: PathBuf,
     pub ssh_port: u16,
-    /// krunkit's REST socket. Podman itself talks to `http://` endpoints only: with this unix
-    /// endpoint `podman machine list/inspect` read the file, but podman cannot query or stop
-    /// the VM itself (carbon-vm never opens a TCP endpoint; see docs/macos.md).
-    pub rest_socket: PathBuf,
+    /// The 127.0.0.1 port krunkit serves its REST API on (see the module's comment).
+    pub rest_port: u16,
     pub efi_variable_store: PathBuf,
     pub gvproxy_log: PathBuf,
     pub gvproxy_pidfile: PathBuf,
@@ -213,7 +226,7 @@ pub fn config(m: &Exposed) -> MachineConfig {
         },
         lib_krun_hypervisor: Some(LibKrunConfig {
             krun: KrunHelper {
-                endpoint: format!("unix://{}", m.rest_socket.display()),
+                endpoint: format!("http://127.0.0.1:{}", m.rest_port),
                 virtual_machine: VirtualMachine {
                     vcpus: m.cpus.into(),
                     memory_bytes: u64::from(m.memory_mib) << 20,
@@ -233,6 +246,9 @@ pub fn config(m: &Exposed) -> MachineConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExposeError {
+    #[error("cannot run podman (--podman-machine needs podman 5.{lo} to 5.{hi})",
+        lo = VERIFIED_MINORS.start(), hi = VERIFIED_MINORS.end())]
+    NoPodman(#[source] io::Error),
     #[error("`podman --version` printed {0:?}, not a podman version")]
     Unparseable(String),
     #[error(
@@ -241,10 +257,21 @@ pub enum ExposeError {
         hi = VERIFIED_MINORS.end()
     )]
     Unsupported(String),
+    #[error("Podman already has a machine file {0}")]
+    Exists(PathBuf),
     #[error("the machine's first start has not happened: LastUp may not be zero")]
     NeverStarted,
-    #[error(transparent)]
-    Write(#[from] StoreError),
+    #[error("cannot write or remove {0}")]
+    Io(PathBuf, #[source] io::Error),
+}
+
+/// `podman --version` of the podman on PATH.
+pub fn podman_version() -> Result<String, ExposeError> {
+    let out = std::process::Command::new("podman")
+        .arg("--version")
+        .output()
+        .map_err(ExposeError::NoPodman)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Checks `podman --version` output (`podman version 5.2.1`) against the verified versions.
@@ -262,16 +289,77 @@ pub fn check_podman_version(output: &str) -> Result<(), ExposeError> {
     }
 }
 
-/// Writes `dir/NAME.json` atomically, for the podman whose `--version` output is given.
+/// Podman's libkrun machine store under a config home (`$XDG_CONFIG_HOME`, else
+/// `$HOME/.config`, on Linux and macOS alike).
+pub fn store_dir(config_home: &Path) -> PathBuf {
+    config_home.join("containers/podman/machine/libkrun")
+}
+
+/// Writes `dir/NAME.json` atomically, for the podman whose `--version` output is given. An
+/// existing file is Podman's (or another tool's) machine: it is never replaced.
 pub fn write(dir: &Path, podman_version: &str, m: &Exposed) -> Result<PathBuf, ExposeError> {
     check_podman_version(podman_version)?;
     if m.last_up.timestamp() <= 0 {
         return Err(ExposeError::NeverStarted);
     }
     let path = dir.join(format!("{}.json", m.name));
-    let json = serde_json::to_vec_pretty(&config(m)).expect("serializes");
-    write_atomic(&path, &json)?;
+    let io = |e| ExposeError::Io(path.clone(), e);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(&serde_json::to_vec_pretty(&config(m)).expect("serializes"))
+        .map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist_noclobber(&path)
+        .map_err(|e| match e.error.kind() {
+            io::ErrorKind::AlreadyExists => ExposeError::Exists(path.clone()),
+            _ => io(e.error),
+        })?;
     Ok(path)
+}
+
+/// Writes the machine file of a machine created with `--podman-machine`. Podman never saw it
+/// boot, but it has no Ignition to serve: `LastUp` is the creation time, never zero.
+pub fn expose(
+    m: &MachineDir,
+    spec: &Spec,
+    p: &PodmanMachine,
+    podman_version: &str,
+) -> Result<PathBuf, ExposeError> {
+    let created = DateTime::from_timestamp(i64::try_from(spec.created).unwrap_or(0), 0)
+        .unwrap_or_default()
+        .fixed_offset();
+    let exposed = Exposed {
+        name: spec.name.clone(),
+        cpus: spec.cpus,
+        memory_mib: spec.memory_mib,
+        disk_gib: spec.disk_gib,
+        disk: m.path(DISK),
+        identity: m.path(KEY),
+        ssh_port: p.ssh_port,
+        rest_port: p.rest_port,
+        efi_variable_store: m.path(EFI_VARS),
+        gvproxy_log: m.path(GVPROXY_LOG),
+        gvproxy_pidfile: m.path(GVPROXY_PID),
+        uid: rustix::process::getuid().as_raw().into(),
+        created,
+        last_up: created,
+    };
+    let dir = p.file.parent().expect("a file in Podman's store");
+    write(dir, podman_version, &exposed)
+}
+
+/// Removes the machine file if it still describes the machine on `disk`: one Podman (or the
+/// user) replaced is left alone.
+pub fn remove(file: &Path, disk: &Path) -> Result<(), ExposeError> {
+    let io = |e| ExposeError::Io(file.to_owned(), e);
+    let bytes = match std::fs::read(file) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other.map_err(io)?,
+    };
+    match serde_json::from_slice::<MachineConfig>(&bytes) {
+        Ok(c) if c.image_path.path == disk => std::fs::remove_file(file).map_err(io),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -290,7 +378,7 @@ mod tests {
             disk: "/Users/me/.local/share/carbon-vm/machines/dev/disk.raw".into(),
             identity: "/Users/me/.local/share/carbon-vm/machines/dev/id_ed25519".into(),
             ssh_port: 50123,
-            rest_socket: "/tmp/cvm/dev/rest.sock".into(),
+            rest_port: 50124,
             efi_variable_store: "/Users/me/.local/share/carbon-vm/machines/dev/efi-vars".into(),
             gvproxy_log: "/Users/me/.local/share/carbon-vm/machines/dev/gvproxy.log".into(),
             gvproxy_pidfile: "/Users/me/.local/share/carbon-vm/machines/dev/gvproxy.pid".into(),
@@ -370,5 +458,32 @@ mod tests {
             Err(ExposeError::NeverStarted)
         ));
         assert!(write(dir.path(), "podman version 4.9.0", &exposed()).is_err());
+    }
+
+    #[test]
+    fn an_existing_machine_file_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("dev.json");
+        std::fs::write(&theirs, "podman's own").unwrap();
+        assert!(matches!(
+            write(dir.path(), "podman version 5.5.1", &exposed()),
+            Err(ExposeError::Exists(p)) if p == theirs
+        ));
+        assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "podman's own");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // Nor removed: it does not describe our disk.
+        remove(&theirs, &exposed().disk).unwrap();
+        assert!(theirs.exists());
+    }
+
+    #[test]
+    fn remove_takes_only_the_file_describing_our_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = write(dir.path(), "podman version 5.5.1", &exposed()).unwrap();
+        remove(&ours, Path::new("/elsewhere/disk.raw")).unwrap();
+        assert!(ours.exists());
+        remove(&ours, &exposed().disk).unwrap();
+        assert!(!ours.exists());
+        remove(&ours, &exposed().disk).unwrap(); // already gone: fine
     }
 }

@@ -22,6 +22,12 @@ pub const GVPROXY_PID: &str = "gvproxy.pid";
 /// The `ssh -L` process that forwards the guest's Podman socket to PODMAN_SOCKET, and its log.
 pub const FORWARD_PID: &str = "podman-forward.pid";
 pub const FORWARD_LOG: &str = "podman-forward.log";
+/// krunkit machines: krunkit's pidfile and its own output (start-up errors).
+pub const KRUNKIT_PID: &str = "krunkit.pid";
+pub const KRUNKIT_LOG: &str = "krunkit.log";
+/// Named in a Podman machine file as the EFI variable store (Podman requires one; krunkit
+/// ignores it). Never created.
+pub const EFI_VARS: &str = "efi-vars";
 /// flock held by every command that changes the machine.
 pub const LOCK: &str = "lock";
 /// Sockets, in the machine's runtime directory (kept short for the unix socket path limit).
@@ -29,6 +35,8 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 pub const NET_SOCKET: &str = "net.sock";
 pub const READY_SOCKET: &str = "ready.sock";
 pub const PODMAN_SOCKET: &str = "podman.sock";
+/// krunkit's REST API (krunkit machines not exposed to Podman).
+pub const REST_SOCKET: &str = "rest.sock";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spec {
@@ -46,6 +54,20 @@ pub struct Spec {
     pub podman_default: bool,
     /// Seconds since the epoch.
     pub created: u64,
+    /// Set when the machine is exposed to Podman as a libkrun machine (`create --podman-machine`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub podman_machine: Option<PodmanMachine>,
+}
+
+/// What a machine exposed to Podman keeps fixed for its whole life, because Podman's machine
+/// file names it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodmanMachine {
+    /// The machine file in Podman's store (`rm` removes it).
+    pub file: PathBuf,
+    pub ssh_port: u16,
+    /// krunkit's REST API on 127.0.0.1: Podman talks to krunkit over HTTP on TCP only.
+    pub rest_port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -131,14 +131,8 @@ const GPU: &str = "--gpu (qemu)";
 
 /// krunkit, the macOS VMM (Venus always on): its version decides the REST protocol.
 fn krunkit_check() -> Check {
-    use vmm::krunkit::{INSTALL_HINT, JSON_REST, parse_version};
-    let found = std::process::Command::new("krunkit")
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("cannot run krunkit: {e}"))
-        .and_then(|o| {
-            parse_version(&String::from_utf8_lossy(&o.stdout)).map_err(|e| e.to_string())
-        });
+    use vmm::krunkit::{INSTALL_HINT, JSON_REST, probe};
+    let found = probe(&crate::settings::krunkit());
     Check {
         requirement: "krunkit",
         needed_for: "machines (krunkit), --gpu",
@@ -147,7 +141,10 @@ fn krunkit_check() -> Check {
         found: Some(match found {
             Ok(v) if v < JSON_REST => format!("krunkit {v} (older REST protocol; supported)"),
             Ok(v) => format!("krunkit {v}"),
-            Err(e) => e,
+            Err(e) => match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            },
         }),
         fix: INSTALL_HINT,
     }

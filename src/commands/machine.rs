@@ -1,11 +1,11 @@
 //! `create`, `start`, `stop`, `rm`, `list`, `inspect`, `ssh`, `env`.
 
 use crate::cli::{CreateArgs, NameArg, RmArgs, SshArgs, StopArgs};
-use crate::env_vars;
 use crate::home::Home;
 use crate::output::Printer;
+use crate::settings;
 use guest_image::Cache;
-use machine::create::{CreateOptions, create};
+use machine::create::{CreateOptions, PodmanTarget, create};
 use machine::gpu::Scope;
 use machine::lifecycle::{self, State};
 use machine::store::{self, Store};
@@ -76,7 +76,15 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
         Some(d) => d.parse()?,
         None => vmm::DriverKind::host_default(),
     };
-    machine::create::check_driver(driver)?;
+    let krunkit = settings::krunkit();
+    machine::create::check_driver(driver, &krunkit)?;
+    let podman = if a.podman_machine {
+        let version =
+            machine::create::check_podman_machine(driver, machine::podman_machine::podman_version)?;
+        Some((settings::podman_config_home()?, version))
+    } else {
+        None
+    };
     let cache = Cache::open(&home.images)?;
     let image = match &a.image {
         Some(id) => cache.get(id)?,
@@ -94,8 +102,19 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
             gpu: a.gpu,
             podman_default: a.default,
             image: &image,
+            krunkit: &krunkit,
+            podman_machine: podman.as_ref().map(|(config_home, version)| PodmanTarget {
+                config_home,
+                version,
+            }),
         },
     )?;
+    if driver == vmm::DriverKind::Krunkit && !a.gpu {
+        out.warn(
+            "krunkit always gives the guest a Venus GPU and cannot turn it off; without --gpu, \
+             the machine's memory is not checked against the GPU's memory window",
+        );
+    }
     let v = view(&m)?;
     out.record(&v, || format!("created {}", line(&v)));
     Ok(())
@@ -107,29 +126,10 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
 )]
 pub struct NoImage;
 
-/// KVM where QEMU can really run a guest with it (vmm::kvm), else TCG; the env var overrides.
-fn accel() -> anyhow::Result<vmm::qemu::Accel> {
-    match std::env::var(env_vars::ACCEL).as_deref() {
-        Ok("kvm") => Ok(vmm::qemu::Accel::Kvm),
-        Ok("tcg") => Ok(vmm::qemu::Accel::Tcg),
-        Ok("auto") | Err(_) => Ok(match vmm::kvm::probe(venus::probe::QEMU) {
-            Ok(()) => vmm::qemu::Accel::Kvm,
-            Err(e) => {
-                tracing::info!(reason = %e, "KVM is not usable: TCG");
-                vmm::qemu::Accel::Tcg
-            }
-        }),
-        Ok(other) => anyhow::bail!(
-            "{} must be auto, kvm or tcg, not {other:?}",
-            env_vars::ACCEL
-        ),
-    }
-}
-
 pub fn start(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let st = store(home);
     let m = st.open(&a.name)?;
-    lifecycle::start(&m, accel()?)?;
+    lifecycle::start(&m, &settings::start_options()?)?;
     let spec = m.spec()?;
     if spec.gpu {
         warn_without_venus(home, &m, &spec);

@@ -46,7 +46,8 @@ impl Env {
     pub fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("carbon-vm").unwrap();
         c.env("CARBON_VM_HOME", self.home.path())
-            .env_remove("CARBON_VM_LOG");
+            .env_remove("CARBON_VM_LOG")
+            .env_remove("CARBON_VM_KRUNKIT");
         c
     }
 
@@ -54,7 +55,8 @@ impl Env {
     pub fn process(&self) -> std::process::Command {
         let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("carbon-vm"));
         c.env("CARBON_VM_HOME", self.home.path())
-            .env_remove("CARBON_VM_LOG");
+            .env_remove("CARBON_VM_LOG")
+            .env_remove("CARBON_VM_KRUNKIT");
         c
     }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 /// The MAC address gvproxy's DHCP server hands 192.168.127.2 to.
 pub const GUEST_MAC: &str = "5a:94:ef:e4:0c:ee";
+
 #[derive(Debug, Clone)]
 pub struct GvproxyConfig {
     /// How the VMM attaches: QEMU's stream socket or vfkit/krunkit's unixgram one.
@@ -19,21 +20,36 @@ pub struct GvproxyConfig {
 
 #[derive(Debug, Clone)]
 pub enum Listen {
+    /// QEMU's `-netdev stream`: a unix stream socket.
     Qemu(PathBuf),
+    /// vfkit's and krunkit's `virtio-net,unixSocketPath=`: a unix datagram socket.
     Vfkit(PathBuf),
+}
+
+impl Listen {
+    fn flag(&self) -> &'static str {
+        match self {
+            Listen::Qemu(_) => "-listen-qemu",
+            Listen::Vfkit(_) => "-listen-vfkit",
+        }
+    }
+
+    /// The socket's URI as gvproxy takes it (and as its command line shows it).
+    pub fn uri(&self) -> String {
+        match self {
+            Listen::Qemu(s) => format!("unix://{}", s.display()),
+            Listen::Vfkit(s) => format!("unixgram://{}", s.display()),
+        }
+    }
 }
 
 pub fn command_line(c: &GvproxyConfig) -> Vec<String> {
     let p = |p: &PathBuf| p.display().to_string();
-    let (flag, uri) = match &c.listen {
-        Listen::Qemu(s) => ("-listen-qemu", format!("unix://{}", p(s))),
-        Listen::Vfkit(s) => ("-listen-vfkit", format!("unixgram://{}", p(s))),
-    };
     vec![
         "-mtu".into(),
         "1500".into(),
-        flag.into(),
-        uri,
+        c.listen.flag().into(),
+        c.listen.uri(),
         "-ssh-port".into(),
         c.ssh_port.to_string(),
         "-pid-file".into(),

@@ -11,7 +11,9 @@ pub mod rest;
 mod version;
 
 pub use driver::{Driver, Running, StartError, State, StopError, StopMode, Stopped};
-pub use version::{INSTALL_HINT, JSON_REST, Version, VersionError, parse_version};
+pub use version::{
+    INSTALL_HINT, JSON_REST, ProbeError, Version, VersionError, parse_version, probe,
+};
 
 use std::path::PathBuf;
 
@@ -61,9 +63,9 @@ pub struct KrunkitConfig {
     /// The unix socket the host listens on for the guest's Ready line (vsock port 1025).
     pub ready_socket: PathBuf,
     pub console_log: PathBuf,
-    /// krunkit's REST API socket (`--restful-uri unix://`). Only a unix socket is
-    /// representable: a TCP endpoint would let any local user stop the VM.
-    pub rest_socket: PathBuf,
+    /// Where krunkit serves its REST API: a unix socket, unless Podman must reach it too
+    /// (Podman talks HTTP over TCP only; see [`rest::Endpoint`]).
+    pub rest: rest::Endpoint,
     pub pidfile: PathBuf,
     pub shares: Vec<Share>,
     /// SMBIOS type 11 OEM strings (systemd credentials).
@@ -121,7 +123,7 @@ pub fn command_line(c: &KrunkitConfig) -> Vec<String> {
         "--pidfile".into(),
         p(&c.pidfile),
         "--restful-uri".into(),
-        format!("unix://{}", p(&c.rest_socket)),
+        c.rest.uri(),
         // The first virtio-blk is the root disk krunkit's EFI firmware boots.
         "--device".into(),
         format!("virtio-blk,path={},format=raw", p(&c.disk)),
@@ -193,7 +195,7 @@ mod tests {
             mac: "5a:94:ef:e4:0c:ee".into(),
             ready_socket: "/r/dev/ready.sock".into(),
             console_log: "/m/dev/console.log".into(),
-            rest_socket: "/r/dev/rest.sock".into(),
+            rest: rest::Endpoint::Unix("/r/dev/rest.sock".into()),
             pidfile: "/m/dev/krunkit.pid".into(),
             shares: vec![],
             oem_strings: vec![
@@ -266,6 +268,15 @@ mod tests {
         );
         assert!(!argv.contains(&"--oem-string".to_owned()));
         assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_podman_visible_machine_serves_rest_on_loopback_tcp() {
+        let mut c = config();
+        c.rest = rest::Endpoint::Loopback(50124);
+        let argv = command_line(&c);
+        let i = argv.iter().position(|a| a == "--restful-uri").unwrap();
+        assert_eq!(argv[i + 1], "tcp://127.0.0.1:50124");
     }
 
     #[test]

@@ -331,7 +331,12 @@ pub fn attach(devices: &[Device]) -> Result<Option<File>, String> {
                 socket: Some(path),
                 vfkit_magic,
             } => {
-                let s = UnixDatagram::unbound().map_err(|e| e.to_string())?;
+                // libkrun binds its end next to gvproxy's socket (net/unixgram.rs): gvproxy
+                // answers to that address and refuses an unnamed peer.
+                let local = PathBuf::from(format!("{}-krun.sock", path.display()));
+                let _ = std::fs::remove_file(&local);
+                let s = UnixDatagram::bind(&local)
+                    .map_err(|e| format!("virtio-net unable to bind {}: {e}", local.display()))?;
                 s.connect(path).map_err(|e| {
                     format!("virtio-net unable to connect to {}: {e}", path.display())
                 })?;

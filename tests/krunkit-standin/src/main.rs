@@ -20,7 +20,8 @@
 //! - virtio-serial: the console log file.
 //!
 //! The simulated guest boots, then sends `Ready ssh-ed25519 <key> krunkit-standin` on each
-//! listen-mode vsock device on port 1025, retrying while the host is not listening yet.
+//! listen-mode vsock device on port 1025, retrying while the host is not listening yet. It
+//! writes its boot and, on a graceful `Stop`, its power-off to the virtio-serial console.
 //!
 //! What it does not emulate: any guest (disk contents are not read, EFI does not run), networking
 //! beyond the vfkit magic, virtio-fs, the GPU, the pre-1.3 REST protocol, `--log-file` levels.
@@ -33,6 +34,7 @@ mod rest;
 
 use clap::Parser;
 use devices::Device;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -142,6 +144,8 @@ fn run(args: Args) -> Result<(), String> {
     // What libkrun does while configuring the VM: open the disks, attach the network, create
     // the connect-mode vsock listeners, open the console.
     let console = devices::attach(&devices)?;
+    // The guest's last words on a graceful stop, after the boot messages.
+    let mut power_off_log = console.as_ref().and_then(|c| c.try_clone().ok());
     if let Some(p) = &args.pidfile {
         std::fs::write(p, std::process::id().to_string())
             .map_err(|e| format!("unable to write pidfile {}: {e}", p.display()))?;
@@ -168,6 +172,9 @@ fn run(args: Args) -> Result<(), String> {
             Ok(Shutdown::HardStop) | Err(_) => return Ok(()),
             Ok(Shutdown::Stop) if !hang => {
                 std::thread::sleep(POWER_OFF);
+                if let Some(c) = power_off_log.as_mut() {
+                    let _ = writeln!(c, "krunkit-standin: guest powered off");
+                }
                 return Ok(());
             }
             Ok(Shutdown::Stop) => {} // the guest ignores the power button

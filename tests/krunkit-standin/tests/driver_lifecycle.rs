@@ -10,7 +10,7 @@ use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vmm::krunkit::rest::{self, RestError};
+use vmm::krunkit::rest::{self, Endpoint, RestError};
 use vmm::krunkit::{Driver, KrunkitConfig, StartError, State, StopMode, Stopped};
 
 const STANDIN: &str = env!("CARGO_BIN_EXE_krunkit-standin");
@@ -43,7 +43,7 @@ impl Machine {
             mac: vmm::gvproxy::GUEST_MAC.into(),
             ready_socket: d.join("ready.sock"),
             console_log: d.join("console.log"),
-            rest_socket: d.join("rest.sock"),
+            rest: Endpoint::Unix(d.join("rest.sock")),
             pidfile: d.join("krunkit.pid"),
             shares: vec![vmm::krunkit::Share {
                 dir: d.to_owned(),
@@ -88,6 +88,13 @@ impl Machine {
 
     fn state(&self) -> State {
         Driver::state(&self.config).unwrap()
+    }
+
+    fn rest_socket(&self) -> &Path {
+        match &self.config.rest {
+            Endpoint::Unix(p) => p,
+            Endpoint::Loopback(_) => panic!("a unix REST endpoint"),
+        }
     }
 
     fn pid(&self) -> i32 {
@@ -150,11 +157,12 @@ fn start_ready_running_then_graceful_stop() {
     );
     assert_eq!(m.state(), State::Stopped);
     assert!(process_gone(pid));
-    for leftover in [
-        &m.config.rest_socket,
-        &m.config.ready_socket,
-        &m.config.pidfile,
-    ] {
+    assert!(
+        std::fs::read_to_string(&m.config.console_log)
+            .unwrap()
+            .contains("guest powered off")
+    );
+    for leftover in [m.rest_socket(), &m.config.ready_socket, &m.config.pidfile] {
         assert!(!leftover.exists(), "{}", leftover.display());
     }
     // Stopping a stopped machine is not an error.
@@ -171,10 +179,10 @@ fn graceful_stop_reports_stopping_while_the_guest_powers_off() {
         .unwrap()
         .wait_ready(Duration::from_secs(20))
         .unwrap();
-    let answer = rest::change_state(&m.config.rest_socket, rest::StateChange::Stop).unwrap();
+    let answer = rest::change_state(&m.config.rest, rest::StateChange::Stop).unwrap();
     assert_eq!(answer.state, rest::STOPPING);
     // Until the guest is off, krunkit still answers, with the Stopping state.
-    match rest::get_state(&m.config.rest_socket) {
+    match rest::get_state(&m.config.rest) {
         Ok(s) => assert_eq!(
             (s.state.as_str(), s.can_stop),
             (rest::STOPPING, Some(false))
@@ -217,7 +225,7 @@ fn a_crashed_vmm_is_stopped_and_its_leftovers_do_not_block_the_next_start() {
     assert!(process_gone(pid));
     assert_eq!(m.state(), State::Stopped);
     // krunkit's sockets and pidfile stay behind after a crash.
-    assert!(m.config.rest_socket.exists() && m.config.ready_socket.exists());
+    assert!(m.rest_socket().exists() && m.config.ready_socket.exists());
     assert!(m.config.pidfile.exists());
 
     let key = m
@@ -236,7 +244,7 @@ fn stale_sockets_from_an_earlier_run_are_removed_before_start() {
     let m = Machine::new();
     // What a crashed run leaves: socket files nobody listens on, and a pidfile.
     drop(UnixListener::bind(&m.config.ready_socket).unwrap());
-    drop(UnixListener::bind(&m.config.rest_socket).unwrap());
+    drop(UnixListener::bind(m.rest_socket()).unwrap());
     std::fs::write(&m.config.pidfile, "999999").unwrap();
     assert_eq!(m.state(), State::Stopped);
     let key = m
@@ -296,6 +304,45 @@ fn krunkit_refusing_to_start_is_reported_with_its_message() {
         !m.config.ready_socket.exists(),
         "start cleans up after itself"
     );
+}
+
+/// What Podman needs of a machine exposed to it: krunkit's REST API on 127.0.0.1 over TCP.
+#[test]
+fn rest_on_a_loopback_port() {
+    let mut m = Machine::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    m.config.rest = Endpoint::Loopback(port);
+    let running = m.start().unwrap();
+    running.wait_ready(Duration::from_secs(20)).unwrap();
+    // Podman's request, as its Go client sends it.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"GET /vm/state HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Go-http-client/1.1\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    assert!(answer.contains(rest::RUNNING), "{answer}");
+    assert_eq!(
+        m.driver.stop(&m.config, StopMode::Graceful).unwrap(),
+        Stopped::ByRequest
+    );
+    assert_eq!(m.state(), State::Stopped);
+}
+
+#[test]
+fn the_version_probe_names_the_krunkit() {
+    let v = vmm::krunkit::probe(Path::new(STANDIN)).unwrap();
+    assert_eq!(v.to_string(), "1.3.0");
+    assert!(matches!(
+        vmm::krunkit::probe(Path::new("/nonexistent/krunkit")),
+        Err(vmm::krunkit::ProbeError::Run(..))
+    ));
 }
 
 #[test]

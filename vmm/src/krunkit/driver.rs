@@ -2,7 +2,7 @@
 //! whether the VM runs, the pidfile names the process to signal when the REST API cannot stop
 //! it, and every path comes from the [`KrunkitConfig`].
 
-use super::rest::{self, RestError, StateChange, VmState};
+use super::rest::{self, Endpoint, RestError, StateChange, VmState};
 use super::{InvalidConfig, KrunkitConfig, command_line};
 use std::fs;
 use std::io::{self, BufRead, BufReader};
@@ -105,7 +105,7 @@ pub enum StopError {
 #[derive(Debug)]
 pub struct Running {
     ready: UnixListener,
-    rest_socket: PathBuf,
+    rest: Endpoint,
 }
 
 impl Driver {
@@ -113,7 +113,7 @@ impl Driver {
     /// stdout and stderr (start-up errors included) are appended to `log`.
     pub fn start(&self, c: &KrunkitConfig, log: &Path) -> Result<Running, StartError> {
         c.validate()?;
-        match rest::get_state(&c.rest_socket) {
+        match rest::get_state(&c.rest) {
             Err(RestError::Gone) => {}
             Ok(_) => return Err(StartError::AlreadyRunning),
             Err(e) => return Err(StartError::Rest(e)),
@@ -149,7 +149,7 @@ impl Driver {
                     read_from(log, log_start),
                 ));
             }
-            match rest::get_state(&c.rest_socket) {
+            match rest::get_state(&c.rest) {
                 Ok(s) if s.state == rest::RUNNING => break,
                 Ok(_) | Err(RestError::Gone) => {}
                 Err(e) => tracing::debug!(error = %e, "krunkit REST not ready"),
@@ -165,13 +165,13 @@ impl Driver {
         reap_in_background(child);
         Ok(Running {
             ready,
-            rest_socket: c.rest_socket.clone(),
+            rest: c.rest.clone(),
         })
     }
 
     /// The machine's state, from krunkit's REST API alone.
     pub fn state(c: &KrunkitConfig) -> Result<State, RestError> {
-        match rest::get_state(&c.rest_socket) {
+        match rest::get_state(&c.rest) {
             Ok(s) => Ok(State::Vm(s)),
             Err(RestError::Gone) => Ok(State::Stopped),
             Err(e) => Err(e),
@@ -190,10 +190,10 @@ impl Driver {
             StopMode::Graceful => (StateChange::Stop, self.stop_timeout),
             StopMode::Force => (StateChange::HardStop, self.signal_timeout),
         };
-        match rest::change_state(&c.rest_socket, change) {
+        match rest::change_state(&c.rest, change) {
             Err(RestError::Gone) => return Ok(Stopped::Already),
             Ok(_) => {
-                if wait_gone(&c.rest_socket, wait) {
+                if wait_gone(&c.rest, wait) {
                     return Ok(Stopped::ByRequest);
                 }
             }
@@ -204,12 +204,12 @@ impl Driver {
         let pid = read_pid(&c.pidfile).ok_or_else(|| StopError::NoPid(c.pidfile.clone()))?;
         if mode == StopMode::Graceful {
             signal(pid, rustix::process::Signal::TERM);
-            if wait_gone(&c.rest_socket, self.signal_timeout) {
+            if wait_gone(&c.rest, self.signal_timeout) {
                 return Ok(Stopped::Terminated);
             }
         }
         signal(pid, rustix::process::Signal::KILL);
-        if wait_gone(&c.rest_socket, self.signal_timeout) {
+        if wait_gone(&c.rest, self.signal_timeout) {
             Ok(Stopped::Killed)
         } else {
             Err(StopError::Unkillable(pid))
@@ -276,7 +276,7 @@ impl Running {
     }
 
     fn check_alive(&self) -> Result<(), StartError> {
-        match rest::get_state(&self.rest_socket) {
+        match rest::get_state(&self.rest) {
             Ok(_) => Ok(()),
             Err(RestError::Gone) => Err(StartError::Died),
             Err(e) => Err(StartError::Rest(e)),
@@ -287,7 +287,14 @@ impl Running {
 /// krunkit never removes the vsock and REST sockets (nor its pidfile): a crashed run leaves them,
 /// and a socket file in the way makes the next bind fail.
 fn remove_leftovers(c: &KrunkitConfig) -> Result<(), (PathBuf, io::Error)> {
-    for p in [&c.ready_socket, &c.rest_socket, &c.pidfile] {
+    let rest_socket = match &c.rest {
+        Endpoint::Unix(p) => Some(p),
+        Endpoint::Loopback(_) => None,
+    };
+    for p in [Some(&c.ready_socket), rest_socket, Some(&c.pidfile)]
+        .into_iter()
+        .flatten()
+    {
         match fs::remove_file(p) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err((p.clone(), e)),
             _ => {}
@@ -296,11 +303,11 @@ fn remove_leftovers(c: &KrunkitConfig) -> Result<(), (PathBuf, io::Error)> {
     Ok(())
 }
 
-/// Polls the REST socket until nobody serves it, at most `timeout`. True when gone.
-fn wait_gone(socket: &Path, timeout: Duration) -> bool {
+/// Polls the REST endpoint until nobody serves it, at most `timeout`. True when gone.
+fn wait_gone(at: &Endpoint, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if matches!(rest::get_state(socket), Err(RestError::Gone)) {
+        if matches!(rest::get_state(at), Err(RestError::Gone)) {
             return true;
         }
         if Instant::now() > deadline {

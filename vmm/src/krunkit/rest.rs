@@ -13,13 +13,16 @@
 //! a single read, so it is sent with a single write. A missing socket or a refused connection
 //! means no krunkit is serving it: the VM is gone.
 //!
+//! krunkit serves either a unix socket or a TCP port ([`Endpoint`]).
+//!
 //! A small HTTP/1.1 exchange over std's UnixStream, with httparse for the response: the
 //! workspace's hyper needs an async runtime for one request on a local socket.
 
 use serde::Deserialize;
 use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 const PATH: &str = "/vm/state";
@@ -27,6 +30,26 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub const RUNNING: &str = "VirtualMachineStateRunning";
 pub const STOPPING: &str = "VirtualMachineStateStopping";
+
+/// Where krunkit serves its REST API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A unix socket (in the machine's private runtime directory): only its user reaches it.
+    Unix(PathBuf),
+    /// `127.0.0.1:PORT`, for Podman, which talks to krunkit over HTTP on TCP only. Any local
+    /// user can reach it, and so stop the VM.
+    Loopback(u16),
+}
+
+impl Endpoint {
+    /// krunkit's `--restful-uri` value.
+    pub fn uri(&self) -> String {
+        match self {
+            Endpoint::Unix(p) => format!("unix://{}", p.display()),
+            Endpoint::Loopback(port) => format!("tcp://{}:{port}", Ipv4Addr::LOCALHOST),
+        }
+    }
+}
 
 /// The state krunkit reports, e.g. [`RUNNING`] or [`STOPPING`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -75,13 +98,13 @@ impl From<io::Error> for RestError {
     }
 }
 
-pub fn get_state(socket: &Path) -> Result<VmState, RestError> {
-    exchange(socket, &request("GET", None))
+pub fn get_state(at: &Endpoint) -> Result<VmState, RestError> {
+    exchange(at, &request("GET", None))
 }
 
-pub fn change_state(socket: &Path, change: StateChange) -> Result<VmState, RestError> {
+pub fn change_state(at: &Endpoint, change: StateChange) -> Result<VmState, RestError> {
     let body = serde_json::json!({ "state": change.name() }).to_string();
-    exchange(socket, &request("POST", Some(&body)))
+    exchange(at, &request("POST", Some(&body)))
 }
 
 fn request(method: &str, body: Option<&str>) -> Vec<u8> {
@@ -97,12 +120,29 @@ fn request(method: &str, body: Option<&str>) -> Vec<u8> {
     r.into_bytes()
 }
 
-fn exchange(socket: &Path, req: &[u8]) -> Result<VmState, RestError> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(RestError::Io)?;
-    s.set_write_timeout(Some(IO_TIMEOUT))
-        .map_err(RestError::Io)?;
+fn exchange(at: &Endpoint, req: &[u8]) -> Result<VmState, RestError> {
+    match at {
+        Endpoint::Unix(path) => {
+            let s = UnixStream::connect(path)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))
+                .map_err(RestError::Io)?;
+            s.set_write_timeout(Some(IO_TIMEOUT))
+                .map_err(RestError::Io)?;
+            talk(s, req)
+        }
+        Endpoint::Loopback(port) => {
+            let addr = (Ipv4Addr::LOCALHOST, *port).into();
+            let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))
+                .map_err(RestError::Io)?;
+            s.set_write_timeout(Some(IO_TIMEOUT))
+                .map_err(RestError::Io)?;
+            talk(s, req)
+        }
+    }
+}
+
+fn talk(mut s: impl Read + Write, req: &[u8]) -> Result<VmState, RestError> {
     s.write_all(req)?;
     let mut answer = Vec::new();
     s.read_to_end(&mut answer)?;
@@ -213,10 +253,33 @@ mod tests {
     fn a_missing_or_dead_socket_means_gone() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("rest.sock");
-        assert!(matches!(get_state(&sock), Err(RestError::Gone)));
+        let at = Endpoint::Unix(sock.clone());
+        assert!(matches!(get_state(&at), Err(RestError::Gone)));
         // A socket file left by a dead krunkit: nobody listens.
         drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
         assert!(sock.exists());
-        assert!(matches!(get_state(&sock), Err(RestError::Gone)));
+        assert!(matches!(get_state(&at), Err(RestError::Gone)));
+    }
+
+    #[test]
+    fn a_port_nobody_listens_on_means_gone() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(); // closed again at once
+        assert!(matches!(
+            get_state(&Endpoint::Loopback(port)),
+            Err(RestError::Gone)
+        ));
+    }
+
+    #[test]
+    fn endpoints_as_krunkit_takes_them() {
+        assert_eq!(
+            Endpoint::Unix("/r/dev/rest.sock".into()).uri(),
+            "unix:///r/dev/rest.sock"
+        );
+        assert_eq!(Endpoint::Loopback(50124).uri(), "tcp://127.0.0.1:50124");
     }
 }

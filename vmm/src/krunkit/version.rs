@@ -1,4 +1,6 @@
-//! `krunkit --version` (clap's format: `krunkit 1.2.0`), for `doctor`.
+//! `krunkit --version` (clap's format: `krunkit 1.2.0`): whether a krunkit is there, and which.
+
+use std::path::{Path, PathBuf};
 
 /// How a Mac user installs (or repairs) krunkit and its gvproxy.
 pub const INSTALL_HINT: &str = "brew tap slp/krun && brew install krunkit";
@@ -26,6 +28,23 @@ impl std::fmt::Display for Version {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("`krunkit --version` printed {0:?}, not krunkit's version (reinstall: {INSTALL_HINT})")]
 pub struct VersionError(pub String);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot run {}", .0.display())]
+    Run(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Version(#[from] VersionError),
+}
+
+/// Asks `binary --version` which krunkit it is.
+pub fn probe(binary: &Path) -> Result<Version, ProbeError> {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|e| ProbeError::Run(binary.to_owned(), e))?;
+    Ok(parse_version(&String::from_utf8_lossy(&out.stdout))?)
+}
 
 /// Parses `krunkit --version` output.
 pub fn parse_version(output: &str) -> Result<Version, VersionError> {

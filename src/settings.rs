@@ -1,0 +1,67 @@
+//! How this invocation runs machines, from the environment (env_vars.rs names the variables).
+
+use crate::env_vars;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// QEMU's accelerator (`CARBON_VM_ACCEL`): KVM where QEMU can really run a guest with it
+/// (vmm::kvm), else TCG.
+fn accel() -> anyhow::Result<vmm::qemu::Accel> {
+    match std::env::var(env_vars::ACCEL).as_deref() {
+        Ok("kvm") => Ok(vmm::qemu::Accel::Kvm),
+        Ok("tcg") => Ok(vmm::qemu::Accel::Tcg),
+        Ok("auto") | Err(_) => Ok(match vmm::kvm::probe(venus::probe::QEMU) {
+            Ok(()) => vmm::qemu::Accel::Kvm,
+            Err(e) => {
+                tracing::info!(reason = %e, "KVM is not usable: TCG");
+                vmm::qemu::Accel::Tcg
+            }
+        }),
+        Ok(other) => anyhow::bail!(
+            "{} must be auto, kvm or tcg, not {other:?}",
+            env_vars::ACCEL
+        ),
+    }
+}
+
+/// The krunkit to run: `CARBON_VM_KRUNKIT`, else `krunkit` from PATH.
+pub fn krunkit() -> PathBuf {
+    std::env::var_os(env_vars::KRUNKIT)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| "krunkit".into(), PathBuf::from)
+}
+
+/// Podman's config home, where it keeps its machine files: `$XDG_CONFIG_HOME`, else
+/// `$HOME/.config` (Podman's rule on Linux and macOS alike).
+pub fn podman_config_home() -> anyhow::Result<PathBuf> {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    if let Some(p) = std::env::var_os(env_vars::XDG_CONFIG_HOME).and_then(absolute) {
+        return Ok(p);
+    }
+    std::env::var_os(env_vars::USER_HOME)
+        .and_then(absolute)
+        .map(|h| h.join(".config"))
+        .ok_or_else(|| anyhow::anyhow!("neither XDG_CONFIG_HOME nor HOME is set"))
+}
+
+/// `CARBON_VM_PODMAN_TIMEOUT`: seconds `start` waits for the Podman API once the guest is Ready.
+fn podman_timeout() -> anyhow::Result<Option<Duration>> {
+    match std::env::var(env_vars::PODMAN_TIMEOUT) {
+        Err(_) => Ok(None),
+        Ok(s) => match s.parse::<u64>() {
+            Ok(secs) => Ok(Some(Duration::from_secs(secs))),
+            Err(_) => anyhow::bail!(
+                "{} must be a number of seconds, not {s:?}",
+                env_vars::PODMAN_TIMEOUT
+            ),
+        },
+    }
+}
+
+pub fn start_options() -> anyhow::Result<machine::lifecycle::StartOptions> {
+    Ok(machine::lifecycle::StartOptions {
+        accel: accel()?,
+        krunkit: krunkit(),
+        podman_timeout: podman_timeout()?,
+    })
+}

@@ -165,11 +165,7 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
     // The project's compute workload, built into an image on the machine by the podman client,
     // run with --device /dev/dri on the Venus device, its product checked against the CPU.
     let ctx = tempfile::tempdir_in(g.env.home.path()).unwrap();
-    let bin = assert_cmd::cargo::cargo_bin("carbon-vk-compute");
-    assert!(
-        bin.is_file(),
-        "{bin:?}: build the workspace first (cargo test --workspace)"
-    );
+    let bin = common::workspace_bin("carbon-vk-compute");
     std::fs::copy(&bin, ctx.path().join("carbon-vk-compute")).unwrap();
     std::fs::write(
         ctx.path().join("Containerfile"),

@@ -35,24 +35,7 @@ use std::time::{Duration, Instant};
 /// (nothing to do when `cargo test --workspace` built it already) and says where it is.
 fn standin() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "-p", "krunkit-standin", "--message-format=json"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["target"]["name"] == "krunkit-standin" && v["executable"].is_string())
-            .map(|v| PathBuf::from(v["executable"].as_str().unwrap()))
-            .expect("cargo names the stand-in's executable")
-    })
+    EXE.get_or_init(|| common::workspace_bin("krunkit-standin"))
 }
 
 /// Whether the installed gvproxy can listen in vfkit mode: asked of gvproxy itself, which

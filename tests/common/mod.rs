@@ -33,6 +33,27 @@ impl Drop for Env {
     }
 }
 
+/// The executable of another workspace package (Cargo gives tests only their own package's):
+/// built by cargo, a no-op after a workspace build, and named by its JSON messages.
+pub fn workspace_bin(package: &str) -> PathBuf {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-p", package, "--message-format=json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"]["name"] == package && v["executable"].is_string())
+        .map(|v| PathBuf::from(v["executable"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("cargo names no executable for {package}"))
+}
+
 impl Env {
     pub fn new() -> Env {
         Env {

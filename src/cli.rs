@@ -136,7 +136,7 @@ pub struct CreateArgs {
     /// Disk size in GiB.
     #[arg(long, default_value_t = 20)]
     pub disk_size: u32,
-    /// Image ID or source (default: the catalog's default image).
+    /// A cached image's ID, or a name in the image catalog (default: the catalog's default).
     #[arg(long)]
     pub image: Option<String>,
     /// qemu, krunkit or libkrun (default: krunkit on macOS, qemu on Linux).

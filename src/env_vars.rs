@@ -4,6 +4,9 @@
 pub const HOME: &str = "CARBON_VM_HOME";
 /// Debian mirror the image recipe installs from.
 pub const DEBIAN_MIRROR: &str = "CARBON_VM_DEBIAN_MIRROR";
+/// An image catalog file replacing the built-in one (configs/catalog.json): a mirror, a pinned
+/// release, your own images.
+pub const CATALOG: &str = "CARBON_VM_CATALOG";
 /// Log filter for diagnostics on stderr (tracing's EnvFilter syntax, e.g. `debug`).
 pub const LOG: &str = "CARBON_VM_LOG";
 /// Reproducible builds: the timestamp the recipe and `image pack` stamp into the artifact.

@@ -1,6 +1,7 @@
 //! Stable exit codes (docs/cli.md) and the hint printed under an error.
 
 use guest_image::cache::CacheError;
+use guest_image::catalog::CatalogError;
 use guest_image::pack::PackError;
 use guest_image::pull::{PullError, PullFailure};
 use guest_image::recipe::RecipeError;
@@ -17,28 +18,33 @@ pub const GPU_CHECK: u8 = 8;
 
 const KRUNKIT_HINT: &str = "krunkit runs on macOS (`brew tap slp/krun && brew install krunkit`); \
     CARBON_VM_KRUNKIT names the krunkit to run";
+const CATALOG_HINT: &str = "CARBON_VM_CATALOG names the catalog file (docs/configuration.md)";
+const BUILD_HINT: &str = "no image of that name is cached: `carbon-vm image build -o guest.tar.zst` \
+    then `image pull guest.tar.zst --sha256 HEX` caches one (or `--image ID` picks a cached image)";
+
+fn classify_pull(p: &PullError) -> (u8, Option<&'static str>) {
+    match &p.failure {
+        PullFailure::Fetch(_) => (
+            FETCH,
+            Some("check the source and the network; nothing was cached"),
+        ),
+        PullFailure::Unpinned => (
+            VERIFICATION,
+            Some("`carbon-vm image build` and `image pack` print the sha256 to pin"),
+        ),
+        PullFailure::Cache(_) => (FAILURE, None),
+        _ => (
+            VERIFICATION,
+            Some("the image was refused and nothing was cached; check the source and its sha256"),
+        ),
+    }
+}
 
 /// Classifies an error by the first cause carbon-vm knows.
 pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
     for cause in err.chain() {
         if let Some(p) = cause.downcast_ref::<PullError>() {
-            return match &p.failure {
-                PullFailure::Fetch(_) => (
-                    FETCH,
-                    Some("check the source and the network; nothing was cached"),
-                ),
-                PullFailure::Unpinned => (
-                    VERIFICATION,
-                    Some("`carbon-vm image build` and `image pack` print the sha256 to pin"),
-                ),
-                PullFailure::Cache(_) => (FAILURE, None),
-                _ => (
-                    VERIFICATION,
-                    Some(
-                        "the image was refused and nothing was cached; check the source and its sha256",
-                    ),
-                ),
-            };
+            return classify_pull(p);
         }
         if let Some(v) = cause.downcast_ref::<VerifyError>() {
             if !matches!(v, VerifyError::Cache(_)) {
@@ -75,11 +81,30 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
             Some(machine::store::StoreError::BadName(_)) => return (USAGE, None),
             _ => {}
         }
-        if cause
-            .downcast_ref::<crate::commands::machine::NoImage>()
-            .is_some()
-        {
-            return (NOT_FOUND, None);
+        match cause.downcast_ref::<CatalogError>() {
+            Some(CatalogError::Invalid { .. }) => return (USAGE, Some(CATALOG_HINT)),
+            Some(CatalogError::NoEntry { .. }) => {
+                return (
+                    NOT_FOUND,
+                    Some("`--image ID` names a cached image (`carbon-vm image ls`)"),
+                );
+            }
+            // Boxed, so the chain holds no PullError of its own to find below.
+            Some(CatalogError::Pull { source, .. }) => {
+                return match classify_pull(source) {
+                    (code, _)
+                        if matches!(
+                            source.failure,
+                            PullFailure::Unpinned | PullFailure::Fetch(_)
+                        ) =>
+                    {
+                        (code, Some(BUILD_HINT))
+                    }
+                    classified => classified,
+                };
+            }
+            Some(CatalogError::WrongImage { .. }) => return (VERIFICATION, Some(CATALOG_HINT)),
+            _ => {}
         }
         if let Some(e) = cause.downcast_ref::<machine::lifecycle::LifecycleError>() {
             use machine::lifecycle::LifecycleError as L;

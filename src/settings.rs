@@ -58,10 +58,44 @@ fn podman_timeout() -> anyhow::Result<Option<Duration>> {
     }
 }
 
+const BUILT_IN_CATALOG: &str = include_str!("../configs/catalog.json");
+
+/// The image catalog: the file `CARBON_VM_CATALOG` names, else the built-in configs/catalog.json.
+pub fn catalog() -> anyhow::Result<guest_image::catalog::Catalog> {
+    let parsed = match std::env::var_os(env_vars::CATALOG).filter(|v| !v.is_empty()) {
+        Some(path) => {
+            let origin = PathBuf::from(path);
+            let text = std::fs::read_to_string(&origin).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the image catalog {} ({}): {e}",
+                    origin.display(),
+                    env_vars::CATALOG
+                )
+            })?;
+            guest_image::catalog::Catalog::parse(&text, &origin.display().to_string())
+        }
+        None => guest_image::catalog::Catalog::parse(BUILT_IN_CATALOG, "built in"),
+    };
+    Ok(parsed?)
+}
+
 pub fn start_options() -> anyhow::Result<machine::lifecycle::StartOptions> {
     Ok(machine::lifecycle::StartOptions {
         accel: accel()?,
         krunkit: krunkit(),
         podman_timeout: podman_timeout()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The compiled-in catalog parses and has the default for both architectures machines run on.
+    #[test]
+    fn built_in_catalog_has_the_default_for_each_arch() {
+        let catalog =
+            guest_image::catalog::Catalog::parse(super::BUILT_IN_CATALOG, "built in").unwrap();
+        for arch in ["x86_64", "aarch64"] {
+            assert_eq!(catalog.entry(&catalog.default, arch).unwrap().arch, arch);
+        }
+    }
 }

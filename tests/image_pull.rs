@@ -483,7 +483,7 @@ fn oci_push_and_pull_by_tag_and_digest() {
     // A tag alone pins nothing.
     refused(&env, &tag, None, 4, "nothing pins it");
     // A wrong pin is caught from the registry manifest, before any download.
-    refused(&env, &tag, Some(&"1".repeat(64)), 4, "but --sha256 pins");
+    refused(&env, &tag, Some(&"1".repeat(64)), 4, "but it is pinned to");
     // A digest reference pins the manifest, and so the layer.
     let v = env.pull(&by_digest, None);
     assert_eq!(v["id"], sha);

@@ -78,6 +78,8 @@ struct Krunkit {
     env: Env,
     xdg: PathBuf,
     root: Option<PathBuf>,
+    /// Makes the mini image `create`'s default.
+    catalog: PathBuf,
 }
 
 impl Krunkit {
@@ -88,7 +90,13 @@ impl Krunkit {
         std::fs::create_dir(&dir).unwrap();
         let (art, sha) = common::pack_mini(&dir);
         env.pull(art.to_str().unwrap(), Some(&sha));
-        Krunkit { env, xdg, root }
+        let catalog = common::write_catalog(&dir, "mini", art.to_str().unwrap(), Some(&sha));
+        Krunkit {
+            env,
+            xdg,
+            root,
+            catalog,
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -105,6 +113,7 @@ impl Krunkit {
             .env("CARBON_VM_HOME", self.env.home.path())
             .env("XDG_CONFIG_HOME", &self.xdg)
             .env("CARBON_VM_KRUNKIT", standin())
+            .env("CARBON_VM_CATALOG", &self.catalog)
             .env("CARBON_VM_PODMAN_TIMEOUT", "1")
             .env_remove("CARBON_VM_LOG")
             .output()

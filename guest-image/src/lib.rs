@@ -2,6 +2,7 @@
 //! content-addressed cache, and the recipe that builds the default guest from Debian packages.
 
 pub mod cache;
+pub mod catalog;
 pub mod digest;
 pub mod fetch;
 mod hashing;

@@ -25,7 +25,7 @@ pub struct PullError {
 pub enum PullFailure {
     #[error("cannot fetch it")]
     Fetch(#[source] FetchError),
-    #[error("the source says its digest is {source_digest}, but --sha256 pins {pin}")]
+    #[error("the source says its digest is {source_digest}, but it is pinned to {pin}")]
     PinMismatch {
         pin: Sha256Digest,
         source_digest: Sha256Digest,

@@ -4,7 +4,9 @@ use crate::cli::{CreateArgs, NameArg, RmArgs, SshArgs, StopArgs};
 use crate::home::Home;
 use crate::output::Printer;
 use crate::settings;
-use guest_image::Cache;
+use guest_image::cache::{CacheError, CachedImage};
+use guest_image::catalog;
+use guest_image::{Cache, Trust};
 use machine::create::{CreateOptions, PodmanTarget, create};
 use machine::gpu::Scope;
 use machine::lifecycle::{self, State};
@@ -85,11 +87,7 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
     } else {
         None
     };
-    let cache = Cache::open(&home.images)?;
-    let image = match &a.image {
-        Some(id) => cache.get(id)?,
-        None => cache.list()?.into_iter().next().ok_or(NoImage)?,
-    };
+    let image = image_for(a.image.as_deref(), home, out)?;
     let st = store(home);
     let m = create(
         &st,
@@ -120,11 +118,23 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
     Ok(())
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "no guest image is cached: `carbon-vm image pull SOURCE --sha256 HEX` (or `image build`) first"
-)]
-pub struct NoImage;
+/// `--image`: a cached image's ID, else a name in the image catalog; without it, the catalog's
+/// default. A catalog image that is not cached is pulled (and verified) first.
+fn image_for(wanted: Option<&str>, home: &Home, out: Printer) -> anyhow::Result<CachedImage> {
+    let cache = Cache::open(&home.images)?;
+    let catalog = settings::catalog()?;
+    let name = match wanted {
+        Some(w) => match cache.get(w) {
+            Ok(image) => return Ok(image),
+            Err(CacheError::NotFound(_) | CacheError::ShortId(_)) if catalog.has_name(w) => w,
+            Err(e) => return Err(e.into()),
+        },
+        None => &catalog.default,
+    };
+    let entry = catalog.entry(name, std::env::consts::ARCH)?;
+    let trust = Trust::with_pinned(&home.trusted_key_texts()?)?;
+    Ok(catalog::resolve(&cache, entry, &trust, out.progress())?)
+}
 
 pub fn start(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let st = store(home);

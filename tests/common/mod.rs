@@ -68,7 +68,8 @@ impl Env {
         let mut c = Command::cargo_bin("carbon-vm").unwrap();
         c.env("CARBON_VM_HOME", self.home.path())
             .env_remove("CARBON_VM_LOG")
-            .env_remove("CARBON_VM_KRUNKIT");
+            .env_remove("CARBON_VM_KRUNKIT")
+            .env_remove("CARBON_VM_CATALOG");
         c
     }
 
@@ -77,7 +78,8 @@ impl Env {
         let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("carbon-vm"));
         c.env("CARBON_VM_HOME", self.home.path())
             .env_remove("CARBON_VM_LOG")
-            .env_remove("CARBON_VM_KRUNKIT");
+            .env_remove("CARBON_VM_KRUNKIT")
+            .env_remove("CARBON_VM_CATALOG");
         c
     }
 
@@ -165,6 +167,23 @@ pub fn gpu_root() -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Writes an image catalog whose one (default) image is `name` from `source`, pinned by `sha256`
+/// when given; returns its path, for CARBON_VM_CATALOG.
+pub fn write_catalog(dir: &Path, name: &str, source: &str, sha256: Option<&str>) -> PathBuf {
+    let mut entry = serde_json::json!({
+        "name": name,
+        "arch": std::env::consts::ARCH,
+        "source": source,
+    });
+    if let Some(sha) = sha256 {
+        entry["sha256"] = sha.into();
+    }
+    let path = dir.join(format!("catalog-{name}.json"));
+    let catalog = serde_json::json!({"default": name, "images": [entry]});
+    std::fs::write(&path, catalog.to_string()).unwrap();
+    path
 }
 
 /// Packs a small but real image from a synthetic root (see archive::synthetic_rootfs).

@@ -1,0 +1,144 @@
+//! The image catalog: guest images by name and architecture, and where to pull them from.
+//! `create` takes its image from here when `--image` names no cached image.
+//!
+//! An entry pinned by `sha256` means exactly that artifact. An unpinned entry means the newest
+//! cached image of that name and architecture (one built locally, or pulled earlier), and when
+//! none is cached, its source pulled under a trusted signature.
+
+use crate::cache::{Cache, CacheError, CachedImage};
+use crate::digest::Sha256Digest;
+use crate::progress::Progress;
+use crate::pull::{PullError, PullOptions, pull};
+use crate::source::Source;
+use crate::trust::Trust;
+use serde::{Deserialize, Deserializer};
+use std::sync::Arc;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// The name `create` uses when no `--image` is given.
+    pub default: String,
+    pub images: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub name: String,
+    pub arch: String,
+    #[serde(deserialize_with = "source_from_text")]
+    pub source: Source,
+    #[serde(default)]
+    pub sha256: Option<Sha256Digest>,
+}
+
+fn source_from_text<'de, D: Deserializer<'de>>(d: D) -> Result<Source, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("the image catalog {origin} is not valid: {reason}")]
+    Invalid { origin: String, reason: String },
+    #[error("the image catalog has no {name:?} image for {arch}")]
+    NoEntry { name: String, arch: String },
+    #[error("cannot get the catalog's {name:?} image")]
+    Pull {
+        name: String,
+        #[source]
+        source: Box<PullError>,
+    },
+    #[error(
+        "{source_ref} gave image {got_name:?} for {got_arch}, but the catalog's entry is {name:?} for {arch}; it was not kept"
+    )]
+    WrongImage {
+        source_ref: String,
+        name: String,
+        arch: String,
+        got_name: String,
+        got_arch: String,
+    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+impl Catalog {
+    /// Parses and checks a catalog; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Catalog, CatalogError> {
+        let invalid = |reason: String| CatalogError::Invalid {
+            origin: origin.to_owned(),
+            reason,
+        };
+        let catalog: Catalog = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if !catalog.images.iter().any(|e| e.name == catalog.default) {
+            return Err(invalid(format!(
+                "no image is named {:?}, its default",
+                catalog.default
+            )));
+        }
+        Ok(catalog)
+    }
+
+    pub fn entry(&self, name: &str, arch: &str) -> Result<&Entry, CatalogError> {
+        self.images
+            .iter()
+            .find(|e| e.name == name && e.arch == arch)
+            .ok_or_else(|| CatalogError::NoEntry {
+                name: name.to_owned(),
+                arch: arch.to_owned(),
+            })
+    }
+
+    pub fn has_name(&self, name: &str) -> bool {
+        self.images.iter().any(|e| e.name == name)
+    }
+}
+
+/// The cached image an entry stands for, pulled (and verified) first when none is cached.
+pub fn resolve(
+    cache: &Cache,
+    entry: &Entry,
+    trust: &Trust,
+    progress: Arc<dyn Progress>,
+) -> Result<CachedImage, CatalogError> {
+    match entry.sha256 {
+        Some(id) if cache.contains(&id) => return Ok(cache.get(&id.to_string())?),
+        Some(_) => {}
+        None => {
+            if let Some(newest) = cache
+                .list()?
+                .into_iter()
+                .find(|i| i.manifest.name == entry.name && i.manifest.arch == entry.arch)
+            {
+                return Ok(newest);
+            }
+        }
+    }
+    let opts = PullOptions {
+        pin: entry.sha256,
+        trust,
+        progress,
+    };
+    let pulled = pull(cache, &entry.source, &opts).map_err(|source| CatalogError::Pull {
+        name: entry.name.clone(),
+        source: Box::new(source),
+    })?;
+    let m = &pulled.image.manifest;
+    if m.name != entry.name || m.arch != entry.arch {
+        let err = CatalogError::WrongImage {
+            source_ref: entry.source.to_string(),
+            name: entry.name.clone(),
+            arch: entry.arch.clone(),
+            got_name: m.name.clone(),
+            got_arch: m.arch.clone(),
+        };
+        if pulled.downloaded {
+            cache.remove(&pulled.image.record.id.to_string())?;
+        }
+        return Err(err);
+    }
+    Ok(pulled.image)
+}

@@ -91,17 +91,12 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
             }
             // Boxed, so the chain holds no PullError of its own to find below.
             Some(CatalogError::Pull { source, .. }) => {
-                return match classify_pull(source) {
-                    (code, _)
-                        if matches!(
-                            source.failure,
-                            PullFailure::Unpinned | PullFailure::Fetch(_)
-                        ) =>
-                    {
-                        (code, Some(BUILD_HINT))
-                    }
-                    classified => classified,
-                };
+                let (code, hint) = classify_pull(source);
+                let not_cached = matches!(
+                    source.failure,
+                    PullFailure::Unpinned | PullFailure::Fetch(_)
+                );
+                return (code, if not_cached { Some(BUILD_HINT) } else { hint });
             }
             Some(CatalogError::WrongImage { .. }) => return (VERIFICATION, Some(CATALOG_HINT)),
             _ => {}

@@ -122,14 +122,18 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
 /// default. A catalog image that is not cached is pulled (and verified) first.
 fn image_for(wanted: Option<&str>, home: &Home, out: Printer) -> anyhow::Result<CachedImage> {
     let cache = Cache::open(&home.images)?;
+    // A cached ID needs no catalog.
+    let not_cached = match wanted.map(|w| cache.get(w)) {
+        Some(Ok(image)) => return Ok(image),
+        Some(Err(e @ (CacheError::NotFound(_) | CacheError::ShortId(_)))) => Some(e),
+        Some(Err(e)) => return Err(e.into()),
+        None => None,
+    };
     let catalog = settings::catalog()?;
-    let name = match wanted {
-        Some(w) => match cache.get(w) {
-            Ok(image) => return Ok(image),
-            Err(CacheError::NotFound(_) | CacheError::ShortId(_)) if catalog.has_name(w) => w,
-            Err(e) => return Err(e.into()),
-        },
-        None => &catalog.default,
+    let name = match (wanted, not_cached) {
+        (Some(w), Some(_)) if catalog.has_name(w) => w,
+        (_, Some(e)) => return Err(e.into()),
+        _ => &catalog.default,
     };
     let entry = catalog.entry(name, std::env::consts::ARCH)?;
     let trust = Trust::with_pinned(&home.trusted_key_texts()?)?;

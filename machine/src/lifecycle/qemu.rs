@@ -42,11 +42,17 @@ pub(super) fn clean_stale(m: &MachineDir) {
     let _ = fs::remove_dir_all(&m.run_dir);
 }
 
-pub(super) fn start(m: &MachineDir, spec: &Spec, o: &StartOptions) -> Result<Run, LifecycleError> {
+/// SIGKILL to the machine's QEMU, if it runs, and waits for it to go.
+fn kill(m: &MachineDir) {
     if let Some(pid) = process::live_pid(&m.path(QEMU_PID), &qemu_marker(m)) {
         process::signal(pid, Signal::KILL);
         process::wait_exit(pid, Duration::from_secs(10));
     }
+}
+
+pub(super) fn start(m: &MachineDir, spec: &Spec, o: &StartOptions) -> Result<Run, LifecycleError> {
+    // A VM left by an interrupted start is not trusted: its guest's key was never pinned.
+    kill(m);
     let _ = fs::remove_file(m.path(KNOWN_HOSTS));
     clean_stale(m);
     // Before anything runs: a host that cannot serve the GPU is refused, not half-started.
@@ -171,15 +177,12 @@ fn wait_ready(
 
 /// Powers the guest down through QMP (or kills QEMU with `force`), then gvproxy.
 pub(super) fn stop(m: &MachineDir, force: bool) -> Result<(), LifecycleError> {
-    if let Some(pid) = process::live_pid(&m.path(QEMU_PID), &qemu_marker(m)) {
-        if force {
-            process::signal(pid, Signal::KILL);
-            process::wait_exit(pid, Duration::from_secs(10));
-        } else {
-            vmm::qmp::Qmp::connect(&m.socket(QMP_SOCKET))?.execute("system_powerdown")?;
-            if !process::wait_exit(pid, STOP_TIMEOUT) {
-                return Err(LifecycleError::NoPowerdown(STOP_TIMEOUT));
-            }
+    if force {
+        kill(m);
+    } else if let Some(pid) = process::live_pid(&m.path(QEMU_PID), &qemu_marker(m)) {
+        vmm::qmp::Qmp::connect(&m.socket(QMP_SOCKET))?.execute("system_powerdown")?;
+        if !process::wait_exit(pid, STOP_TIMEOUT) {
+            return Err(LifecycleError::NoPowerdown(STOP_TIMEOUT));
         }
     }
     gvproxy::stop(m, &net(m));

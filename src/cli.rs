@@ -60,8 +60,8 @@ pub enum ImageCommand {
     Push(PushArgs),
     /// List cached images.
     Ls,
-    /// Remove a cached image.
-    Rm(IdArg),
+    /// Remove a cached image (refused while machines use it, unless --force).
+    Rm(ImageRmArgs),
     /// Re-hash a cached image against its manifest.
     Verify(IdArg),
 }
@@ -115,6 +115,15 @@ pub struct PushArgs {
 pub struct IdArg {
     /// Image ID (its sha256, or a unique prefix of at least 4 digits).
     pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ImageRmArgs {
+    /// Image ID (its sha256, or a unique prefix of at least 4 digits).
+    pub id: String,
+    /// Remove it even though machines use it (they cannot start again).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]

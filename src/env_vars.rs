@@ -15,6 +15,9 @@ pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
 pub const ACCEL: &str = "CARBON_VM_ACCEL";
 /// The krunkit executable (default: `krunkit` from PATH).
 pub const KRUNKIT: &str = "CARBON_VM_KRUNKIT";
+/// Seconds `start` waits for the guest's Ready signal once the VMM runs (default 900: a first boot
+/// under TCG on a small host takes minutes).
+pub const START_TIMEOUT: &str = "CARBON_VM_START_TIMEOUT";
 /// Seconds `start` waits for the Podman API once the guest is Ready (default: what is left of
 /// start's 15 minutes). For tests and slow hosts.
 pub const PODMAN_TIMEOUT: &str = "CARBON_VM_PODMAN_TIMEOUT";

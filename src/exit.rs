@@ -6,6 +6,9 @@ use guest_image::pack::PackError;
 use guest_image::pull::{PullError, PullFailure};
 use guest_image::recipe::RecipeError;
 use guest_image::verify::VerifyError;
+use machine::guest_image;
+use machine::host::VmmError;
+use machine::store::StoreError;
 
 pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
@@ -15,6 +18,8 @@ pub const FETCH: u8 = 5;
 pub const HOST: u8 = 6;
 pub const NOT_IMPLEMENTED: u8 = 7;
 pub const GPU_CHECK: u8 = 8;
+/// Another carbon-vm command is changing the machine.
+pub const BUSY: u8 = 9;
 
 const KRUNKIT_HINT: &str = "krunkit runs on macOS (`brew tap slp/krun && brew install krunkit`); \
     CARBON_VM_KRUNKIT names the krunkit to run";
@@ -37,6 +42,19 @@ fn classify_pull(p: &PullError) -> (u8, Option<&'static str>) {
             VERIFICATION,
             Some("the image was refused and nothing was cached; check the source and its sha256"),
         ),
+    }
+}
+
+fn store_class(e: &StoreError) -> (u8, Option<&'static str>) {
+    match e {
+        StoreError::NotFound(_) => (NOT_FOUND, Some("`carbon-vm list` lists machines")),
+        StoreError::BadName(_) => (USAGE, None),
+        StoreError::Busy(..) => (
+            BUSY,
+            Some("wait for it to finish; `carbon-vm stop --force NAME` interrupts a start"),
+        ),
+        StoreError::NotPrivate(..) => (HOST, None),
+        _ => (FAILURE, None),
     }
 }
 
@@ -74,12 +92,11 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                 Some("`carbon-vm doctor` lists what this host is missing"),
             );
         }
-        match cause.downcast_ref::<machine::store::StoreError>() {
-            Some(machine::store::StoreError::NotFound(_)) => {
-                return (NOT_FOUND, Some("`carbon-vm list` lists machines"));
-            }
-            Some(machine::store::StoreError::BadName(_)) => return (USAGE, None),
-            _ => {}
+        if let Some(e) = cause.downcast_ref::<StoreError>() {
+            return store_class(e);
+        }
+        if cause.downcast_ref::<machine::spec::InvalidSpec>().is_some() {
+            return (USAGE, None);
         }
         match cause.downcast_ref::<CatalogError>() {
             Some(CatalogError::Invalid { .. }) => return (USAGE, Some(CATALOG_HINT)),
@@ -104,11 +121,11 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
         if let Some(e) = cause.downcast_ref::<machine::lifecycle::LifecycleError>() {
             use machine::lifecycle::LifecycleError as L;
             return match e {
-                L::Gpu(_) => (
+                L::Vmm(VmmError::Gpu(_)) => (
                     HOST,
                     Some("`carbon-vm doctor` shows what the host's Venus stack lacks"),
                 ),
-                L::Missing(..) => (
+                L::Vmm(VmmError::Missing(..)) | L::Missing(..) => (
                     HOST,
                     Some("`carbon-vm doctor` lists what this host is missing"),
                 ),
@@ -118,20 +135,25 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                         "gvproxy.log in the machine's dir (`carbon-vm inspect` shows it) says more; krunkit machines need a gvproxy that listens in vfkit mode (macOS builds do; Linux releases up to 0.8.8 do not)",
                     ),
                 ),
-                L::NotReady(..) | L::Exited(..) => (
+                L::NotReady(..) | L::Exited(..) | L::Vmm(VmmError::Exited(..)) => (
                     FAILURE,
                     Some(
                         "the machine's console.log (in the dir `carbon-vm inspect` shows) has the whole boot",
                     ),
                 ),
-                L::Krunkit(vmm::krunkit::StartError::Spawn(..)) => (HOST, Some(KRUNKIT_HINT)),
-                L::GpuMemory(_) => (USAGE, None),
+                L::Vmm(VmmError::Krunkit(e)) if e.is_spawn() => (HOST, Some(KRUNKIT_HINT)),
+                L::Vmm(VmmError::GpuMemory(_)) | L::Invalid(_) => (USAGE, None),
                 L::NoPodman(..) => (
                     FAILURE,
                     Some(
-                        "the machine runs; `carbon-vm ssh NAME -- systemctl status podman.socket` shows the guest's side, `carbon-vm start NAME` waits again",
+                        "the guest booted but its Podman API did not answer, so the machine was stopped; the podman-forward.log and console.log in its dir say more",
                     ),
                 ),
+                L::PortTaken(..) => (
+                    FAILURE,
+                    Some("the port is fixed in the Podman machine file; free it and start again"),
+                ),
+                L::Store(s) => store_class(s),
                 _ => (FAILURE, None),
             };
         }
@@ -140,6 +162,15 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
             .is_some()
         {
             return (HOST, None);
+        }
+        if cause
+            .downcast_ref::<crate::commands::image::ImageInUse>()
+            .is_some()
+        {
+            return (
+                FAILURE,
+                Some("`carbon-vm rm` those machines first, or `image rm --force`"),
+            );
         }
         if let Some(f) = cause.downcast_ref::<crate::commands::machine::GpuCheckFailed>() {
             return (GPU_CHECK, Some(f.0.hint));
@@ -151,8 +182,17 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
             }
             Some(
                 machine::create::CreateError::PodmanMachineDriver
-                | machine::create::CreateError::GpuMemory(_),
+                | machine::create::CreateError::Invalid(_),
             ) => return (USAGE, None),
+            Some(machine::create::CreateError::NoSpace { .. }) => {
+                return (
+                    FAILURE,
+                    Some(
+                        "free space there, or put CARBON_VM_HOME on a larger filesystem; nothing was created",
+                    ),
+                );
+            }
+            Some(machine::create::CreateError::Store(e)) => return store_class(e),
             _ => {}
         }
         if let Some(e) = cause.downcast_ref::<machine::podman_machine::ExposeError>() {
@@ -177,7 +217,9 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
             || cause
                 .downcast_ref::<guest_image::digest::BadDigest>()
                 .is_some()
-            || cause.downcast_ref::<vmm::UnknownDriver>().is_some()
+            || cause
+                .downcast_ref::<machine::host::UnknownDriver>()
+                .is_some()
         {
             return (USAGE, None);
         }

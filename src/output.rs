@@ -3,6 +3,7 @@
 
 use guest_image::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
+use machine::guest_image;
 use serde::Serialize;
 use std::io::IsTerminal;
 use std::sync::Mutex;

@@ -1,22 +1,18 @@
 //! How this invocation runs machines, from the environment (env_vars.rs names the variables).
 
 use crate::env_vars;
+use machine::guest_image;
+use machine::host::{Accel, AccelChoice};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// QEMU's accelerator (`CARBON_VM_ACCEL`): KVM where QEMU can really run a guest with it
-/// (vmm::kvm), else TCG.
-fn accel() -> anyhow::Result<vmm::qemu::Accel> {
+/// QEMU's accelerator (`CARBON_VM_ACCEL`): `auto` is KVM where QEMU can really run a guest with
+/// it (probed when a machine starts), else TCG.
+fn accel() -> anyhow::Result<AccelChoice> {
     match std::env::var(env_vars::ACCEL).as_deref() {
-        Ok("kvm") => Ok(vmm::qemu::Accel::Kvm),
-        Ok("tcg") => Ok(vmm::qemu::Accel::Tcg),
-        Ok("auto") | Err(_) => Ok(match vmm::kvm::probe(venus::probe::QEMU) {
-            Ok(()) => vmm::qemu::Accel::Kvm,
-            Err(e) => {
-                tracing::info!(reason = %e, "KVM is not usable: TCG");
-                vmm::qemu::Accel::Tcg
-            }
-        }),
+        Ok("kvm") => Ok(AccelChoice::Use(Accel::Kvm)),
+        Ok("tcg") => Ok(AccelChoice::Use(Accel::Tcg)),
+        Ok("auto") | Err(_) => Ok(AccelChoice::Auto),
         Ok(other) => anyhow::bail!(
             "{} must be auto, kvm or tcg, not {other:?}",
             env_vars::ACCEL
@@ -44,16 +40,13 @@ pub fn podman_config_home() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("neither XDG_CONFIG_HOME nor HOME is set"))
 }
 
-/// `CARBON_VM_PODMAN_TIMEOUT`: seconds `start` waits for the Podman API once the guest is Ready.
-fn podman_timeout() -> anyhow::Result<Option<Duration>> {
-    match std::env::var(env_vars::PODMAN_TIMEOUT) {
+/// A number of seconds from the environment variable `var`, if set.
+fn seconds(var: &str) -> anyhow::Result<Option<Duration>> {
+    match std::env::var(var) {
         Err(_) => Ok(None),
         Ok(s) => match s.parse::<u64>() {
             Ok(secs) => Ok(Some(Duration::from_secs(secs))),
-            Err(_) => anyhow::bail!(
-                "{} must be a number of seconds, not {s:?}",
-                env_vars::PODMAN_TIMEOUT
-            ),
+            Err(_) => anyhow::bail!("{var} must be a number of seconds, not {s:?}"),
         },
     }
 }
@@ -83,7 +76,9 @@ pub fn start_options() -> anyhow::Result<machine::lifecycle::StartOptions> {
     Ok(machine::lifecycle::StartOptions {
         accel: accel()?,
         krunkit: krunkit(),
-        podman_timeout: podman_timeout()?,
+        start_timeout: seconds(env_vars::START_TIMEOUT)?
+            .unwrap_or(machine::lifecycle::START_TIMEOUT),
+        podman_timeout: seconds(env_vars::PODMAN_TIMEOUT)?,
     })
 }
 

@@ -271,7 +271,7 @@ fn without_a_vfkit_gvproxy_start_fails_with_its_reason_and_leaves_nothing_runnin
         assert!(err.contains("gvproxy exited during start-up"), "{err}");
         assert!(err.contains("unsupported 'unixgram' scheme"), "{err}");
         assert!(err.contains("hint: gvproxy.log"), "{err}");
-        assert_eq!(k.pid("dev", "krunkit.pid"), None, "krunkit never started");
+        assert_eq!(k.pid("dev", "vmm.pid"), None, "krunkit never started");
         assert!(k.pid("dev", "gvproxy.pid").is_none_or(|p| !alive(p)));
         assert!(!k.env.home.path().join("run/dev").exists());
         assert_eq!(k.machine_state("dev"), "stopped");
@@ -290,7 +290,7 @@ fn create_start_stop_kill_start_rm() {
     k.start_to_ready("dev");
     // krunkit got the machine: its disk, its SSH key as a systemd credential, a private REST
     // socket, gvproxy's vfkit socket; and gvproxy listens in vfkit mode.
-    let krunkit = k.pid("dev", "krunkit.pid").unwrap();
+    let krunkit = k.pid("dev", "vmm.pid").unwrap();
     let argv = cmdline(krunkit);
     let dir = k.machine("dev");
     for want in [
@@ -316,7 +316,7 @@ fn create_start_stop_kill_start_rm() {
 
     // A krunkit killed with SIGKILL: stopped, and the next start cleans up and works.
     k.start_to_ready("dev");
-    let krunkit = k.pid("dev", "krunkit.pid").unwrap();
+    let krunkit = k.pid("dev", "vmm.pid").unwrap();
     let gvproxy = k.pid("dev", "gvproxy.pid").unwrap();
     let killed = Command::new("kill")
         .args(["-9", &krunkit.to_string()])
@@ -326,7 +326,7 @@ fn create_start_stop_kill_start_rm() {
     assert_eq!(k.machine_state("dev"), "stopped");
     k.start_to_ready("dev");
     assert!(gone(gvproxy), "the dead run's gvproxy was stopped");
-    let krunkit = k.pid("dev", "krunkit.pid").unwrap();
+    let krunkit = k.pid("dev", "vmm.pid").unwrap();
     let gvproxy = k.pid("dev", "gvproxy.pid").unwrap();
 
     let o = k.run(&["rm", "dev"]);

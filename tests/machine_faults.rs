@@ -89,7 +89,7 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
     };
     // carbon-vm itself killed while it waits for the guest: the VM lives on, unfinished.
     let mut start = spawn_start();
-    wait_for_pid(&dir.join("qemu.pid"));
+    wait_for_pid(&dir.join("vmm.pid"));
     start.kill().unwrap();
     start.wait().unwrap();
     assert_eq!(state(), "broken");
@@ -103,18 +103,18 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
     podman_ps();
 
     // The Podman socket tunnel killed on a running machine: start repairs it without a reboot.
-    let qemu = std::fs::read_to_string(dir.join("qemu.pid")).unwrap();
+    let qemu = std::fs::read_to_string(dir.join("vmm.pid")).unwrap();
     kill9(wait_for_pid(&dir.join("podman-forward.pid")));
     assert_eq!(state(), "broken");
     cv().args(["start", "dev"]).assert().success();
-    assert_eq!(std::fs::read_to_string(dir.join("qemu.pid")).unwrap(), qemu);
+    assert_eq!(std::fs::read_to_string(dir.join("vmm.pid")).unwrap(), qemu);
     podman_ps();
     cv().args(["stop", "--force", "dev"]).assert().success();
     assert_eq!(state(), "stopped");
 
     // QEMU killed during start: start fails with the console tail, the machine is stopped.
     let start = spawn_start();
-    kill9(wait_for_pid(&dir.join("qemu.pid")));
+    kill9(wait_for_pid(&dir.join("vmm.pid")));
     let o = start.wait_with_output().unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -128,7 +128,7 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
 
     // gvproxy killed during start: start says so, the machine is broken, start repairs it.
     let start = spawn_start();
-    wait_for_pid(&dir.join("qemu.pid"));
+    wait_for_pid(&dir.join("vmm.pid"));
     kill9(wait_for_pid(&dir.join("gvproxy.pid")));
     let o = start.wait_with_output().unwrap();
     assert!(!o.status.success());

@@ -3,13 +3,13 @@
 
 use crate::podman_machine::{self, ExposeError};
 use crate::store::{
-    DISK, KEY, MachineDir, PodmanMachine, SPEC, Spec, Store, StoreError, mkdir_private,
-    write_atomic,
+    DISK, KEY, LOCK, MachineDir, PodmanMachine, SCRATCH_PREFIX, SPEC, Spec, Store, StoreError,
+    sync_dir, write_atomic,
 };
 use guest_image::CachedImage;
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +27,11 @@ pub enum CreateError {
     #[error("cannot expose the machine to Podman")]
     PodmanMachine(#[from] ExposeError),
     #[error(transparent)]
-    GpuMemory(#[from] vmm::krunkit::NoRoomForGpu),
+    Invalid(#[from] crate::spec::InvalidSpec),
+    #[error(
+        "not enough space for the machine's disk in {dir}: it needs {need} MiB, {free} MiB are free"
+    )]
+    NoSpace { dir: PathBuf, need: u64, free: u64 },
     #[error("cannot reserve ports on 127.0.0.1")]
     Ports(#[source] io::Error),
     #[error("cannot clone the image disk")]
@@ -49,6 +53,8 @@ pub struct CreateOptions<'a> {
     pub krunkit: &'a Path,
     /// Expose the machine to Podman as a libkrun machine (`--podman-machine`).
     pub podman_machine: Option<PodmanTarget<'a>>,
+    /// How this host runs VMMs: the limits a machine is checked against.
+    pub start: &'a crate::lifecycle::StartOptions,
 }
 
 /// Where Podman keeps its machine files, and which podman reads them.
@@ -111,53 +117,55 @@ fn reserve_podman_machine(
     })
 }
 
+/// Refuses, before anything is pulled or written, CPUs and memory the driver cannot give here.
+pub fn check_resources(o: &CreateOptions) -> Result<(), CreateError> {
+    let limits = crate::lifecycle::driver_of(o.driver, None, o.start).limits(o.gpu);
+    Ok(crate::spec::validate_resources(
+        o.cpus,
+        o.memory_mib,
+        o.gpu,
+        &limits,
+    )?)
+}
+
 pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateError> {
     check_driver(o.driver, o.krunkit)?;
-    if o.driver == vmm::DriverKind::Krunkit && o.gpu {
-        // `start` checks again: the host's memory may change.
-        let host_ram_mib = crate::platform::host_ram_bytes() >> 20;
-        vmm::krunkit::fit_memory(o.memory_mib, host_ram_mib)?;
+    check_resources(o)?;
+    let img = o.image;
+    let image_disk = img.member_path(&img.manifest.boot.disk);
+    let image_disk_len = std::fs::metadata(&image_disk)
+        .map_err(|e| StoreError::Io(image_disk.clone(), e))?
+        .len();
+    crate::spec::validate_disk(o.disk_gib, image_disk_len)?;
+    let m = store.machine(o.name)?;
+    let machines = store.machines_dir()?;
+    if m.dir.exists() {
+        return Err(CreateError::Exists(o.name.into()));
     }
+    check_space(machines, &image_disk)?;
     let podman_machine = o
         .podman_machine
         .map(|t| reserve_podman_machine(o, t))
         .transpose()?;
-    let m = store.machine(o.name)?;
-    mkdir_private(&store.machines)?;
-    if m.dir.exists() {
-        return Err(CreateError::Exists(o.name.into()));
-    }
-    let io = |e| StoreError::Io(store.machines.clone(), e);
+    let io = |e| StoreError::Io(machines.to_owned(), e);
     let scratch = tempfile::Builder::new()
-        .prefix(&format!(".tmp-{}-", o.name))
-        .tempdir_in(&store.machines)
+        .prefix(&format!("{SCRATCH_PREFIX}{}-", o.name))
+        .tempdir_in(machines)
         .map_err(io)?;
-    let img = o.image;
+    // Held until the machine is complete: the sweep (store::sweep_scratch) leaves a locked scratch
+    // alone, and a start of the new machine waits for it.
+    let lock = std::fs::File::create(scratch.path().join(LOCK)).map_err(io)?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io(e.into()))?;
     let disk = scratch.path().join(DISK);
-    clone_disk(
-        &img.member_path(&img.manifest.boot.disk),
-        &disk,
-        u64::from(o.disk_gib) << 30,
-    )
-    .map_err(CreateError::Disk)?;
+    clone_disk(&image_disk, &disk, u64::from(o.disk_gib) << 30).map_err(CreateError::Disk)?;
     keygen(&scratch.path().join(KEY), o.name)?;
-    let spec = Spec {
-        name: o.name.into(),
-        driver: o.driver,
-        cpus: o.cpus,
-        memory_mib: o.memory_mib,
-        disk_gib: o.disk_gib,
-        gpu: o.gpu,
-        image: img.record.id,
-        kernel: img.member_path(&img.manifest.boot.kernel),
-        initrd: img.member_path(&img.manifest.boot.initrd),
-        cmdline: img.manifest.boot.cmdline.clone(),
-        podman_default: o.podman_default,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+    let spec = spec_of(
+        o,
+        img.member_path(&img.manifest.boot.kernel),
+        img.member_path(&img.manifest.boot.initrd),
         podman_machine,
-    };
+    );
     write_atomic(
         &scratch.path().join(SPEC),
         &serde_json::to_vec_pretty(&spec).expect("serializes"),
@@ -175,6 +183,7 @@ pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateErro
             StoreError::Io(m.dir.clone(), e.into()).into()
         });
     }
+    sync_dir(machines)?;
     if let (Some(p), Some(t)) = (&spec.podman_machine, o.podman_machine)
         && let Err(e) = podman_machine::expose(&m, &spec, p, t.version)
     {
@@ -184,10 +193,53 @@ pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateErro
     Ok(m)
 }
 
+fn spec_of(
+    o: &CreateOptions,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    podman_machine: Option<PodmanMachine>,
+) -> Spec {
+    Spec {
+        name: o.name.into(),
+        driver: o.driver,
+        cpus: o.cpus,
+        memory_mib: o.memory_mib,
+        disk_gib: o.disk_gib,
+        gpu: o.gpu,
+        image: o.image.record.id,
+        kernel,
+        initrd,
+        cmdline: o.image.manifest.boot.cmdline.clone(),
+        podman_default: o.podman_default,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        podman_machine,
+    }
+}
+
+/// Room for the image disk's data (what a copy writes where the filesystem cannot clone), with a
+/// margin for the key and state files; checked before anything is written.
+fn check_space(machines: &Path, image_disk: &Path) -> Result<(), CreateError> {
+    use std::os::unix::fs::MetadataExt;
+    const MARGIN: u64 = 1 << 20;
+    let io = |e| StoreError::Io(machines.to_owned(), e);
+    let data = std::fs::metadata(image_disk).map_err(io)?.blocks() * 512;
+    let free = crate::host::free_bytes(machines).map_err(io)?;
+    if free < data + MARGIN {
+        return Err(CreateError::NoSpace {
+            dir: machines.to_owned(),
+            need: (data + MARGIN).div_ceil(1 << 20),
+            free: free >> 20,
+        });
+    }
+    Ok(())
+}
+
 /// A copy-on-write clone where the filesystem can, else a copy of the data only (holes stay
 /// holes); then grown to `size` (never shrunk).
 fn clone_disk(src: &Path, dst: &Path, size: u64) -> io::Result<()> {
-    crate::platform::clone_file(src, dst)?;
+    vmm::platform::clone_file(src, dst)?;
     let d = File::options().write(true).open(dst)?;
     let len = std::fs::metadata(src)?.len().max(size);
     d.set_len(len)?;
@@ -208,4 +260,15 @@ fn keygen(path: &Path, name: &str) -> Result<(), CreateError> {
         ));
     }
     Ok(())
+}
+
+/// The machines created from image `id`.
+pub fn users_of(store: &Store, id: &guest_image::Sha256Digest) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for name in store.names()? {
+        if store.open(&name)?.spec()?.image == *id {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }

@@ -1,9 +1,9 @@
-//! The GPU of a machine: the Venus device QEMU gets, and `gpu check` run in the guest.
+//! The GPU of a machine: `gpu check` run in the guest.
 
+use crate::lifecycle::StartOptions;
 use crate::store::{MachineDir, Spec};
 use std::process::Stdio;
 use venus::check::{self, Report};
-use venus::probe;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -13,17 +13,6 @@ pub enum GpuError {
     Ssh(#[source] std::io::Error),
     #[error("the check could not run in the guest (ssh exited with {0}): {1}")]
     Guest(std::process::ExitStatus, String),
-}
-
-/// The Venus device for a `--gpu` machine, from what this host's QEMU and display can do.
-pub fn qemu_device() -> Result<vmm::qemu::Gpu, probe::ProbeError> {
-    let qemu = probe::qemu(probe::QEMU)?;
-    probe::render_server()?;
-    let display = probe::choose_display(&qemu, &probe::render_nodes("/dev/dri".as_ref()))?;
-    Ok(vmm::qemu::Gpu {
-        hostmem_bytes: venus::window::qemu_hostmem_bytes(crate::platform::host_ram_bytes()),
-        display,
-    })
 }
 
 /// How much of the chain to check.
@@ -36,7 +25,13 @@ pub enum Scope {
 }
 
 /// Runs the check in the (running) machine; a machine without a GPU fails it without asking.
-pub fn check(m: &MachineDir, spec: &Spec, image: &str, scope: Scope) -> Result<Report, GpuError> {
+pub fn check(
+    m: &MachineDir,
+    o: &StartOptions,
+    spec: &Spec,
+    image: &str,
+    scope: Scope,
+) -> Result<Report, GpuError> {
     if !spec.gpu {
         return Ok(check::no_gpu());
     }
@@ -44,7 +39,7 @@ pub fn check(m: &MachineDir, spec: &Spec, image: &str, scope: Scope) -> Result<R
         Scope::Vm => "vm",
         Scope::Container => "container",
     };
-    let out = crate::ssh::command(m)?
+    let out = crate::lifecycle::ssh(m, o)?
         .arg(format!(
             "sh -s -- '{}' {scope_arg}",
             image.replace('\'', "")

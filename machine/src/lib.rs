@@ -1,15 +1,20 @@
-//! carbon-vm machines: one directory per machine, the lifecycle that drives the VMM and gvproxy,
-//! and the Podman connection. Nothing is kept in memory between invocations: state is derived
-//! from the machine directory on every call.
+//! carbon-vm machines: one directory per machine, the one lifecycle that drives every VMM and
+//! gvproxy, and the Podman connection. Nothing is kept in memory between invocations: state is
+//! derived from the machine directory on every call.
+//!
+//! The CLI depends on this crate alone: what it needs of the layers below (drivers, host probes)
+//! is re-exported here.
 
 pub mod create;
 pub mod gpu;
+pub mod host;
 pub mod lifecycle;
-mod platform;
 pub mod podman;
 pub mod podman_machine;
-pub mod process;
+pub mod spec;
 pub mod ssh;
 pub mod store;
 
+pub use guest_image;
 pub use store::{MachineDir, Store};
+pub use vmm::DriverKind;

@@ -1,22 +1,27 @@
-//! start / stop / remove / state of a machine, dispatched on its driver (qemu.rs, krunkit.rs),
-//! with gvproxy networking (gvproxy.rs) and what both drivers share: the guest's credentials,
-//! the pinned host key, the Podman socket tunnel (tunnel.rs), the Podman API wait.
+//! start / stop / remove / state of a machine: ONE sequence for every driver (drivers.rs picks
+//! the `vmm::Driver`). start: gvproxy (gvproxy.rs), the VMM, the guest's Ready line (its host key
+//! pinned), the Podman socket tunnel (tunnel.rs), the Podman API; on any error everything it
+//! started is stopped again ([`Teardown`]).
 
+mod drivers;
 mod gvproxy;
-mod krunkit;
-mod qemu;
 mod tunnel;
+
+pub use drivers::{StartOptions, driver, driver_of};
 
 use crate::store::*;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
+use vmm::ready::{ReadyChannel, ReadyError};
+use vmm::{Driver, StopMode, Vm};
 
 /// Under TCG a first boot takes minutes on a small host; KVM takes seconds.
 pub const START_TIMEOUT: Duration = Duration::from_secs(900);
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long `stop --force` and `rm --force` wait for a start they interrupted to let go.
+const PREEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "lowercase")]
@@ -36,6 +41,10 @@ const NO_TUNNEL: &str = "the Podman socket is not forwarded (a start did not fin
 pub enum LifecycleError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Vmm(#[from] vmm::Error),
+    #[error(transparent)]
+    Invalid(#[from] crate::spec::InvalidSpec),
     #[error("cannot run {0} (install it: {1})")]
     Missing(&'static str, &'static str, #[source] std::io::Error),
     #[error("{0} exited during start-up: {1}")]
@@ -44,24 +53,16 @@ pub enum LifecycleError {
     NotReady(Duration, String),
     #[error("the guest said Ready without its SSH host key (is its image a carbon-vm guest?)")]
     NoHostKey,
+    #[error("the start was interrupted by `carbon-vm stop --force`")]
+    Interrupted,
     #[error("the Podman API did not answer on {0}; the tunnel's log:\n{1}")]
     NoPodman(String, String),
-    #[error("the guest did not power down within {0:?} (use --force)")]
-    NoPowerdown(Duration),
+    #[error("gvproxy cannot listen on 127.0.0.1:{0} (the port is taken): {1}")]
+    PortTaken(u16, String),
     #[error("machine {0} is not running (`carbon-vm start {0}`)")]
     NotRunning(String),
     #[error("machine {0} is running (stop it first, or use --force)")]
     Running(String),
-    #[error("this host cannot give the machine its Venus GPU")]
-    Gpu(#[from] venus::probe::ProbeError),
-    #[error(transparent)]
-    GpuMemory(#[from] vmm::krunkit::NoRoomForGpu),
-    #[error("QMP")]
-    Qmp(#[from] vmm::qmp::QmpError),
-    #[error("krunkit")]
-    Krunkit(#[from] vmm::krunkit::StartError),
-    #[error("cannot stop krunkit")]
-    KrunkitStop(#[from] vmm::krunkit::StopError),
     #[error(transparent)]
     Podman(#[from] crate::podman::PodmanError),
     #[error(transparent)]
@@ -70,99 +71,249 @@ pub enum LifecycleError {
     Io(#[from] std::io::Error),
 }
 
-/// How this host runs VMMs; the CLI chooses from its environment.
-#[derive(Debug, Clone)]
-pub struct StartOptions {
-    pub accel: vmm::qemu::Accel,
-    /// The krunkit executable (a name looked up in PATH, or a path).
-    pub krunkit: PathBuf,
-    /// How long to wait for the Podman API once the guest is Ready; by default what is left of
-    /// [`START_TIMEOUT`].
-    pub podman_timeout: Option<Duration>,
+/// The machine as its driver sees it.
+fn vm(m: &MachineDir, spec: &Spec) -> Result<Vm, LifecycleError> {
+    Ok(Vm {
+        name: spec.name.clone(),
+        cpus: spec.cpus,
+        memory_mib: spec.memory_mib,
+        gpu: spec.gpu,
+        disk: m.path(DISK),
+        kernel: spec.kernel.clone(),
+        initrd: spec.initrd.clone(),
+        cmdline: spec.cmdline.clone(),
+        net_socket: m.socket(NET_SOCKET),
+        ready_socket: m.socket(READY_SOCKET),
+        control_socket: m.socket(CONTROL_SOCKET),
+        console_log: m.path(CONSOLE_LOG),
+        vmm_log: m.path(VMM_LOG),
+        pidfile: m.path(VMM_PID),
+        oem_strings: Vec::new(),
+    })
 }
 
-/// Machines are QEMU's unless krunkit's (create refuses libkrun).
-fn is_krunkit(spec: &Spec) -> bool {
-    spec.driver == vmm::DriverKind::Krunkit
-}
-
-pub fn state(m: &MachineDir) -> State {
-    match vmm_state(m) {
-        State::Running if tunnel::pid(m).is_none() => State::Broken(NO_TUNNEL.into()),
-        s => s,
+pub fn state(m: &MachineDir, o: &StartOptions) -> State {
+    let Ok(spec) = m.spec() else {
+        return State::Broken("machine.json cannot be read".into());
+    };
+    let d = driver(&spec, o);
+    match vm(m, &spec) {
+        Ok(vm) => state_of(m, d.as_ref(), &vm),
+        Err(e) => State::Broken(e.to_string()),
     }
 }
 
-/// The VMM's and gvproxy's state, the tunnel left aside.
-fn vmm_state(m: &MachineDir) -> State {
-    match m.spec() {
-        Ok(spec) if is_krunkit(&spec) => krunkit::state(m, &spec),
-        _ => qemu::state(m),
+fn state_of(m: &MachineDir, d: &dyn Driver, vm: &Vm) -> State {
+    match d.running(vm) {
+        Ok(false) => State::Stopped,
+        Err(e) => State::Broken(format!("the VMM does not answer: {e}")),
+        Ok(true) if gvproxy::live_pid(m, &d.network(vm)).is_none() => {
+            State::Broken(NO_NETWORK.into())
+        }
+        Ok(true) if tunnel::pid(m).is_none() => State::Broken(NO_TUNNEL.into()),
+        Ok(true) => State::Running,
     }
 }
 
 /// Boots the machine; returns once the guest said Ready and the Podman API answers.
 pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
-    let _lock = m.lock()?;
+    let _lock = m.lock("start")?;
+    let _ = fs::remove_file(m.path(STOP_REQUEST)); // from a stop --force that gave up
     let spec = m.spec()?;
+    let d = driver(&spec, o);
+    let mut vm = vm(m, &spec)?;
     // Up already: a start that got the guest's Ready pinned the host key (one interrupted before
     // did not, and that VM is restarted rather than trusted blindly); only the tunnel may be due.
-    if vmm_state(m) == State::Running
+    if d.running(&vm)?
+        && gvproxy::live_pid(m, &d.network(&vm)).is_some()
         && m.path(KNOWN_HOSTS).is_file()
         && let Some(run) = m.run()
     {
         if tunnel::pid(m).is_none() {
             tunnel::start(m, run.ssh_port)?;
         }
-        wait_podman(m, o.podman_timeout.unwrap_or(START_TIMEOUT))?;
+        wait_podman(m, o.podman_timeout.unwrap_or(o.start_timeout))?;
         return Ok(run);
     }
-    if is_krunkit(&spec) {
-        krunkit::start(m, &spec, o)
-    } else {
-        qemu::start(m, &spec, o)
+    teardown(m, d.as_ref(), &vm)?;
+    // Before anything runs: a spec or a host that cannot work is refused, not half-started.
+    crate::spec::validate(&spec, &d.limits(spec.gpu))?;
+    d.check_host(&vm)?;
+    mkdir_private(&m.run_dir)?;
+    vm.oem_strings = credentials(m, &spec.name)?;
+
+    let started = Instant::now();
+    let guard = Teardown {
+        m,
+        d: d.as_ref(),
+        vm: &vm,
+    };
+    let run = Run {
+        ssh_port: gvproxy::start(m, &d.network(&vm), spec.podman_machine.as_ref())?,
+        accel: d.accelerator().into(),
+    };
+    m.write_json(RUN, &run)?;
+    let ready = ReadyChannel::bind(&vm.ready_socket)?;
+    let _ = fs::remove_file(&vm.console_log);
+    d.launch(&vm)?;
+    tracing::info!(machine = %spec.name, "vmm running");
+    let host_key = ready
+        .wait(o.start_timeout, || still_starting(m, d.as_ref(), &vm))
+        .map_err(|e| match e {
+            ReadyError::Timeout(t) => LifecycleError::NotReady(t, console_tail(&vm.console_log)),
+            ReadyError::NoHostKey => LifecycleError::NoHostKey,
+            ReadyError::Stopped(e) => e,
+            ReadyError::Io(e) => e.into(),
+        })?;
+    tracing::info!(machine = %spec.name, "guest ready");
+    write_atomic(
+        &m.path(KNOWN_HOSTS),
+        format!("{} {host_key}\n", crate::ssh::host_alias(&spec.name)).as_bytes(),
+    )?;
+    tunnel::start(m, run.ssh_port)?;
+    // Podman's service is socket-activated: its first answer can take long on a loaded TCG host.
+    let podman_timeout = o
+        .podman_timeout
+        .unwrap_or_else(|| o.start_timeout.saturating_sub(started.elapsed()));
+    wait_podman(m, podman_timeout)?;
+    tracing::info!(machine = %spec.name, "podman api answers");
+    guard.disarm();
+    Ok(run)
+}
+
+/// While waiting for Ready: the VMM and gvproxy still run, and nobody asked to stop.
+fn still_starting(m: &MachineDir, d: &dyn Driver, vm: &Vm) -> Result<(), LifecycleError> {
+    if m.path(STOP_REQUEST).exists() {
+        return Err(LifecycleError::Interrupted);
+    }
+    if !d.running(vm)? {
+        return Err(LifecycleError::Exited(
+            d.kind().name(),
+            console_tail(&vm.console_log),
+        ));
+    }
+    if gvproxy::live_pid(m, &d.network(vm)).is_none() {
+        return Err(LifecycleError::Exited(
+            "gvproxy",
+            tail(&m.path(GVPROXY_LOG), 2000),
+        ));
+    }
+    Ok(())
+}
+
+/// Stops, on drop, everything a start began, unless the start finished.
+struct Teardown<'a> {
+    m: &'a MachineDir,
+    d: &'a dyn Driver,
+    vm: &'a Vm,
+}
+
+impl Teardown<'_> {
+    fn disarm(self) {
+        std::mem::forget(self);
     }
 }
 
-/// Shuts the guest down (or kills its VMM with `force`), then gvproxy.
-pub fn stop(m: &MachineDir, force: bool) -> Result<(), LifecycleError> {
-    let _lock = m.lock()?;
+impl Drop for Teardown<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = teardown(self.m, self.d, self.vm) {
+            tracing::warn!(error = %e, "could not stop what the failed start began");
+        }
+    }
+}
+
+/// Kills the VMM, gvproxy and the tunnel of this machine, whatever state they are in, and
+/// forgets the run (its pinned key included: the next guest proves itself again).
+fn teardown(m: &MachineDir, d: &dyn Driver, vm: &Vm) -> Result<(), LifecycleError> {
+    d.stop(vm, StopMode::Force)?;
+    tunnel::kill(m);
+    gvproxy::kill(m, &d.network(vm));
+    forget_run(m, d, vm);
+    let _ = fs::remove_file(m.path(KNOWN_HOSTS));
+    Ok(())
+}
+
+/// Pidfiles, sockets and the runtime directory of a run that has ended.
+fn forget_run(m: &MachineDir, d: &dyn Driver, vm: &Vm) {
+    d.clean_stale(vm);
+    let _ = fs::remove_file(m.path(GVPROXY_PID));
+    let _ = fs::remove_dir_all(&m.run_dir);
+}
+
+/// Shuts the guest down (or kills its VMM with `force`), then gvproxy. `force` also interrupts a
+/// start in progress.
+pub fn stop(m: &MachineDir, o: &StartOptions, force: bool) -> Result<(), LifecycleError> {
+    let _lock = lock_to_change(m, "stop", force)?;
+    stop_locked(m, o, force)
+}
+
+fn stop_locked(m: &MachineDir, o: &StartOptions, force: bool) -> Result<(), LifecycleError> {
     let spec = m.spec()?;
-    if is_krunkit(&spec) {
-        krunkit::stop(m, &spec, force)
-    } else {
-        qemu::stop(m, force)
+    let d = driver(&spec, o);
+    let vm = vm(m, &spec)?;
+    if force {
+        return teardown(m, d.as_ref(), &vm);
+    }
+    d.stop(&vm, StopMode::Graceful)?;
+    tunnel::kill(m);
+    gvproxy::stop(m, &d.network(&vm));
+    forget_run(m, d.as_ref(), &vm);
+    Ok(())
+}
+
+/// The machine's lock; with `force`, a start that holds it is asked to give up (it stops what it
+/// started) and waited for.
+fn lock_to_change(m: &MachineDir, verb: &str, force: bool) -> Result<Lock, StoreError> {
+    match m.lock(verb) {
+        Err(StoreError::Busy(..)) if force => {
+            write_atomic(&m.path(STOP_REQUEST), b"")?;
+            let lock = m.lock_within(verb, PREEMPT_TIMEOUT);
+            let _ = fs::remove_file(m.path(STOP_REQUEST));
+            lock
+        }
+        other => other,
     }
 }
 
 /// Removes the machine directory (renamed away first, so it disappears whole), its Podman
-/// connection and its Podman machine file.
-pub fn remove(store: &Store, m: &MachineDir, force: bool) -> Result<(), LifecycleError> {
-    if state(m) != State::Stopped {
+/// connection and its Podman machine file. `force` stops a running machine first.
+pub fn remove(
+    store: &Store,
+    m: &MachineDir,
+    o: &StartOptions,
+    force: bool,
+) -> Result<(), LifecycleError> {
+    let _lock = lock_to_change(m, "rm", force)?;
+    if state(m, o) != State::Stopped {
         if !force {
             return Err(LifecycleError::Running(m.name.clone()));
         }
-        stop(m, true)?;
+        stop_locked(m, o, true)?;
     }
     let spec = m.spec()?;
-    if is_krunkit(&spec) {
-        krunkit::clean_stale(m);
-    } else {
-        qemu::clean_stale(m);
-    }
+    let d = driver(&spec, o);
+    forget_run(m, d.as_ref(), &vm(m, &spec)?);
     crate::podman::remove_connection(&m.name)?;
     if let Some(pm) = &spec.podman_machine {
         crate::podman_machine::remove(&pm.file, &m.path(DISK))?;
     }
-    let doomed = store.machines.join(format!(".tmp-rm-{}", m.name));
+    let machines = store.machines_dir()?;
+    let doomed = tempfile::Builder::new()
+        .prefix(&format!("{REMOVED_PREFIX}{}-", m.name))
+        .tempdir_in(machines)?
+        .keep();
     fs::rename(&m.dir, &doomed)?;
+    sync_dir(machines)?;
     fs::remove_dir_all(&doomed)?;
     Ok(())
 }
 
-/// The SSH host-key alias: the port changes per start, the pinned key does not.
-pub fn host_alias(name: &str) -> String {
-    format!("carbon-vm-{name}")
+/// `ssh` into the running machine; the caller appends the remote command.
+pub fn ssh(m: &MachineDir, o: &StartOptions) -> Result<std::process::Command, LifecycleError> {
+    match (state(m, o), m.run()) {
+        (State::Running, Some(run)) => Ok(crate::ssh::command(m, run.ssh_port)),
+        _ => Err(LifecycleError::NotRunning(m.name.clone())),
+    }
 }
 
 /// systemd credentials for the guest (SMBIOS OEM strings): root's SSH key and the hostname.
@@ -175,30 +326,6 @@ fn credentials(m: &MachineDir, name: &str) -> Result<Vec<String>, LifecycleError
         ),
         format!("io.systemd.credential:system.hostname={name}"),
     ])
-}
-
-/// After the guest's Ready: pins its host key (from that private channel, so SSH never trusts
-/// a key on first use), opens the Podman socket tunnel and waits for the Podman API.
-fn after_ready(
-    m: &MachineDir,
-    name: &str,
-    host_key: &str,
-    run: &Run,
-    podman_timeout: Duration,
-) -> Result<(), LifecycleError> {
-    if host_key.is_empty() {
-        return Err(LifecycleError::NoHostKey);
-    }
-    tracing::info!(machine = %name, "guest ready");
-    fs::write(
-        m.path(KNOWN_HOSTS),
-        format!("{} {host_key}\n", host_alias(name)),
-    )?;
-    tunnel::start(m, run.ssh_port)?;
-    // Podman's service is socket-activated: its first answer can take long on a loaded TCG host.
-    wait_podman(m, podman_timeout)?;
-    tracing::info!(machine = %name, "podman api answers");
-    Ok(())
 }
 
 /// The Podman API answers `GET /_ping` with `OK` through the tunnel's socket.
@@ -222,6 +349,9 @@ fn wait_podman(m: &MachineDir, timeout: Duration) -> Result<(), LifecycleError> 
         {
             return Ok(());
         }
+        if m.path(STOP_REQUEST).exists() {
+            return Err(LifecycleError::Interrupted);
+        }
         if tunnel::pid(m).is_none() {
             return Err(LifecycleError::Exited(
                 "ssh (the Podman socket tunnel)",
@@ -238,13 +368,30 @@ fn wait_podman(m: &MachineDir, timeout: Duration) -> Result<(), LifecycleError> 
     }
 }
 
-pub(crate) fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+fn console_tail(console: &Path) -> String {
+    tail(console, 3000)
 }
 
+/// The last `bytes` of a log, cut at a character boundary.
 fn tail(path: &Path, bytes: usize) -> String {
     let s = fs::read(path).unwrap_or_default();
-    String::from_utf8_lossy(&s[s.len().saturating_sub(bytes)..]).into_owned()
+    let mut from = s.len().saturating_sub(bytes);
+    // Skip UTF-8 continuation bytes so the cut falls between characters.
+    while from < s.len() && (s[from] & 0xc0) == 0x80 {
+        from += 1;
+    }
+    String::from_utf8_lossy(&s[from..]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tails_start_at_a_character() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, "aé€z").unwrap(); // 1 + 2 + 3 + 1 bytes
+        assert_eq!(super::tail(&p, 3), "z"); // the cut falls inside '€'
+        assert_eq!(super::tail(&p, 4), "€z");
+        assert_eq!(super::tail(&p, 100), "aé€z");
+    }
 }

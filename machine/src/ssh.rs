@@ -1,19 +1,20 @@
-//! SSH into a running machine as root, with the machine's own key and its pinned host key; and
-//! the SSH tunnel that forwards the guest's Podman socket to the host.
+//! SSH into a machine as root, with the machine's own key and its pinned host key; and the SSH
+//! tunnel that forwards the guest's Podman socket to the host. Commands only: whether the
+//! machine runs is the lifecycle's to say (`lifecycle::ssh`).
 
-use crate::lifecycle::{self, LifecycleError, State};
 use crate::store::{KEY, KNOWN_HOSTS, MachineDir, PODMAN_SOCKET};
 use std::process::Command;
 
-/// `ssh ... root@127.0.0.1`; the caller appends the remote command.
-pub fn command(m: &MachineDir) -> Result<Command, LifecycleError> {
-    let run = match (lifecycle::state(m), m.run()) {
-        (State::Running, Some(r)) => r,
-        _ => return Err(LifecycleError::NotRunning(m.name.clone())),
-    };
-    let mut c = to_guest(m, run.ssh_port);
+/// The SSH host-key alias: the port changes per start, the pinned key does not.
+pub fn host_alias(name: &str) -> String {
+    format!("carbon-vm-{name}")
+}
+
+/// `ssh ... root@127.0.0.1` on `ssh_port`; the caller appends the remote command.
+pub(crate) fn command(m: &MachineDir, ssh_port: u16) -> Command {
+    let mut c = to_guest(m, ssh_port);
     c.arg(DESTINATION);
-    Ok(c)
+    c
 }
 
 const DESTINATION: &str = "root@127.0.0.1";
@@ -59,7 +60,7 @@ fn to_guest(m: &MachineDir, ssh_port: u16) -> Command {
             m.path(KNOWN_HOSTS).display()
         ))
         .arg("-o")
-        .arg(format!("HostKeyAlias={}", lifecycle::host_alias(&m.name)))
+        .arg(format!("HostKeyAlias={}", host_alias(&m.name)))
         .args([
             "-o",
             "StrictHostKeyChecking=yes",

@@ -5,6 +5,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The machine's specification, written once by `create`.
 pub const SPEC: &str = "machine.json";
@@ -17,26 +18,28 @@ pub const KEY: &str = "id_ed25519";
 pub const KNOWN_HOSTS: &str = "known_hosts";
 pub const CONSOLE_LOG: &str = "console.log";
 pub const GVPROXY_LOG: &str = "gvproxy.log";
-pub const QEMU_PID: &str = "qemu.pid";
+/// The VMM's pidfile (QEMU's `-pidfile`, krunkit's `--pidfile`) and its own output.
+pub const VMM_PID: &str = "vmm.pid";
+pub const VMM_LOG: &str = "vmm.log";
 pub const GVPROXY_PID: &str = "gvproxy.pid";
 /// The `ssh -L` process that forwards the guest's Podman socket to PODMAN_SOCKET, and its log.
 pub const FORWARD_PID: &str = "podman-forward.pid";
 pub const FORWARD_LOG: &str = "podman-forward.log";
-/// krunkit machines: krunkit's pidfile and its own output (start-up errors).
-pub const KRUNKIT_PID: &str = "krunkit.pid";
-pub const KRUNKIT_LOG: &str = "krunkit.log";
 /// Named in a Podman machine file as the EFI variable store (Podman requires one; krunkit
 /// ignores it). Never created.
 pub const EFI_VARS: &str = "efi-vars";
-/// flock held by every command that changes the machine.
+/// flock held by every command that changes the machine; it names its holder (verb and PID).
 pub const LOCK: &str = "lock";
+/// Written by `stop --force` (and `rm --force`) while a start holds the lock: the start gives up,
+/// stops what it started and lets them proceed.
+pub const STOP_REQUEST: &str = "stop-request";
 /// Sockets, in the machine's runtime directory (kept short for the unix socket path limit).
-pub const QMP_SOCKET: &str = "qmp.sock";
+/// The VMM's control socket: QEMU's QMP, krunkit's REST API (unless Podman must reach it: then
+/// krunkit serves a loopback port).
+pub const CONTROL_SOCKET: &str = "control.sock";
 pub const NET_SOCKET: &str = "net.sock";
 pub const READY_SOCKET: &str = "ready.sock";
 pub const PODMAN_SOCKET: &str = "podman.sock";
-/// krunkit's REST API (krunkit machines not exposed to Podman).
-pub const REST_SOCKET: &str = "rest.sock";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spec {
@@ -84,6 +87,12 @@ pub enum StoreError {
     BadName(String),
     #[error("machine {0} is damaged: {1}")]
     Damaged(String, String),
+    #[error("machine {0} is busy: {1} holds it")]
+    Busy(String, String),
+    #[error(
+        "{0} is not private to this user ({1}); carbon-vm keeps sockets and keys there (remove it, or set CARBON_VM_HOME)"
+    )]
+    NotPrivate(PathBuf, String),
     #[error("I/O error at {0}")]
     Io(PathBuf, #[source] io::Error),
 }
@@ -107,12 +116,36 @@ pub struct MachineDir {
     pub run_dir: PathBuf,
 }
 
+/// Creates `p` (and missing parents) mode 0700, then checks that `p` is a directory of this
+/// user's that nobody else can enter: another local user could otherwise pre-create it and
+/// intercept the sockets in it.
 pub(crate) fn mkdir_private(p: &Path) -> Result<(), StoreError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(p)
-        .map_err(|e| StoreError::Io(p.into(), e))
+        .map_err(|e| StoreError::Io(p.into(), e))?;
+    verify_private(p)
+}
+
+fn verify_private(p: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::symlink_metadata(p).map_err(|e| StoreError::Io(p.into(), e))?;
+    let refuse = |why: String| Err(StoreError::NotPrivate(p.into(), why));
+    if md.file_type().is_symlink() {
+        return refuse("a symbolic link".into());
+    }
+    if !md.is_dir() {
+        return refuse("not a directory".into());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if md.uid() != me {
+        return refuse(format!("owned by uid {}, not {me}", md.uid()));
+    }
+    if md.mode() & 0o077 != 0 {
+        return refuse(format!("mode {:o}, not 700", md.mode() & 0o7777));
+    }
+    Ok(())
 }
 
 impl Store {
@@ -134,6 +167,13 @@ impl Store {
             return Err(StoreError::NotFound(name.into()));
         }
         Ok(m)
+    }
+
+    /// The machines directory, created private if missing, swept of leftover scratch.
+    pub(crate) fn machines_dir(&self) -> Result<&Path, StoreError> {
+        mkdir_private(&self.machines)?;
+        sweep_scratch(&self.machines);
+        Ok(&self.machines)
     }
 
     pub fn names(&self) -> Result<Vec<String>, StoreError> {
@@ -184,21 +224,62 @@ impl MachineDir {
         )
     }
 
-    /// Takes the machine's flock (blocking).
-    pub fn lock(&self) -> Result<fs::File, StoreError> {
+    /// Takes the machine's flock for `verb`, or says who holds it: of two commands that change
+    /// one machine at once, exactly one proceeds.
+    pub fn lock(&self, verb: &str) -> Result<Lock, StoreError> {
+        self.lock_within(verb, Duration::ZERO)
+    }
+
+    /// Like [`MachineDir::lock`], waiting up to `patience` for the holder to let go.
+    pub fn lock_within(&self, verb: &str, patience: Duration) -> Result<Lock, StoreError> {
+        use rustix::fs::{FlockOperation, flock};
         let p = self.path(LOCK);
-        let f = fs::File::options()
+        let io = |e: io::Error| StoreError::Io(p.clone(), e);
+        let mut f = fs::File::options()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&p)
-            .map_err(|e| StoreError::Io(p.clone(), e))?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| StoreError::Io(p, e.into()))?;
-        Ok(f)
+            .map_err(io)?;
+        let deadline = Instant::now() + patience;
+        loop {
+            match flock(&f, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    let holder = fs::read_to_string(&p).unwrap_or_default();
+                    let holder = holder.trim();
+                    return Err(StoreError::Busy(
+                        self.name.clone(),
+                        if holder.is_empty() {
+                            "another carbon-vm command".into()
+                        } else {
+                            holder.into()
+                        },
+                    ));
+                }
+                Err(e) => return Err(io(e.into())),
+            }
+        }
+        // The machine may have been removed while this command waited.
+        if !self.path(SPEC).is_file() {
+            return Err(StoreError::NotFound(self.name.clone()));
+        }
+        f.set_len(0).map_err(io)?;
+        write!(f, "`carbon-vm {verb}` (pid {})", std::process::id()).map_err(io)?;
+        Ok(Lock { _file: f })
     }
 }
 
+/// A held machine lock; dropping it lets go.
+pub struct Lock {
+    _file: fs::File,
+}
+
+/// Writes a state file atomically and durably: temp file, fsync, rename, fsync of the directory.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().expect("state files live in a directory");
     let io = |e| StoreError::Io(path.into(), e);
@@ -206,12 +287,81 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     tmp.write_all(data).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    sync_dir(dir)
+}
+
+/// Makes a rename or a removal in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::Io(dir.into(), e))
+}
+
+/// Scratch directories in the machines directory: a create's (`.tmp-NAME-*`, locked while it
+/// runs) and a removal's (`.tmp-rm-*`, garbage once renamed).
+pub(crate) const SCRATCH_PREFIX: &str = ".tmp-";
+pub(crate) const REMOVED_PREFIX: &str = ".tmp-rm-";
+
+/// Removes what killed creates and removals left: a create's scratch whose lock nobody holds, and
+/// every renamed-away machine.
+pub(crate) fn sweep_scratch(machines: &Path) {
+    let Ok(rd) = fs::read_dir(machines) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with(SCRATCH_PREFIX) {
+            continue;
+        }
+        let abandoned = name.starts_with(REMOVED_PREFIX)
+            || fs::File::open(e.path().join(LOCK)).is_ok_and(|f| {
+                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+            });
+        if abandoned {
+            tracing::debug!(dir = %e.path().display(), "removing a leftover scratch directory");
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_others_can_enter_or_a_symlink_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let ok = t.path().join("ok/run");
+        mkdir_private(&ok).unwrap();
+        let open = t.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = mkdir_private(&open).unwrap_err().to_string();
+        assert!(e.contains("mode 777"), "{e}");
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&ok, &link).unwrap();
+        let e = mkdir_private(&link).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn a_second_lock_is_refused_naming_the_holder() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store {
+            machines: t.path().into(),
+            runtime: t.path().join("run"),
+        };
+        let m = store.machine("dev").unwrap();
+        fs::create_dir(&m.dir).unwrap();
+        fs::write(m.path(SPEC), "{}").unwrap();
+        let held = m.lock("start").unwrap();
+        let e = m.lock("rm").err().unwrap().to_string();
+        assert!(e.contains("busy") && e.contains("`carbon-vm start`"), "{e}");
+        drop(held);
+        m.lock("rm").unwrap();
+    }
 
     #[test]
     fn names() {

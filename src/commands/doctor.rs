@@ -38,9 +38,9 @@ const TOOLS: [(&str, &str, &str); 9] = [
     ),
     ("mcopy", "image build / pack", "apt-get install mtools"),
     (
-        "qemu-system-x86_64",
+        machine::host::Arch::host().qemu(),
         "machines (qemu)",
-        "apt-get install qemu-system-x86",
+        "apt-get install qemu-system-x86 (on aarch64: qemu-system-arm)",
     ),
     (
         "gvproxy",
@@ -68,10 +68,10 @@ fn is_executable(p: &Path) -> bool {
 
 pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
     // Each host is checked for its own driver: QEMU (and its GPU stack) on Linux, krunkit on macOS.
-    let host = vmm::DriverKind::host_default();
+    let host = machine::DriverKind::host_default();
     let mut checks: Vec<Check> = TOOLS
         .iter()
-        .filter(|(tool, ..)| host == vmm::DriverKind::Qemu || !tool.starts_with("qemu-"))
+        .filter(|(tool, ..)| host == machine::DriverKind::Qemu || !tool.starts_with("qemu-"))
         .map(|&(tool, needed_for, fix)| {
             let found = which(tool);
             Check {
@@ -85,7 +85,7 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
         })
         .collect();
     match host {
-        vmm::DriverKind::Krunkit => checks.push(krunkit_check()),
+        machine::DriverKind::Krunkit => checks.push(krunkit_check()),
         _ => {
             checks.push(kvm_check());
             checks.extend(gpu_checks());
@@ -131,8 +131,8 @@ const GPU: &str = "--gpu (qemu)";
 
 /// krunkit, the macOS VMM (Venus always on): its version decides the REST protocol.
 fn krunkit_check() -> Check {
-    use vmm::krunkit::{INSTALL_HINT, JSON_REST, probe};
-    let found = probe(&crate::settings::krunkit());
+    use machine::host::{JSON_REST, KRUNKIT_INSTALL_HINT as INSTALL_HINT, krunkit};
+    let found = krunkit(&crate::settings::krunkit());
     Check {
         requirement: "krunkit",
         needed_for: "machines (krunkit), --gpu",
@@ -152,7 +152,7 @@ fn krunkit_check() -> Check {
 
 /// KVM is a matter of speed: without it machines run under TCG.
 fn kvm_check() -> Check {
-    let probe = vmm::kvm::probe(venus::probe::QEMU);
+    let probe = machine::host::kvm::probe(machine::host::Arch::host());
     Check {
         requirement: "kvm",
         needed_for: "machines (qemu) at native speed",
@@ -168,7 +168,7 @@ fn kvm_check() -> Check {
 
 /// Venus under QEMU: each link asked of the real component (venus::probe).
 fn gpu_checks() -> Vec<Check> {
-    use venus::probe;
+    use machine::host::gpu_probe as probe;
     let check = |requirement, result: Result<String, probe::ProbeError>, fix| Check {
         requirement,
         needed_for: GPU,
@@ -177,7 +177,7 @@ fn gpu_checks() -> Vec<Check> {
         found: Some(result.unwrap_or_else(|e| e.to_string())),
         fix,
     };
-    let qemu = probe::qemu(probe::QEMU);
+    let qemu = probe::qemu(machine::host::Arch::host().qemu());
     let display = match &qemu {
         Ok(q) => probe::choose_display(q, &probe::render_nodes(Path::new("/dev/dri"))),
         Err(_) => Err(probe::ProbeError::NoDisplay),

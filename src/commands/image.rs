@@ -1,6 +1,6 @@
 //! `carbon-vm image ...`
 
-use crate::cli::{BuildArgs, IdArg, ImageCommand, PackArgs, PullArgs, PushArgs};
+use crate::cli::{BuildArgs, IdArg, ImageCommand, ImageRmArgs, PackArgs, PullArgs, PushArgs};
 use crate::env_vars;
 use crate::home::Home;
 use crate::output::Printer;
@@ -8,6 +8,7 @@ use anyhow::Context;
 use guest_image::pack::{PackOptions, pack};
 use guest_image::recipe::{self, RecipeOptions};
 use guest_image::{Cache, CachedImage, PullOptions, Sha256Digest, Source, Trust};
+use machine::guest_image;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -211,9 +212,17 @@ fn ls(home: &Home, out: Printer) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rm(a: IdArg, home: &Home, out: Printer) -> anyhow::Result<()> {
+/// Machines boot their image's kernel and initrd from the cache, so an image in use stays unless
+/// `--force` (docs/internals.md).
+fn rm(a: ImageRmArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let cache = Cache::open(&home.images)?;
-    let id = cache.remove(&a.id)?;
+    let image = cache.get(&a.id)?;
+    let users =
+        machine::create::users_of(&crate::commands::machine::store(home), &image.record.id)?;
+    if !users.is_empty() && !a.force {
+        return Err(ImageInUse(image.record.id, users.join(", ")).into());
+    }
+    let id = cache.remove(&image.record.id.to_string())?;
     #[derive(Serialize)]
     struct Removed {
         id: Sha256Digest,
@@ -221,6 +230,11 @@ fn rm(a: IdArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     out.record(&Removed { id }, || format!("removed {id}"));
     Ok(())
 }
+
+/// `image rm` of an image that machines were created from.
+#[derive(Debug, thiserror::Error)]
+#[error("image {0} is in use by machine(s) {1}: they boot its kernel")]
+pub struct ImageInUse(pub Sha256Digest, pub String);
 
 fn verify(a: IdArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let cache = Cache::open(&home.images)?;

@@ -4,16 +4,18 @@ use crate::cli::{CreateArgs, NameArg, RmArgs, SshArgs, StopArgs};
 use crate::home::Home;
 use crate::output::Printer;
 use crate::settings;
-use guest_image::cache::{CacheError, CachedImage};
-use guest_image::catalog;
-use guest_image::{Cache, Trust};
 use machine::create::{CreateOptions, PodmanTarget, create};
 use machine::gpu::Scope;
+use machine::guest_image::{
+    self, Cache, Trust,
+    cache::{CacheError, CachedImage},
+    catalog,
+};
 use machine::lifecycle::{self, State};
 use machine::store::{self, Store};
 use serde::Serialize;
 
-fn store(home: &Home) -> Store {
+pub(crate) fn store(home: &Home) -> Store {
     Store {
         machines: home.machines.clone(),
         runtime: home.runtime.clone(),
@@ -25,7 +27,7 @@ struct MachineView {
     name: String,
     #[serde(flatten)]
     state: State,
-    driver: vmm::DriverKind,
+    driver: machine::DriverKind,
     cpus: u8,
     memory_mib: u32,
     disk_gib: u32,
@@ -36,9 +38,9 @@ struct MachineView {
     dir: std::path::PathBuf,
 }
 
-fn view(m: &machine::MachineDir) -> anyhow::Result<MachineView> {
+fn view(m: &machine::MachineDir, o: &lifecycle::StartOptions) -> anyhow::Result<MachineView> {
     let spec = m.spec()?;
-    let state = lifecycle::state(m);
+    let state = lifecycle::state(m, o);
     let running = state != State::Stopped;
     Ok(MachineView {
         name: spec.name,
@@ -76,10 +78,11 @@ fn line(v: &MachineView) -> String {
 pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let driver = match &a.driver {
         Some(d) => d.parse()?,
-        None => vmm::DriverKind::host_default(),
+        None => machine::DriverKind::host_default(),
     };
     let krunkit = settings::krunkit();
     machine::create::check_driver(driver, &krunkit)?;
+    let start = settings::start_options()?;
     let podman = if a.podman_machine {
         let version =
             machine::create::check_podman_machine(driver, machine::podman_machine::podman_version)?;
@@ -87,6 +90,9 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
     } else {
         None
     };
+    // Before anything is pulled: resources this host's driver cannot give.
+    let limits = lifecycle::driver_of(driver, None, &start).limits(a.gpu);
+    machine::spec::validate_resources(a.cpus, a.memory, a.gpu, &limits)?;
     let image = image_for(a.image.as_deref(), home, out)?;
     let st = store(home);
     let m = create(
@@ -105,15 +111,16 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
                 config_home,
                 version,
             }),
+            start: &start,
         },
     )?;
-    if driver == vmm::DriverKind::Krunkit && !a.gpu {
+    if driver == machine::DriverKind::Krunkit && !a.gpu {
         out.warn(
             "krunkit always gives the guest a Venus GPU and cannot turn it off; without --gpu, \
              the machine's memory is not checked against the GPU's memory window",
         );
     }
-    let v = view(&m)?;
+    let v = view(&m, &start)?;
     out.record(&v, || format!("created {}", line(&v)));
     Ok(())
 }
@@ -143,17 +150,18 @@ fn image_for(wanted: Option<&str>, home: &Home, out: Printer) -> anyhow::Result<
 pub fn start(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let st = store(home);
     let m = st.open(&a.name)?;
-    lifecycle::start(&m, &settings::start_options()?)?;
+    let o = settings::start_options()?;
+    lifecycle::start(&m, &o)?;
     let spec = m.spec()?;
     if spec.gpu {
-        warn_without_venus(home, &m, &spec);
+        warn_without_venus(home, &m, &o, &spec);
     }
     let registered = machine::podman::add_connection(
         &spec.name,
         &m.socket(store::PODMAN_SOCKET),
         spec.podman_default,
     )?;
-    let v = view(&m)?;
+    let v = view(&m, &o)?;
     out.record(&v, || {
         let mut s = format!("started {}", line(&v));
         if registered {
@@ -165,9 +173,14 @@ pub fn start(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
 }
 
 /// A started GPU machine whose guest fell back to software rendering works, but not as asked.
-fn warn_without_venus(home: &Home, m: &machine::MachineDir, spec: &store::Spec) {
+fn warn_without_venus(
+    home: &Home,
+    m: &machine::MachineDir,
+    o: &lifecycle::StartOptions,
+    spec: &store::Spec,
+) {
     let report = check_image(home, spec)
-        .and_then(|image| Ok(machine::gpu::check(m, spec, &image, Scope::Vm)?));
+        .and_then(|image| Ok(machine::gpu::check(m, o, spec, &image, Scope::Vm)?));
     match report {
         Ok(r) if r.device.is_some() => {}
         Ok(r) => {
@@ -183,8 +196,9 @@ fn warn_without_venus(home: &Home, m: &machine::MachineDir, spec: &store::Spec) 
 
 pub fn stop(a: StopArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = store(home).open(&a.name)?;
-    lifecycle::stop(&m, a.force)?;
-    let v = view(&m)?;
+    let o = settings::start_options()?;
+    lifecycle::stop(&m, &o, a.force)?;
+    let v = view(&m, &o)?;
     out.record(&v, || format!("stopped {}", v.name));
     Ok(())
 }
@@ -192,7 +206,7 @@ pub fn stop(a: StopArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
 pub fn rm(a: RmArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let st = store(home);
     let m = st.open(&a.name)?;
-    lifecycle::remove(&st, &m, a.force)?;
+    lifecycle::remove(&st, &m, &settings::start_options()?, a.force)?;
     #[derive(Serialize)]
     struct Removed<'a> {
         name: &'a str,
@@ -203,9 +217,10 @@ pub fn rm(a: RmArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
 
 pub fn list(home: &Home, out: Printer) -> anyhow::Result<()> {
     let st = store(home);
+    let o = settings::start_options()?;
     let mut views = Vec::new();
     for n in st.names()? {
-        views.push(view(&st.open(&n)?)?);
+        views.push(view(&st.open(&n)?, &o)?);
     }
     out.record(&views, || {
         if views.is_empty() {
@@ -218,7 +233,7 @@ pub fn list(home: &Home, out: Printer) -> anyhow::Result<()> {
 }
 
 pub fn inspect(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
-    let v = view(&store(home).open(&a.name)?)?;
+    let v = view(&store(home).open(&a.name)?, &settings::start_options()?)?;
     out.record(&v, || serde_json::to_string_pretty(&v).expect("serializes"));
     Ok(())
 }
@@ -226,7 +241,9 @@ pub fn inspect(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
 pub fn ssh(a: SshArgs, home: &Home) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let m = store(home).open(&a.name)?;
-    let err = machine::ssh::command(&m)?.args(&a.command).exec();
+    let err = lifecycle::ssh(&m, &settings::start_options()?)?
+        .args(&a.command)
+        .exec();
     Err(anyhow::anyhow!(err).context("cannot run ssh (install openssh-client)"))
 }
 
@@ -249,7 +266,13 @@ pub fn gpu_check(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     } else {
         String::new()
     };
-    let report = machine::gpu::check(&m, &spec, &image, Scope::Container)?;
+    let report = machine::gpu::check(
+        &m,
+        &settings::start_options()?,
+        &spec,
+        &image,
+        Scope::Container,
+    )?;
     out.record(&report, || match &report.missing {
         None => format!(
             "ok: {} ({}, Vulkan {}) in the VM and in a container",
@@ -268,7 +291,7 @@ pub fn gpu_check(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
 /// `gpu check` found a broken link; its hint says how to mend it.
 #[derive(Debug, thiserror::Error)]
 #[error("Venus does not work in the machine: {} (link: {})", .0.detail, .0.link.name())]
-pub struct GpuCheckFailed(pub venus::check::Missing);
+pub struct GpuCheckFailed(pub machine::host::GpuMissing);
 
 pub fn env(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = store(home).open(&a.name)?;

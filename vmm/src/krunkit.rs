@@ -10,7 +10,7 @@ mod driver;
 pub mod rest;
 mod version;
 
-pub use driver::{Driver, Running, StartError, State, StopError, StopMode, Stopped};
+pub use driver::{Driver, Krunkit, StartError, State, StopError, Stopped};
 pub use version::{
     INSTALL_HINT, JSON_REST, ProbeError, Version, VersionError, parse_version, probe,
 };
@@ -19,6 +19,15 @@ use std::path::PathBuf;
 
 /// krunkit refuses more guest RAM than this (MiB).
 pub const MAX_MEMORY_MIB: u32 = 61440;
+/// The most RAM a `--gpu` machine may have: what keeps a Venus window of [`MIN_WINDOW_MIB`].
+pub const GPU_MAX_MEMORY_MIB: u32 = {
+    let by_window = WINDOW_BUDGET_MIB - MIN_WINDOW_MIB;
+    if by_window < MAX_MEMORY_MIB as u64 {
+        by_window as u32
+    } else {
+        MAX_MEMORY_MIB
+    }
+};
 
 /// The guest's Ready channel: the guest connects to vsock port 1025 and writes one line.
 ///
@@ -170,8 +179,7 @@ pub struct NoRoomForGpu {
 /// The RAM a `--gpu` machine may have: at most what keeps a Venus window of
 /// [`MIN_WINDOW_MIB`], inside krunkit's own limit. Returns `requested` when it fits.
 pub fn fit_memory(requested_mib: u32, host_ram_mib: u64) -> Result<u32, NoRoomForGpu> {
-    let by_window = WINDOW_BUDGET_MIB - MIN_WINDOW_MIB;
-    let max_mib = u32::try_from(by_window).expect("small").min(MAX_MEMORY_MIB);
+    let max_mib = GPU_MAX_MEMORY_MIB;
     let fits = requested_mib <= max_mib
         && venus::window::krunkit_window_mib(u64::from(requested_mib), host_ram_mib)
             >= MIN_WINDOW_MIB.min(host_ram_mib);

@@ -1,12 +1,20 @@
-//! carbon-vm's VMM drivers behind one narrow trait: krunkit (macOS), qemu and libkrun (Linux).
+//! carbon-vm's VMM drivers behind one narrow trait, [`Driver`]: qemu (Linux) and krunkit (macOS);
+//! libkrun is a later implementation of the same trait. `machine` owns the one start/stop
+//! sequence around it (gvproxy, the Ready wait, clean-up on every error path).
 
 pub mod gvproxy;
 pub mod krunkit;
 pub mod kvm;
+pub mod platform;
+pub mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod ready;
 
 use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// The VMMs carbon-vm can drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +58,103 @@ impl std::str::FromStr for DriverKind {
             .find(|d| d.name() == s)
             .ok_or_else(|| UnknownDriver(s.to_owned()))
     }
+}
+
+/// One machine as its VMM sees it: resources, and the host paths the VMM reads, writes or
+/// listens on. `machine` builds it from the machine directory on every call.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    pub name: String,
+    pub cpus: u8,
+    pub memory_mib: u32,
+    pub gpu: bool,
+    pub disk: PathBuf,
+    /// The image's kernel, initrd and command line, for drivers that boot the kernel directly
+    /// (QEMU); EFI drivers boot the disk.
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    /// gvproxy's VMM-side socket.
+    pub net_socket: PathBuf,
+    /// Where the host listens for the guest's Ready line ([`ready`]).
+    pub ready_socket: PathBuf,
+    /// The VMM's control socket (QMP, krunkit's REST API).
+    pub control_socket: PathBuf,
+    pub console_log: PathBuf,
+    /// The VMM's own stdout and stderr.
+    pub vmm_log: PathBuf,
+    pub pidfile: PathBuf,
+    /// SMBIOS type 11 OEM strings (systemd credentials).
+    pub oem_strings: Vec<String>,
+}
+
+/// What a driver allows a machine on this host; `machine` refuses specs outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_cpus: u8,
+    pub min_memory_mib: u32,
+    pub max_memory_mib: u32,
+}
+
+/// The smallest guest that boots carbon-vm's image and runs Podman.
+pub const MIN_MEMORY_MIB: u32 = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// The guest shuts down (ACPI power button, krunkit's REST `Stop`), escalating only when the
+    /// driver's protocol says so.
+    Graceful,
+    /// The VMM is killed.
+    Force,
+}
+
+/// The contract every VMM implements. Drivers keep no state between calls: everything is found
+/// again from the [`Vm`]'s paths (pidfiles checked against the process's command line, control
+/// sockets).
+pub trait Driver {
+    fn kind(&self) -> DriverKind;
+    /// What runs guest code: `kvm`, `tcg`, `hvf`.
+    fn accelerator(&self) -> &'static str;
+    /// What a machine may ask of this driver on this host.
+    fn limits(&self, gpu: bool) -> Limits;
+    /// Refuses, before anything starts, a host that cannot run `vm` (e.g. no Venus for `--gpu`).
+    fn check_host(&self, vm: &Vm) -> Result<(), Error>;
+    /// How gvproxy must listen for this VMM to attach.
+    fn network(&self, vm: &Vm) -> gvproxy::Listen;
+    /// Starts the VMM; returns once it runs (the guest boots on).
+    fn launch(&self, vm: &Vm) -> Result<(), Error>;
+    /// Whether this machine's VMM runs.
+    fn running(&self, vm: &Vm) -> Result<bool, Error>;
+    /// Ends the VMM; returns once it is gone.
+    fn stop(&self, vm: &Vm, mode: StopMode) -> Result<(), Error>;
+    /// Removes what a dead run leaves behind (pidfile, control socket).
+    fn clean_stale(&self, vm: &Vm);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot run {0} (install it: {1})")]
+    Missing(String, &'static str, #[source] io::Error),
+    #[error("{0} exited during start-up: {1}")]
+    Exited(&'static str, String),
+    #[error("this host cannot give the machine its Venus GPU")]
+    Gpu(#[from] venus::probe::ProbeError),
+    #[error(transparent)]
+    GpuMemory(#[from] krunkit::NoRoomForGpu),
+    #[error("QMP")]
+    Qmp(#[from] qmp::QmpError),
+    #[error("krunkit")]
+    Krunkit(#[from] krunkit::StartError),
+    #[error("cannot stop krunkit")]
+    KrunkitStop(#[from] krunkit::StopError),
+    #[error("krunkit's REST API fails")]
+    Rest(#[from] krunkit::rest::RestError),
+    #[error("the guest did not power down within {0:?} (use --force)")]
+    NoPowerdown(Duration),
+    #[error("the VMM (pid {0}) is still running after SIGKILL")]
+    Unkillable(i32),
+    #[error("I/O error")]
+    Io(#[from] io::Error),
 }
 
 #[cfg(test)]

@@ -1,8 +1,54 @@
-//! The QEMU driver's command line, as a pure function of the machine's configuration, so that
-//! unit tests pin exactly what QEMU is asked to do.
+//! The QEMU driver: its command line, as a pure function of the machine's configuration, so that
+//! unit tests pin exactly what QEMU is asked to do; the process lifecycle is in driver.rs.
 
-use std::path::PathBuf;
+mod driver;
+
+pub use driver::Qemu;
+
+use std::path::{Path, PathBuf};
 use venus::probe::Display;
+
+/// The guest architecture QEMU emulates: the host's own (KVM needs it; TCG could emulate others,
+/// but images are built per architecture and a machine runs the host's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub const fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    /// The system emulator for this architecture.
+    pub const fn qemu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    fn machine(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "q35",
+            // GICv3 where the host has it: GICv2 stops at 8 CPUs.
+            Arch::Aarch64 => "virt,gic-version=max",
+        }
+    }
+
+    /// The first serial port's name in the guest kernel.
+    fn console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Aarch64 => "ttyAMA0",
+        }
+    }
+}
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,10 +57,19 @@ pub enum Accel {
     Tcg,
 }
 
+/// What the user asked for (`CARBON_VM_ACCEL`): `Auto` is KVM where the probe (crate::kvm) shows
+/// it runs guests, else TCG; decided only when a machine starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    Auto,
+    Use(Accel),
+}
+
 /// Everything QEMU needs for one machine; paths are absolute.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
     pub name: String,
+    pub arch: Arch,
     pub cpus: u8,
     pub memory_mib: u32,
     pub accel: Accel,
@@ -47,6 +102,16 @@ pub struct Gpu {
 /// The virtio-serial port name the guest's carbon-ready unit writes to.
 pub const READY_PORT: &str = "carbon.ready";
 
+/// A path as a value inside a QEMU option list, where ',' separates options and ',,' is a comma.
+fn opt(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// What identifies this machine's QEMU on its command line (`process::live_pid`'s marker).
+pub fn marker(disk: &Path) -> String {
+    format!("file={},", opt(disk))
+}
+
 pub fn command_line(c: &QemuConfig) -> Vec<String> {
     let p = |p: &PathBuf| p.display().to_string();
     let accel = match c.accel {
@@ -57,7 +122,7 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
         "-name".into(),
         format!("carbon-vm-{},process=carbon-vm-{}", c.name, c.name),
         "-machine".into(),
-        "q35".into(),
+        c.arch.machine().into(),
         "-accel".into(),
         accel.into(),
         "-cpu".into(),
@@ -72,13 +137,13 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
         "-initrd".into(),
         p(&c.initrd),
         "-append".into(),
-        format!("{} console=ttyS0", c.cmdline),
+        format!("{} console={}", c.cmdline, c.arch.console()),
         "-drive".into(),
-        format!("file={},if=virtio,format=raw,discard=unmap", p(&c.disk)),
+        format!("{}if=virtio,format=raw,discard=unmap", marker(&c.disk)),
         "-netdev".into(),
         format!(
             "stream,id=net0,addr.type=unix,addr.path={}",
-            p(&c.net_socket)
+            opt(&c.net_socket)
         ),
         "-device".into(),
         format!("virtio-net-pci,netdev=net0,mac={}", c.mac),
@@ -87,15 +152,15 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
         "-device".into(),
         "virtio-serial-pci".into(),
         "-chardev".into(),
-        format!("socket,id=ready,path={}", p(&c.ready_socket)),
+        format!("socket,id=ready,path={}", opt(&c.ready_socket)),
         "-device".into(),
         format!("virtserialport,chardev=ready,name={READY_PORT}"),
         "-chardev".into(),
-        format!("file,id=console,path={}", p(&c.console_log)),
+        format!("file,id=console,path={}", opt(&c.console_log)),
         "-serial".into(),
         "chardev:console".into(),
         "-qmp".into(),
-        format!("unix:{},server=on,wait=off", p(&c.qmp_socket)),
+        format!("unix:{},server=on,wait=off", opt(&c.qmp_socket)),
         "-pidfile".into(),
         p(&c.pidfile),
         "-daemonize".into(),
@@ -117,7 +182,7 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
 fn gpu_args(c: &QemuConfig, gpu: &Gpu) -> Vec<String> {
     let display = match &gpu.display {
         Display::EglHeadless { render_node } => {
-            format!("egl-headless,rendernode={}", render_node.display())
+            format!("egl-headless,rendernode={}", opt(render_node))
         }
         Display::SdlOffscreen => "sdl,gl=on".into(),
     };
@@ -155,6 +220,7 @@ mod tests {
     fn config() -> QemuConfig {
         QemuConfig {
             name: "dev".into(),
+            arch: Arch::X86_64,
             cpus: 2,
             memory_mib: 2048,
             accel: Accel::Tcg,
@@ -258,6 +324,36 @@ mod tests {
             "egl-headless,rendernode=/dev/dri/renderD128".into()
         )));
         assert!(environment(&c).is_empty());
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped_in_option_values() {
+        let mut c = config();
+        c.disk = "/m/a,b/disk.raw".into();
+        c.qmp_socket = "/r/a,b/qmp.sock".into();
+        let p = pairs(&command_line(&c));
+        assert!(p.contains(&(
+            "-drive".into(),
+            "file=/m/a,,b/disk.raw,if=virtio,format=raw,discard=unmap".into()
+        )));
+        assert!(p.contains(&(
+            "-qmp".into(),
+            "unix:/r/a,,b/qmp.sock,server=on,wait=off".into()
+        )));
+        assert_eq!(marker(&c.disk), "file=/m/a,,b/disk.raw,");
+    }
+
+    #[test]
+    fn aarch64_gets_the_virt_machine_and_its_serial_console() {
+        let mut c = config();
+        c.arch = Arch::Aarch64;
+        let p = pairs(&command_line(&c));
+        assert!(p.contains(&("-machine".into(), "virt,gic-version=max".into())));
+        assert!(p.contains(&(
+            "-append".into(),
+            "root=PARTUUID=x rw console=ttyAMA0".into()
+        )));
+        assert_eq!(Arch::Aarch64.qemu(), "qemu-system-aarch64");
     }
 
     #[test]

@@ -2,21 +2,58 @@
 //! again by its pidfile and the listen URI on its command line, stopped after the VMM.
 
 use super::{LifecycleError, tail};
-use crate::process::{self, Signal};
-use crate::store::{GVPROXY_LOG, GVPROXY_PID, MachineDir, NET_SOCKET};
+use crate::store::{GVPROXY_LOG, GVPROXY_PID, MachineDir, NET_SOCKET, PodmanMachine};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vmm::gvproxy::{GvproxyConfig, Listen};
+use vmm::process::{self, Signal};
+
+/// Fresh ports are tried this often when another process takes the chosen one first.
+const PORT_TRIES: usize = 5;
+
+/// Starts gvproxy with the SSH port forward on 127.0.0.1; returns that port: the
+/// Podman machine's fixed one, else a free one; gvproxy binds it itself, so a port taken between
+/// the choice and gvproxy's bind is retried with another.
+pub(super) fn start(
+    m: &MachineDir,
+    listen: &Listen,
+    podman_machine: Option<&PodmanMachine>,
+) -> Result<u16, LifecycleError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let ssh_port = match podman_machine {
+            Some(p) => p.ssh_port,
+            None => free_port()?,
+        };
+        match spawn(m, listen, ssh_port) {
+            Err(LifecycleError::PortTaken(..))
+                if podman_machine.is_none() && tries < PORT_TRIES =>
+            {
+                tracing::debug!(ssh_port, "port taken before gvproxy bound it: another");
+            }
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(ssh_port),
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
 
 /// Starts gvproxy and waits for its VMM-side socket.
-pub(super) fn start(m: &MachineDir, listen: &Listen, ssh_port: u16) -> Result<(), LifecycleError> {
+fn spawn(m: &MachineDir, listen: &Listen, ssh_port: u16) -> Result<(), LifecycleError> {
     let args = vmm::gvproxy::command_line(&GvproxyConfig {
         listen: listen.clone(),
         ssh_port,
         pidfile: m.path(GVPROXY_PID),
         log: m.path(GVPROXY_LOG),
     });
+    let _ = std::fs::remove_file(m.path(GVPROXY_LOG));
     let mut gv = Command::new("gvproxy")
         .args(&args)
         .stdin(Stdio::null())
@@ -34,12 +71,18 @@ pub(super) fn start(m: &MachineDir, listen: &Listen, ssh_port: u16) -> Result<()
     let deadline = Instant::now() + Duration::from_secs(20);
     while !m.socket(NET_SOCKET).exists() {
         if let Some(status) = gv.try_wait()? {
+            let log = tail(&m.path(GVPROXY_LOG), 2000);
+            if log.contains("address already in use") {
+                return Err(LifecycleError::PortTaken(ssh_port, log));
+            }
             return Err(LifecycleError::Exited(
                 "gvproxy",
-                format!("{status}: {}", tail(&m.path(GVPROXY_LOG), 2000)),
+                format!("{status}: {log}"),
             ));
         }
         if Instant::now() > deadline {
+            let _ = gv.kill();
+            let _ = gv.wait();
             return Err(LifecycleError::Exited(
                 "gvproxy",
                 "its socket never appeared".into(),

@@ -4,12 +4,12 @@
 //! takes the VM's network with it when a slow first boot outlasts the wait.
 
 use super::LifecycleError;
-use crate::process::{self, Signal};
 use crate::store::{FORWARD_LOG, FORWARD_PID, MachineDir, PODMAN_SOCKET};
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::Duration;
+use vmm::process::{self, Signal};
 
 pub(super) fn start(m: &MachineDir, ssh_port: u16) -> Result<(), LifecycleError> {
     let log = fs::File::create(m.path(FORWARD_LOG))?;

@@ -10,8 +10,10 @@ use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use vmm::StopMode;
 use vmm::krunkit::rest::{self, Endpoint, RestError};
-use vmm::krunkit::{Driver, KrunkitConfig, StartError, State, StopMode, Stopped};
+use vmm::krunkit::{Driver, KrunkitConfig, StartError, State, Stopped};
+use vmm::ready::{ReadyChannel, ReadyError};
 
 const STANDIN: &str = env!("CARGO_BIN_EXE_krunkit-standin");
 
@@ -82,8 +84,12 @@ impl Machine {
         self.dir.path().join("krunkit.log")
     }
 
-    fn start(&self) -> Result<vmm::krunkit::Running, StartError> {
-        self.driver.start(&self.config, &self.log())
+    /// What carbon-vm's start does around the driver: listen for Ready, then launch.
+    fn start(&self) -> Result<Started<'_>, StartError> {
+        let _ = std::fs::remove_file(&self.config.ready_socket);
+        let ready = ReadyChannel::bind(&self.config.ready_socket).unwrap();
+        self.driver.start(&self.config, &self.log())?;
+        Ok(Started { m: self, ready })
     }
 
     fn state(&self) -> State {
@@ -103,6 +109,32 @@ impl Machine {
             .trim()
             .parse()
             .unwrap()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("krunkit went away")]
+struct Gone;
+
+struct Started<'a> {
+    m: &'a Machine,
+    ready: ReadyChannel,
+}
+
+impl std::fmt::Debug for Started<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Started")
+    }
+}
+
+impl Started<'_> {
+    /// The guest's host key, waited for as carbon-vm does: until krunkit's REST API goes away.
+    fn wait_ready(&self, timeout: Duration) -> Result<String, ReadyError<Gone>> {
+        self.ready
+            .wait(timeout, || match Driver::state(&self.m.config) {
+                Ok(State::Vm(_)) => Ok(()),
+                _ => Err(Gone),
+            })
     }
 }
 
@@ -162,7 +194,8 @@ fn start_ready_running_then_graceful_stop() {
             .unwrap()
             .contains("guest powered off")
     );
-    for leftover in [m.rest_socket(), &m.config.ready_socket, &m.config.pidfile] {
+    // krunkit's own leftovers are removed (the Ready socket is its listener's).
+    for leftover in [m.rest_socket(), &m.config.pidfile] {
         assert!(!leftover.exists(), "{}", leftover.display());
     }
     // Stopping a stopped machine is not an error.
@@ -224,8 +257,8 @@ fn a_crashed_vmm_is_stopped_and_its_leftovers_do_not_block_the_next_start() {
     kill9(pid);
     assert!(process_gone(pid));
     assert_eq!(m.state(), State::Stopped);
-    // krunkit's sockets and pidfile stay behind after a crash.
-    assert!(m.rest_socket().exists() && m.config.ready_socket.exists());
+    // krunkit's REST socket and pidfile stay behind after a crash.
+    assert!(m.rest_socket().exists());
     assert!(m.config.pidfile.exists());
 
     let key = m
@@ -242,8 +275,7 @@ fn a_crashed_vmm_is_stopped_and_its_leftovers_do_not_block_the_next_start() {
 #[test]
 fn stale_sockets_from_an_earlier_run_are_removed_before_start() {
     let m = Machine::new();
-    // What a crashed run leaves: socket files nobody listens on, and a pidfile.
-    drop(UnixListener::bind(&m.config.ready_socket).unwrap());
+    // What a crashed run leaves: a REST socket file nobody listens on, and a pidfile.
     drop(UnixListener::bind(m.rest_socket()).unwrap());
     std::fs::write(&m.config.pidfile, "999999").unwrap();
     assert_eq!(m.state(), State::Stopped);
@@ -264,7 +296,7 @@ fn a_guest_that_ignores_stop_is_terminated() {
     let running = m.start().unwrap();
     assert!(matches!(
         running.wait_ready(Duration::from_millis(800)),
-        Err(StartError::NotReady(_))
+        Err(ReadyError::Timeout(_))
     ));
     let pid = m.pid();
     assert_eq!(
@@ -283,7 +315,7 @@ fn the_ready_wait_ends_when_the_vmm_dies() {
     let t = Instant::now();
     assert!(matches!(
         running.wait_ready(Duration::from_secs(120)),
-        Err(StartError::Died)
+        Err(ReadyError::Stopped(Gone))
     ));
     assert!(t.elapsed() < Duration::from_secs(60));
 }
@@ -300,10 +332,9 @@ fn krunkit_refusing_to_start_is_reported_with_its_message() {
         other => panic!("{other:?}"),
     }
     assert_eq!(m.state(), State::Stopped);
-    assert!(
-        !m.config.ready_socket.exists(),
-        "start cleans up after itself"
-    );
+    for leftover in [m.rest_socket(), &m.config.pidfile] {
+        assert!(!leftover.exists(), "start cleans up after itself");
+    }
 }
 
 /// What Podman needs of a machine exposed to it: krunkit's REST API on 127.0.0.1 over TCP.

@@ -3,10 +3,10 @@
 //! it, and every path comes from the [`KrunkitConfig`].
 
 use super::rest::{self, Endpoint, RestError, StateChange, VmState};
-use super::{InvalidConfig, KrunkitConfig, command_line};
+use super::{InvalidConfig, KrunkitConfig, Share, command_line};
+use crate::{DriverKind, Limits, MIN_MEMORY_MIB, StopMode, Vm};
 use std::fs;
-use std::io::{self, BufRead, BufReader};
-use std::os::unix::net::UnixListener;
+use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,14 +36,6 @@ impl Default for Driver {
             signal_timeout: Duration::from_secs(10),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopMode {
-    /// REST `Stop` (the guest shuts down), then SIGTERM, then SIGKILL.
-    Graceful,
-    /// REST `HardStop`, then SIGKILL.
-    Force,
 }
 
 /// How a stop ended.
@@ -81,37 +73,34 @@ pub enum StartError {
     Exited(String, String),
     #[error("krunkit's REST API did not report the VM running within {0:?}")]
     NoApi(Duration),
-    #[error("the guest did not signal Ready within {0:?}")]
-    NotReady(Duration),
-    #[error("krunkit went away before the guest signalled Ready")]
-    Died,
-    #[error("the Ready channel failed")]
-    Ready(#[source] io::Error),
+    #[error("cannot wait for krunkit")]
+    Wait(#[source] io::Error),
     #[error(transparent)]
     Rest(RestError),
+}
+
+impl StartError {
+    /// krunkit could not be run at all (not installed, not executable).
+    pub fn is_spawn(&self) -> bool {
+        matches!(self, StartError::Spawn(..))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
     #[error(transparent)]
     Rest(RestError),
-    #[error("krunkit runs but its pidfile {0} names no process to signal")]
+    #[error("krunkit runs but its pidfile {0} names no krunkit of this machine to signal")]
     NoPid(PathBuf),
     #[error("krunkit (pid {0}) is still running after SIGKILL")]
     Unkillable(i32),
 }
 
-/// A krunkit that started and reports the VM running.
-#[derive(Debug)]
-pub struct Running {
-    ready: UnixListener,
-    rest: Endpoint,
-}
-
 impl Driver {
     /// Starts krunkit for `c`; returns once its REST API reports the VM running. krunkit's
-    /// stdout and stderr (start-up errors included) are appended to `log`.
-    pub fn start(&self, c: &KrunkitConfig, log: &Path) -> Result<Running, StartError> {
+    /// stdout and stderr (start-up errors included) are appended to `log`. The host must listen
+    /// on `c.ready_socket` already (see READY_VSOCK_PORT).
+    pub fn start(&self, c: &KrunkitConfig, log: &Path) -> Result<(), StartError> {
         c.validate()?;
         match rest::get_state(&c.rest) {
             Err(RestError::Gone) => {}
@@ -119,9 +108,6 @@ impl Driver {
             Err(e) => return Err(StartError::Rest(e)),
         }
         remove_leftovers(c).map_err(|(p, e)| StartError::Prepare(p, e))?;
-        // The host listens on the Ready socket before the guest can connect (see READY_VSOCK_PORT).
-        let ready = UnixListener::bind(&c.ready_socket)
-            .map_err(|e| StartError::Prepare(c.ready_socket.clone(), e))?;
         let prepare = |e| StartError::Prepare(log.to_owned(), e);
         let out = fs::File::options()
             .create(true)
@@ -142,7 +128,7 @@ impl Driver {
 
         let deadline = Instant::now() + self.start_timeout;
         loop {
-            if let Some(status) = child.try_wait().map_err(StartError::Ready)? {
+            if let Some(status) = child.try_wait().map_err(StartError::Wait)? {
                 let _ = remove_leftovers(c);
                 return Err(StartError::Exited(
                     status.to_string(),
@@ -163,10 +149,7 @@ impl Driver {
             std::thread::sleep(POLL);
         }
         reap_in_background(child);
-        Ok(Running {
-            ready,
-            rest: c.rest.clone(),
-        })
+        Ok(())
     }
 
     /// The machine's state, from krunkit's REST API alone.
@@ -200,15 +183,17 @@ impl Driver {
             // krunkit runs but refused the request: fall through to signals.
             Err(e) => tracing::warn!(error = %e, "krunkit refused {change:?}"),
         }
-        // The REST socket still answers, so the pidfile krunkit wrote names a live krunkit.
-        let pid = read_pid(&c.pidfile).ok_or_else(|| StopError::NoPid(c.pidfile.clone()))?;
+        // Only the process whose command line serves this machine's REST endpoint is signalled:
+        // a stale pidfile may name a PID reused by another program.
+        let pid = crate::process::live_pid(&c.pidfile, &c.rest.uri())
+            .ok_or_else(|| StopError::NoPid(c.pidfile.clone()))?;
         if mode == StopMode::Graceful {
-            signal(pid, rustix::process::Signal::TERM);
+            crate::process::signal(pid, crate::process::Signal::TERM);
             if wait_gone(&c.rest, self.signal_timeout) {
                 return Ok(Stopped::Terminated);
             }
         }
-        signal(pid, rustix::process::Signal::KILL);
+        crate::process::signal(pid, crate::process::Signal::KILL);
         if wait_gone(&c.rest, self.signal_timeout) {
             Ok(Stopped::Killed)
         } else {
@@ -217,84 +202,14 @@ impl Driver {
     }
 }
 
-impl Running {
-    /// Waits for the guest's `Ready[ DETAIL]` line on vsock port 1025; returns DETAIL (carbon-vm's
-    /// guest sends its SSH host key, Podman's sends nothing). Fails early if krunkit goes away.
-    pub fn wait_ready(self, timeout: Duration) -> Result<String, StartError> {
-        let deadline = Instant::now() + timeout;
-        let left = || deadline.saturating_duration_since(Instant::now());
-        self.ready
-            .set_nonblocking(true)
-            .map_err(StartError::Ready)?;
-        loop {
-            let conn = match self.ready.accept() {
-                Ok((conn, _)) => conn,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.check_alive()?;
-                    if left().is_zero() {
-                        return Err(StartError::NotReady(timeout));
-                    }
-                    std::thread::sleep(POLL);
-                    continue;
-                }
-                Err(e) => return Err(StartError::Ready(e)),
-            };
-            conn.set_nonblocking(false).map_err(StartError::Ready)?;
-            let mut reader = BufReader::new(conn);
-            loop {
-                reader
-                    .get_ref()
-                    .set_read_timeout(Some(left().clamp(POLL, Duration::from_secs(1))))
-                    .map_err(StartError::Ready)?;
-                let mut line = String::new();
-                match reader.read_line(&mut line) {
-                    Ok(0) => break, // that connection ended without Ready: wait for the next one
-                    Ok(_) => {
-                        let line = line.trim();
-                        if line == "Ready" {
-                            return Ok(String::new());
-                        }
-                        if let Some(detail) = line.strip_prefix("Ready ") {
-                            return Ok(detail.trim().to_owned());
-                        }
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        self.check_alive()?;
-                        if left().is_zero() {
-                            return Err(StartError::NotReady(timeout));
-                        }
-                    }
-                    Err(e) => return Err(StartError::Ready(e)),
-                }
-            }
-        }
-    }
-
-    fn check_alive(&self) -> Result<(), StartError> {
-        match rest::get_state(&self.rest) {
-            Ok(_) => Ok(()),
-            Err(RestError::Gone) => Err(StartError::Died),
-            Err(e) => Err(StartError::Rest(e)),
-        }
-    }
-}
-
-/// krunkit never removes the vsock and REST sockets (nor its pidfile): a crashed run leaves them,
-/// and a socket file in the way makes the next bind fail.
+/// krunkit never removes its REST socket (nor its pidfile): a crashed run leaves them, and a
+/// socket file in the way makes the next start fail. (The Ready socket is its listener's.)
 fn remove_leftovers(c: &KrunkitConfig) -> Result<(), (PathBuf, io::Error)> {
     let rest_socket = match &c.rest {
         Endpoint::Unix(p) => Some(p),
         Endpoint::Loopback(_) => None,
     };
-    for p in [Some(&c.ready_socket), rest_socket, Some(&c.pidfile)]
-        .into_iter()
-        .flatten()
-    {
+    for p in [rest_socket, Some(&c.pidfile)].into_iter().flatten() {
         match fs::remove_file(p) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err((p.clone(), e)),
             _ => {}
@@ -323,17 +238,6 @@ fn reap_in_background(mut child: Child) {
     std::thread::spawn(move || child.wait());
 }
 
-fn read_pid(pidfile: &Path) -> Option<i32> {
-    let pid: i32 = fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
-    (pid > 0).then_some(pid)
-}
-
-fn signal(pid: i32, sig: rustix::process::Signal) {
-    if let Some(p) = rustix::process::Pid::from_raw(pid) {
-        let _ = rustix::process::kill_process(p, sig);
-    }
-}
-
 fn read_from(log: &Path, offset: u64) -> String {
     let s = fs::read(log).unwrap_or_default();
     let from = usize::try_from(offset).unwrap_or(0).min(s.len());
@@ -341,4 +245,96 @@ fn read_from(log: &Path, offset: u64) -> String {
     String::from_utf8_lossy(&tail[tail.len().saturating_sub(2000)..])
         .trim()
         .to_owned()
+}
+
+/// krunkit behind the driver contract: a machine's [`Vm`] as krunkit's configuration.
+pub struct Krunkit {
+    pub driver: Driver,
+    /// krunkit's REST API on this loopback port instead of the machine's control socket, for
+    /// Podman (which reaches krunkit over TCP only).
+    pub rest_port: Option<u16>,
+    pub shares: Vec<Share>,
+}
+
+impl Krunkit {
+    fn config(&self, vm: &Vm) -> KrunkitConfig {
+        KrunkitConfig {
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            disk: vm.disk.clone(),
+            net_socket: vm.net_socket.clone(),
+            mac: crate::gvproxy::GUEST_MAC.into(),
+            ready_socket: vm.ready_socket.clone(),
+            console_log: vm.console_log.clone(),
+            rest: match self.rest_port {
+                Some(port) => Endpoint::Loopback(port),
+                None => Endpoint::Unix(vm.control_socket.clone()),
+            },
+            pidfile: vm.pidfile.clone(),
+            shares: self.shares.clone(),
+            oem_strings: vm.oem_strings.clone(),
+        }
+    }
+}
+
+impl crate::Driver for Krunkit {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Krunkit
+    }
+
+    /// Hypervisor.framework, krunkit's only accelerator.
+    fn accelerator(&self) -> &'static str {
+        "hvf"
+    }
+
+    /// krunkit's own memory limit, the host's RAM, and room for the Venus window on `--gpu`
+    /// machines ([`super::fit_memory`]).
+    fn limits(&self, gpu: bool) -> Limits {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let host_mib = crate::platform::host_ram_bytes() >> 20;
+        let mut max = super::MAX_MEMORY_MIB;
+        if host_mib > 0 {
+            max = max.min(u32::try_from(host_mib).unwrap_or(u32::MAX));
+        }
+        if gpu {
+            max = max.min(super::GPU_MAX_MEMORY_MIB);
+        }
+        Limits {
+            max_cpus: u8::try_from(cpus).unwrap_or(u8::MAX),
+            min_memory_mib: MIN_MEMORY_MIB,
+            max_memory_mib: max,
+        }
+    }
+
+    fn check_host(&self, vm: &Vm) -> Result<(), crate::Error> {
+        if vm.gpu {
+            super::fit_memory(vm.memory_mib, crate::platform::host_ram_bytes() >> 20)?;
+        }
+        Ok(())
+    }
+
+    fn network(&self, vm: &Vm) -> crate::gvproxy::Listen {
+        crate::gvproxy::Listen::Vfkit(vm.net_socket.clone())
+    }
+
+    fn launch(&self, vm: &Vm) -> Result<(), crate::Error> {
+        Ok(self.driver.start(&self.config(vm), &vm.vmm_log)?)
+    }
+
+    fn running(&self, vm: &Vm) -> Result<bool, crate::Error> {
+        Ok(matches!(Driver::state(&self.config(vm))?, State::Vm(_)))
+    }
+
+    fn stop(&self, vm: &Vm, mode: StopMode) -> Result<(), crate::Error> {
+        let outcome = self.driver.stop(&self.config(vm), mode)?;
+        tracing::info!(machine = %vm.name, ?outcome, "krunkit stopped");
+        Ok(())
+    }
+
+    fn clean_stale(&self, vm: &Vm) {
+        let c = self.config(vm);
+        if matches!(Driver::state(&c), Ok(State::Stopped)) {
+            let _ = remove_leftovers(&c);
+        }
+    }
 }

@@ -1,0 +1,14 @@
+//! What the CLI asks of the host and of the layers below `machine`: the probes `doctor` and the
+//! settings run, and the error types the CLI's exit codes are chosen by.
+
+pub use venus::check::Missing as GpuMissing;
+pub use venus::probe as gpu_probe;
+pub use vmm::krunkit::{INSTALL_HINT as KRUNKIT_INSTALL_HINT, JSON_REST, probe as krunkit};
+pub use vmm::qemu::{Accel, AccelChoice, Arch};
+pub use vmm::{Error as VmmError, UnknownDriver, kvm};
+
+/// Bytes available to this user on the filesystem holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}

@@ -1,0 +1,50 @@
+//! The one place that maps a machine's driver kind to its `vmm::Driver`.
+
+use crate::store::Spec;
+use std::path::PathBuf;
+use std::time::Duration;
+use vmm::DriverKind;
+
+/// How this host runs VMMs; the CLI chooses from its environment.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub accel: vmm::qemu::AccelChoice,
+    /// The krunkit executable (a name looked up in PATH, or a path).
+    pub krunkit: PathBuf,
+    /// From launching the VMM to the guest's Ready (default [`super::START_TIMEOUT`]).
+    pub start_timeout: Duration,
+    /// How long to wait for the Podman API once the guest is Ready; by default what is left of
+    /// the start timeout.
+    pub podman_timeout: Option<Duration>,
+}
+
+/// The driver of a machine. `create` refuses kinds with no implementation (libkrun), so a spec
+/// naming one is an older or edited file: QEMU is tried.
+pub fn driver(spec: &Spec, o: &StartOptions) -> Box<dyn vmm::Driver> {
+    driver_of(
+        spec.driver,
+        spec.podman_machine.as_ref().map(|p| p.rest_port),
+        o,
+    )
+}
+
+/// The driver of `kind`; `rest_port`: krunkit serves its REST API there (for Podman).
+pub fn driver_of(
+    kind: DriverKind,
+    rest_port: Option<u16>,
+    o: &StartOptions,
+) -> Box<dyn vmm::Driver> {
+    match kind {
+        DriverKind::Krunkit => Box::new(vmm::krunkit::Krunkit {
+            driver: vmm::krunkit::Driver {
+                binary: o.krunkit.clone(),
+                ..vmm::krunkit::Driver::default()
+            },
+            rest_port,
+            shares: vec![],
+        }),
+        DriverKind::Qemu | DriverKind::Libkrun => {
+            Box::new(vmm::qemu::Qemu::new(vmm::qemu::Arch::host(), o.accel))
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! QEMU's process lifecycle: `-daemonize` (QEMU returns once the VM runs), state from the
+//! pidfile checked against the command line, QMP `system_powerdown` for a graceful stop.
+
+use super::{Accel, AccelChoice, Arch, Gpu, QemuConfig, command_line, environment, marker};
+use crate::process::{self, Signal};
+use crate::{Driver, DriverKind, Error, Limits, MIN_MEMORY_MIB, StopMode, Vm};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How long a guest may take to power down before `stop` gives up (and says to use --force).
+const POWERDOWN_TIMEOUT: Duration = Duration::from_secs(180);
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Qemu {
+    pub arch: Arch,
+    choice: AccelChoice,
+    /// The accelerator and the Venus device, each probed at most once per invocation.
+    accel: OnceLock<Accel>,
+    gpu: OnceLock<Gpu>,
+}
+
+impl Qemu {
+    pub fn new(arch: Arch, choice: AccelChoice) -> Qemu {
+        Qemu {
+            arch,
+            choice,
+            accel: OnceLock::new(),
+            gpu: OnceLock::new(),
+        }
+    }
+
+    fn accel(&self) -> Accel {
+        *self.accel.get_or_init(|| match self.choice {
+            AccelChoice::Use(a) => a,
+            AccelChoice::Auto => match crate::kvm::probe(self.arch) {
+                Ok(()) => Accel::Kvm,
+                Err(e) => {
+                    tracing::info!(reason = %e, "KVM is not usable: TCG");
+                    Accel::Tcg
+                }
+            },
+        })
+    }
+
+    fn pid(&self, vm: &Vm) -> Option<i32> {
+        process::live_pid(&vm.pidfile, &marker(&vm.disk))
+    }
+
+    /// The Venus device for a `--gpu` machine, from what this host's QEMU and display can do.
+    fn probe_gpu(&self) -> Result<Gpu, Error> {
+        use venus::probe;
+        let qemu = probe::qemu(self.arch.qemu())?;
+        probe::render_server()?;
+        let display = probe::choose_display(&qemu, &probe::render_nodes("/dev/dri".as_ref()))?;
+        Ok(Gpu {
+            hostmem_bytes: venus::window::qemu_hostmem_bytes(crate::platform::host_ram_bytes()),
+            display,
+        })
+    }
+
+    fn config(&self, vm: &Vm, gpu: Option<Gpu>) -> QemuConfig {
+        QemuConfig {
+            name: vm.name.clone(),
+            arch: self.arch,
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            accel: self.accel(),
+            kernel: vm.kernel.clone(),
+            initrd: vm.initrd.clone(),
+            cmdline: vm.cmdline.clone(),
+            disk: vm.disk.clone(),
+            net_socket: vm.net_socket.clone(),
+            mac: crate::gvproxy::GUEST_MAC.into(),
+            qmp_socket: vm.control_socket.clone(),
+            ready_socket: vm.ready_socket.clone(),
+            console_log: vm.console_log.clone(),
+            pidfile: vm.pidfile.clone(),
+            oem_strings: vm.oem_strings.clone(),
+            gpu,
+        }
+    }
+}
+
+impl Driver for Qemu {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Qemu
+    }
+
+    fn accelerator(&self) -> &'static str {
+        match self.accel() {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    /// As many vCPUs as the host has threads, as much memory as it has RAM: QEMU would take more
+    /// and then crawl or be killed by the OOM killer.
+    fn limits(&self, _gpu: bool) -> Limits {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ram_mib = crate::platform::host_ram_bytes() >> 20;
+        Limits {
+            max_cpus: u8::try_from(cpus).unwrap_or(u8::MAX),
+            min_memory_mib: MIN_MEMORY_MIB,
+            max_memory_mib: u32::try_from(ram_mib).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn check_host(&self, vm: &Vm) -> Result<(), Error> {
+        if vm.gpu && self.gpu.get().is_none() {
+            let gpu = self.probe_gpu()?;
+            let _ = self.gpu.set(gpu);
+        }
+        Ok(())
+    }
+
+    fn network(&self, vm: &Vm) -> crate::gvproxy::Listen {
+        crate::gvproxy::Listen::Qemu(vm.net_socket.clone())
+    }
+
+    fn launch(&self, vm: &Vm) -> Result<(), Error> {
+        self.check_host(vm)?;
+        let cfg = self.config(vm, self.gpu.get().cloned());
+        let out = Command::new(self.arch.qemu())
+            .args(command_line(&cfg))
+            .envs(environment(&cfg))
+            .stdin(Stdio::null())
+            .process_group(0) // outlives this command, and a ^C to it
+            .output()
+            .map_err(|e| {
+                Error::Missing(
+                    self.arch.qemu().into(),
+                    match self.arch {
+                        Arch::X86_64 => "apt-get install qemu-system-x86",
+                        Arch::Aarch64 => "apt-get install qemu-system-arm",
+                    },
+                    e,
+                )
+            })?;
+        if !out.status.success() {
+            return Err(Error::Exited(
+                "qemu",
+                String::from_utf8_lossy(&out.stderr).trim().into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn running(&self, vm: &Vm) -> Result<bool, Error> {
+        Ok(self.pid(vm).is_some())
+    }
+
+    fn stop(&self, vm: &Vm, mode: StopMode) -> Result<(), Error> {
+        let Some(pid) = self.pid(vm) else {
+            return Ok(());
+        };
+        if mode == StopMode::Graceful {
+            crate::qmp::Qmp::connect(&vm.control_socket)?.execute("system_powerdown")?;
+            if !process::wait_exit(pid, POWERDOWN_TIMEOUT) {
+                return Err(Error::NoPowerdown(POWERDOWN_TIMEOUT));
+            }
+            return Ok(());
+        }
+        process::signal(pid, Signal::KILL);
+        if process::wait_exit(pid, KILL_TIMEOUT) {
+            Ok(())
+        } else {
+            Err(Error::Unkillable(pid))
+        }
+    }
+
+    fn clean_stale(&self, vm: &Vm) {
+        if self.pid(vm).is_none() {
+            let _ = std::fs::remove_file(&vm.pidfile);
+            let _ = std::fs::remove_file(&vm.control_socket);
+        }
+    }
+}

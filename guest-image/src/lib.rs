@@ -17,6 +17,7 @@ pub mod source;
 mod sparse;
 pub mod trust;
 pub mod unpack;
+mod untrusted;
 pub mod verify;
 mod writeback;
 

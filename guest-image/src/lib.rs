@@ -14,6 +14,7 @@ pub mod pull;
 pub mod push;
 pub mod recipe;
 pub mod source;
+pub mod space;
 mod sparse;
 pub mod trust;
 pub mod unpack;

@@ -136,6 +136,17 @@ fn tar_extensions_are_what_is_checked() {
     let art = write(dir.path(), "sparse.tar.zst", &zstd_bytes(&tar_bytes(&e)));
     refused(&env, &art, 4, &["\"disk.raw\" is a GNU sparse file"]);
 
+    // An uncompressed stream that ends inside a member: the bytes read, not the header, count.
+    let whole = tar_bytes(&entries(&good, &members));
+    let disk_data = whole.len() - 1024 - 4096;
+    let art = write(dir.path(), "short.tar", &whole[..disk_data + 1000]);
+    refused(
+        &env,
+        &art,
+        4,
+        &["member \"disk.raw\" is 1000 bytes, the manifest says 4096"],
+    );
+
     // A size in GNU base-256 far beyond the manifest's.
     let mut e = entries(&good, &members);
     let mut giant = [0u8; 12];

@@ -38,6 +38,10 @@ fn classify_pull(p: &PullError) -> (u8, Option<&'static str>) {
             Some("`carbon-vm image build` and `image pack` print the sha256 to pin"),
         ),
         PullFailure::Cache(_) => (FAILURE, None),
+        PullFailure::NoSpace(_) => (
+            FAILURE,
+            Some("free space where CARBON_VM_HOME keeps its cache; nothing was cached"),
+        ),
         _ => (
             VERIFICATION,
             Some("the image was refused and nothing was cached; check the source and its sha256"),

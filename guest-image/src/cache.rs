@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// The record carbon-vm keeps beside each cached image.
 pub const RECORD_NAME: &str = "image.json";
+/// Every name the cache itself writes in an image's directory: no member may take one.
+const OWN_NAMES: [&str; 2] = [MANIFEST_NAME, RECORD_NAME];
 const LOCK_SUFFIX: &str = ".lock";
 const TEMP_PREFIX: &str = ".tmp-";
 /// Shortest ID prefix accepted where an image ID is expected.
@@ -35,6 +37,13 @@ pub struct CachedImage {
     pub record: Record,
     pub manifest: Manifest,
     pub dir: PathBuf,
+}
+
+/// Whether a member at `path` would collide with a file the cache writes, or with its directory.
+/// Compared ignoring ASCII case, as a case-insensitive filesystem (macOS) would.
+pub fn is_reserved(path: &str) -> bool {
+    let top = path.split('/').next().unwrap_or(path);
+    OWN_NAMES.iter().any(|n| n.eq_ignore_ascii_case(top))
 }
 
 impl CachedImage {
@@ -72,6 +81,11 @@ impl Cache {
             .create(root)
             .map_err(|e| CacheError::Io(root.into(), e))?;
         Ok(Cache { root: root.into() })
+    }
+
+    /// The directory entries live in.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Blocks until no other process works on image `id`.

@@ -7,6 +7,7 @@
 use crate::digest::Sha256Digest;
 use crate::progress::Progress;
 use crate::source::{Source, is_loopback_host};
+use crate::untrusted::Untrusted;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -49,11 +50,11 @@ pub enum FetchError {
         last: io::Error,
     },
     #[error("registry request failed")]
-    Registry(#[source] oci_client::errors::OciDistributionError),
+    Registry(#[source] Untrusted),
     #[error("registry sent a manifest whose digest is {got}, not the {want} asked for")]
     ManifestDigest { want: String, got: Sha256Digest },
     #[error("registry manifest is not an OCI image manifest")]
-    ManifestJson(#[source] serde_json::Error),
+    ManifestJson(#[source] Untrusted),
     #[error("registry image has {0} layers; a carbon-vm image is a single-layer artifact")]
     LayerCount(usize),
     #[error("registry layer digest {0:?} is not sha256")]
@@ -73,7 +74,8 @@ pub struct Transport {
 
 enum Kind {
     File(PathBuf),
-    Http(reqwest::Client, reqwest::Url),
+    /// With the first response once `connect` has asked for it.
+    Http(reqwest::Client, reqwest::Url, Option<Opened>),
     Oci(
         Box<oci_client::Client>,
         oci_client::Reference,
@@ -121,7 +123,7 @@ impl Transport {
                     .read_timeout(Duration::from_secs(60))
                     .build()
                     .map_err(FetchError::Http)?;
-                (Kind::Http(client, url.clone()), None, None)
+                (Kind::Http(client, url.clone(), None), None, None)
             }
             Source::Oci(reference) => {
                 let client = oci_client_for(reference.registry());
@@ -143,6 +145,17 @@ impl Transport {
         })
     }
 
+    /// Sends the first request where that is what tells the artifact's size (HTTP's
+    /// Content-Length); the transfer itself starts with `spawn`.
+    pub fn connect(&mut self) -> Result<(), FetchError> {
+        if let Kind::Http(client, url, first @ None) = &mut self.kind {
+            let opened = self.rt.block_on(open_http(client, url, 0))?;
+            self.size = opened.length;
+            *first = Some(opened);
+        }
+        Ok(())
+    }
+
     /// Starts the transfer on its own thread. The returned reader yields the artifact's bytes;
     /// the handle yields their digest once the stream ended (or the transport's error).
     pub fn spawn(
@@ -162,11 +175,13 @@ impl Transport {
                 let Transport { rt, kind, .. } = self;
                 let result = match kind {
                     Kind::File(p) => pump.file(&p),
-                    Kind::Http(client, url) => rt.block_on(
-                        pump.resumable(async |offset| open_http(&client, &url, offset).await),
-                    ),
+                    Kind::Http(client, url, first) => {
+                        rt.block_on(pump.resumable(first, async |offset| {
+                            open_http(&client, &url, offset).await
+                        }))
+                    }
                     Kind::Oci(client, reference, layer) => {
-                        rt.block_on(pump.resumable(async |offset| {
+                        rt.block_on(pump.resumable(None, async |offset| {
                             open_oci(&client, &reference, &layer, offset).await
                         }))
                     }
@@ -193,7 +208,7 @@ async fn resolve_oci_layer(
     let (raw, _) = client
         .pull_manifest_raw(reference, &RegistryAuth::Anonymous, &OCI_MANIFEST_TYPES)
         .await
-        .map_err(FetchError::Registry)?;
+        .map_err(registry_error)?;
     if let Some(want) = reference.digest() {
         // Check the bytes ourselves rather than trusting the registry's header.
         let got = Sha256Digest::of(&raw);
@@ -205,22 +220,35 @@ async fn resolve_oci_layer(
         }
     }
     let manifest: OciImageManifest =
-        serde_json::from_slice(&raw).map_err(FetchError::ManifestJson)?;
+        serde_json::from_slice(&raw).map_err(|e| FetchError::ManifestJson(Untrusted::of(e)))?;
     match <[OciDescriptor; 1]>::try_from(manifest.layers) {
         Ok([layer]) => Ok(layer),
         Err(layers) => Err(FetchError::LayerCount(layers.len())),
     }
 }
 
+/// A registry's errors carry its own answer's text.
+fn registry_error(e: oci_client::errors::OciDistributionError) -> FetchError {
+    FetchError::Registry(Untrusted::of(e))
+}
+
 type ByteStream = BoxStream<'static, io::Result<Bytes>>;
 
-/// Opens the artifact at `offset`; returns the stream and the offset it really starts at (a
-/// server may ignore the range and start again from 0).
+/// An answer whose body is still to be read.
+struct Opened {
+    stream: ByteStream,
+    /// The offset in the artifact the body really starts at (a server may ignore a range).
+    start: u64,
+    /// The whole artifact's length, where the server says it.
+    length: Option<u64>,
+}
+
+/// Opens the artifact at `offset`.
 async fn open_http(
     client: &reqwest::Client,
     url: &reqwest::Url,
     offset: u64,
-) -> Result<(ByteStream, u64), FetchError> {
+) -> Result<Opened, FetchError> {
     let mut req = client.get(url.clone());
     if offset > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
@@ -247,8 +275,13 @@ async fn open_http(
         }
         s => return Err(FetchError::HttpStatus(s)),
     };
+    let length = resp.content_length().map(|n| n + start);
     let stream = resp.bytes_stream().map(|r| r.map_err(io::Error::other));
-    Ok((stream.boxed(), start))
+    Ok(Opened {
+        stream: stream.boxed(),
+        start,
+        length,
+    })
 }
 
 async fn open_oci(
@@ -256,15 +289,20 @@ async fn open_oci(
     reference: &oci_client::Reference,
     layer: &OciDescriptor,
     offset: u64,
-) -> Result<(ByteStream, u64), FetchError> {
+) -> Result<Opened, FetchError> {
     use oci_client::client::BlobResponse;
     let resp = client
         .pull_blob_stream_partial(reference, layer, offset, None)
         .await
-        .map_err(FetchError::Registry)?;
-    Ok(match resp {
+        .map_err(registry_error)?;
+    let (stream, start) = match resp {
         BlobResponse::Full(s) => (s.stream, 0),
         BlobResponse::Partial(s) => (s.stream, offset),
+    };
+    Ok(Opened {
+        stream,
+        start,
+        length: None,
     })
 }
 
@@ -302,11 +340,17 @@ impl Pump {
 
     async fn resumable(
         &mut self,
-        mut open: impl AsyncFnMut(u64) -> Result<(ByteStream, u64), FetchError>,
+        mut first: Option<Opened>,
+        mut open: impl AsyncFnMut(u64) -> Result<Opened, FetchError>,
     ) -> Result<(), FetchError> {
         let mut failures = 0u32;
         loop {
-            let (mut stream, start) = open(self.bytes).await?;
+            let Opened {
+                mut stream, start, ..
+            } = match first.take() {
+                Some(o) => o,
+                None => open(self.bytes).await?,
+            };
             // Bytes already handed downstream cannot be taken back: skip them if the server
             // started over. The final digest check covers a server that sent something else.
             let mut skip = self.bytes - start;

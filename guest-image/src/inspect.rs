@@ -2,28 +2,51 @@
 //! reads the ext4 filesystem there, to prove the image really bundles Venus.
 
 use crate::manifest::Manifest;
+use crate::untrusted::Untrusted;
 use ext4_view::{Ext4, Ext4Read};
+use gpt::header::Header;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+/// The only GPT entry size carbon-vm (and the `gpt` crate) reads.
+const GPT_ENTRY_SIZE: u32 = 128;
+/// More entries than a GPT normally has (128) are refused: the table is read entry by entry.
+const MAX_GPT_ENTRIES: u32 = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
     #[error("cannot read the disk's partition table")]
-    Gpt(#[source] gpt::GptError),
+    Gpt(#[source] Untrusted),
+    #[error("the {which} GPT header does not describe this {sectors}-sector disk: {what}")]
+    BadGptHeader {
+        which: &'static str,
+        sectors: u64,
+        what: &'static str,
+    },
+    #[error(
+        "GPT partition {name:?} (sectors {first} to {last}) lies outside the usable sectors {first_usable} to {last_usable}"
+    )]
+    BadPartition {
+        name: String,
+        first: u64,
+        last: u64,
+        first_usable: u64,
+        last_usable: u64,
+    },
     #[error("the disk has no partition named {0:?}")]
     NoPartition(String),
     #[error("cannot read the root filesystem")]
-    Ext4(#[source] ext4_view::Ext4Error),
-    #[error("the Venus ICD {0} is missing from the root filesystem")]
+    Ext4(#[source] Untrusted),
+    #[error("the Venus ICD {0:?} is not a regular file in the root filesystem")]
     NoIcd(String),
-    #[error("the Venus ICD {0} is invalid")]
-    BadIcd(String, #[source] venus::icd::IcdError),
-    #[error("the Venus ICD names {0:?}, which is not in the root filesystem")]
+    #[error("the Venus ICD {0:?} is invalid")]
+    BadIcd(String, #[source] Untrusted),
+    #[error("the Venus ICD names {0:?}, which is not a regular file in the root filesystem")]
     NoLibrary(String),
-    #[error("the manifest's Venus library {0} is not in the root filesystem")]
+    #[error("the manifest's Venus library {0:?} is not a regular file in the root filesystem")]
     NoDeclaredLibrary(String),
-    #[error("the bundled container image {0} is missing from the root filesystem")]
+    #[error("the bundled container image {0:?} is not a regular file in the root filesystem")]
     NoContainerImage(String),
 }
 
@@ -48,26 +71,79 @@ impl Ext4Read for Window {
     }
 }
 
-/// Opens the ext4 filesystem in the partition named `name`.
+fn gpt_error(e: impl std::error::Error + 'static) -> InspectError {
+    InspectError::Gpt(Untrusted::of(e))
+}
+
+/// Checks a GPT header against the disk it is on: the table, the usable range and the backup
+/// header must all lie inside it, in the only layout the `gpt` crate reads without panicking.
+fn check_header(which: &'static str, h: &Header, sectors: u64) -> Result<(), InspectError> {
+    let entry_sectors = (u64::from(h.num_parts) * u64::from(GPT_ENTRY_SIZE)).div_ceil(512);
+    let what = if h.part_size != GPT_ENTRY_SIZE {
+        Some("partition entries are not 128 bytes")
+    } else if h.num_parts > MAX_GPT_ENTRIES {
+        Some("absurdly many partition entries")
+    } else if h.current_lba >= sectors || h.backup_lba >= sectors {
+        Some("a header lies past the end")
+    } else if h.first_usable > h.last_usable || h.last_usable >= sectors {
+        Some("the usable sectors are not inside the disk")
+    } else if h.part_start < 2 || h.part_start.saturating_add(entry_sectors) > sectors {
+        Some("the partition table is not inside the disk")
+    } else {
+        None
+    };
+    match what {
+        Some(what) => Err(InspectError::BadGptHeader {
+            which,
+            sectors,
+            what,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Opens the ext4 filesystem in the partition named `name`, after checking the partition table
+/// against the disk it describes.
 pub fn open_partition(disk: &Path, name: &str) -> Result<Ext4, InspectError> {
+    let mut file = File::open(disk).map_err(gpt_error)?;
+    let lb = gpt::disk::LogicalBlockSize::Lb512;
+    let sectors = file.metadata().map_err(gpt_error)?.len() / 512;
+    // The primary header first, alone: the crate asserts on what it does not expect.
+    let primary =
+        gpt::header::read_header_from_arbitrary_device(&mut file, lb).map_err(gpt_error)?;
+    check_header("primary", &primary, sectors)?;
     let gpt = gpt::GptConfig::new()
         .writable(false)
-        .open(disk)
-        .map_err(InspectError::Gpt)?;
-    let lb = *gpt.logical_block_size();
+        .only_valid_headers(true)
+        .logical_block_size(lb)
+        .open_from_device(file)
+        .map_err(gpt_error)?;
+    let backup = gpt.backup_header().map_err(gpt_error)?;
+    check_header("backup", backup, sectors)?;
+    let h = gpt.header();
+    for p in gpt.partitions().values().filter(|p| p.is_used()) {
+        if p.first_lba < h.first_usable || p.first_lba > p.last_lba || p.last_lba > h.last_usable {
+            return Err(InspectError::BadPartition {
+                name: p.name.clone(),
+                first: p.first_lba,
+                last: p.last_lba,
+                first_usable: h.first_usable,
+                last_usable: h.last_usable,
+            });
+        }
+    }
     let part = gpt
         .partitions()
         .values()
         .find(|p| p.name == name)
         .ok_or_else(|| InspectError::NoPartition(name.to_owned()))?;
     let (offset, len) = (
-        part.bytes_start(lb)
-            .map_err(|e| InspectError::Gpt(e.into()))?,
-        part.bytes_len(lb)
-            .map_err(|e| InspectError::Gpt(e.into()))?,
+        part.bytes_start(lb).map_err(gpt_error)?,
+        part.bytes_len(lb).map_err(gpt_error)?,
     );
-    let file = File::open(disk).map_err(|e| InspectError::Gpt(e.into()))?;
-    Ext4::load(Box::new(Window { file, offset, len })).map_err(InspectError::Ext4)
+    let file = gpt.take_device();
+    Ext4::load(Box::new(Window { file, offset, len }))
+        .map_err(|e| InspectError::Ext4(Untrusted::of(e)))
 }
 
 /// Checks that the root filesystem holds the Venus ICD, the library it names, the library the
@@ -75,24 +151,32 @@ pub fn open_partition(disk: &Path, name: &str) -> Result<Ext4, InspectError> {
 pub fn verify_venus(disk: &Path, manifest: &Manifest) -> Result<PathBuf, InspectError> {
     let fs = open_partition(disk, &manifest.boot.root_partition)?;
     let b = &manifest.bundles;
-    let exists = |p: &Path| fs.exists(p).unwrap_or(false);
+    // Symlinks are followed the way the guest would, inside this filesystem: an absolute or
+    // `..` target cannot leave it. What they end at must be a regular file.
+    let is_file = |p: &Path| {
+        fs.metadata(p)
+            .is_ok_and(|m| m.file_type().is_regular_file())
+    };
+    if !is_file(Path::new(&b.venus_icd)) {
+        return Err(InspectError::NoIcd(b.venus_icd.clone()));
+    }
     let icd_json = fs
         .read(b.venus_icd.as_str())
         .map_err(|_| InspectError::NoIcd(b.venus_icd.clone()))?;
     let lib = venus::icd::library(Path::new(&b.venus_icd), &icd_json)
-        .map_err(|e| InspectError::BadIcd(b.venus_icd.clone(), e))?;
+        .map_err(|e| InspectError::BadIcd(b.venus_icd.clone(), Untrusted::of(e)))?;
     let found = lib
         .candidates(&manifest.arch)
         .into_iter()
-        .find(|p| exists(p))
+        .find(|p| is_file(p))
         .ok_or_else(|| InspectError::NoLibrary(format!("{lib:?}")))?;
-    if !exists(Path::new(&b.venus_library)) {
+    if !is_file(Path::new(&b.venus_library)) {
         return Err(InspectError::NoDeclaredLibrary(b.venus_library.clone()));
     }
     if let Some(c) = b
         .container_images
         .iter()
-        .find(|c| !exists(Path::new(&c.path)))
+        .find(|c| !is_file(Path::new(&c.path)))
     {
         return Err(InspectError::NoContainerImage(c.path.clone()));
     }

@@ -14,9 +14,11 @@ pub mod pull;
 pub mod push;
 pub mod recipe;
 pub mod source;
+pub mod space;
 mod sparse;
 pub mod trust;
 pub mod unpack;
+mod untrusted;
 pub mod verify;
 mod writeback;
 

@@ -1,7 +1,9 @@
 //! The image manifest: the first member of every artifact, listing every other member with its
 //! size and sha256, how to boot the image, and what it bundles. See docs/image-format.md.
 
+use crate::cache;
 use crate::digest::Sha256Digest;
+use crate::untrusted::is_printable;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -12,6 +14,8 @@ pub const SIGNATURE_NAME: &str = "manifest.json.minisig";
 /// Manifests and signatures larger than this are refused before they are parsed.
 pub const MAX_METADATA_BYTES: u64 = 1 << 20;
 pub const SCHEMA: u32 = 1;
+/// A carbon-vm image has three members; a manifest listing more than this is refused.
+pub const MAX_MEMBERS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -75,8 +79,14 @@ pub enum ManifestError {
     Arch(String),
     #[error("member path {0:?} is not a plain relative path")]
     BadPath(String),
-    #[error("member {0:?} is listed twice")]
+    #[error("member path {0:?} is a name the image cache uses for itself")]
+    Reserved(String),
+    #[error("member {0:?} is listed twice (names are compared ignoring case)")]
     Duplicate(String),
+    #[error("the manifest lists {0} members, more than {MAX_MEMBERS}")]
+    TooManyMembers(usize),
+    #[error("manifest field {0} holds control characters")]
+    Unprintable(&'static str),
     #[error("boot {0} {1:?} is not a listed member")]
     MissingBootMember(&'static str, String),
     #[error("member sizes overflow")]
@@ -93,12 +103,23 @@ impl Manifest {
         if !matches!(self.arch.as_str(), "x86_64" | "aarch64") {
             return Err(ManifestError::Arch(self.arch.clone()));
         }
+        if let Some((field, _)) = self.text_fields().find(|(_, s)| !is_printable(s)) {
+            return Err(ManifestError::Unprintable(field));
+        }
+        if self.members.len() > MAX_MEMBERS {
+            return Err(ManifestError::TooManyMembers(self.members.len()));
+        }
         let mut seen = HashSet::new();
+        let mut folded = HashSet::new();
         for m in &self.members {
-            if !is_plain_path(&m.path) || m.path == MANIFEST_NAME || m.path == SIGNATURE_NAME {
+            if !is_plain_path(&m.path) || m.path == SIGNATURE_NAME {
                 return Err(ManifestError::BadPath(m.path.clone()));
             }
-            if !seen.insert(m.path.as_str()) {
+            if cache::is_reserved(&m.path) {
+                return Err(ManifestError::Reserved(m.path.clone()));
+            }
+            seen.insert(m.path.as_str());
+            if !folded.insert(m.path.to_ascii_lowercase()) {
                 return Err(ManifestError::Duplicate(m.path.clone()));
             }
         }
@@ -117,6 +138,33 @@ impl Manifest {
             }
         }
         self.total_size().map(|_| ())
+    }
+
+    /// Every free-text field, by name: what may end up on a terminal.
+    fn text_fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let (b, n) = (&self.boot, &self.bundles);
+        [
+            ("name", &self.name),
+            ("arch", &self.arch),
+            ("boot.kernel", &b.kernel),
+            ("boot.initrd", &b.initrd),
+            ("boot.disk", &b.disk),
+            ("boot.cmdline", &b.cmdline),
+            ("boot.root_partition", &b.root_partition),
+            ("boot.efi_partition", &b.efi_partition),
+            ("bundles.kernel_version", &n.kernel_version),
+            ("bundles.mesa_version", &n.mesa_version),
+            ("bundles.venus_icd", &n.venus_icd),
+            ("bundles.venus_library", &n.venus_library),
+        ]
+        .into_iter()
+        .map(|(f, s)| (f, s.as_str()))
+        .chain(n.container_images.iter().flat_map(|c| {
+            [
+                ("bundles.container_images.name", c.name.as_str()),
+                ("bundles.container_images.path", c.path.as_str()),
+            ]
+        }))
     }
 
     /// The sum of all member sizes: what the archive may decompress to, give or take tar headers.
@@ -211,6 +259,45 @@ pub(crate) mod tests {
             m.members[0].path = bad.into();
             assert!(m.validate().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn the_cache_own_names_are_reserved_in_any_case() {
+        for name in ["image.json", "Image.JSON", "image.json/x", "MANIFEST.json"] {
+            let mut m = sample();
+            m.members[0].path = name.into();
+            m.boot.kernel = name.into();
+            assert_eq!(m.validate(), Err(ManifestError::Reserved(name.into())));
+        }
+    }
+
+    #[test]
+    fn case_folded_duplicates_counts_and_control_characters_are_refused() {
+        let mut m = sample();
+        m.members[1].path = "BOOT/vmlinuz".into();
+        assert_eq!(
+            m.validate(),
+            Err(ManifestError::Duplicate("BOOT/vmlinuz".into()))
+        );
+        let mut m = sample();
+        let extra = m.members[0].clone();
+        m.members.extend((0..MAX_MEMBERS).map(|i| Member {
+            path: format!("x{i}"),
+            ..extra.clone()
+        }));
+        assert_eq!(
+            m.validate(),
+            Err(ManifestError::TooManyMembers(MAX_MEMBERS + 3))
+        );
+        let mut m = sample();
+        m.bundles.mesa_version = "25.0\u{1b}]0;owned\u{7}".into();
+        assert_eq!(
+            m.validate(),
+            Err(ManifestError::Unprintable("bundles.mesa_version"))
+        );
+        let mut m = sample();
+        m.name = "gäst ✓".into();
+        m.validate().unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::fetch::{FetchError, Transport};
 use crate::inspect::{InspectError, verify_venus};
 use crate::progress::Progress;
 use crate::source::Source;
+use crate::space::{self, SpaceError};
 use crate::trust::Trust;
 use crate::unpack::{UnpackError, unpack};
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub enum PullFailure {
         "nothing pins it: pass --sha256 HEX, use an oci://...@sha256: reference, or sign it with a trusted key"
     )]
     Unpinned,
+    #[error("the cache has no room for it")]
+    NoSpace(#[source] SpaceError),
     #[error(transparent)]
     Cache(CacheError),
 }
@@ -66,7 +69,7 @@ pub fn pull(cache: &Cache, source: &Source, opts: &PullOptions) -> Result<Pulled
         image: source.to_string(),
         failure,
     };
-    let transport = Transport::resolve(source).map_err(|e| fail(PullFailure::Fetch(e)))?;
+    let mut transport = Transport::resolve(source).map_err(|e| fail(PullFailure::Fetch(e)))?;
     let expected = match (opts.pin, transport.digest) {
         (Some(pin), Some(d)) if pin != d => {
             return Err(fail(PullFailure::PinMismatch {
@@ -100,6 +103,14 @@ pub fn pull(cache: &Cache, source: &Source, opts: &PullOptions) -> Result<Pulled
         None => None,
     };
 
+    transport
+        .connect()
+        .map_err(|e| fail(PullFailure::Fetch(e)))?;
+    // The artifact's own size is a first measure of what it unpacks to; the manifest's declared
+    // sizes are checked once it is read (in `unpack`).
+    if let Some(size) = transport.size {
+        space::ensure(cache.root(), size).map_err(|e| fail(PullFailure::NoSpace(e)))?;
+    }
     let scratch = cache.scratch().map_err(|e| fail(PullFailure::Cache(e)))?;
     opts.progress.begin("pull", transport.size);
     let (reader, pump) = transport.spawn(opts.progress.clone());
@@ -108,7 +119,12 @@ pub fn pull(cache: &Cache, source: &Source, opts: &PullOptions) -> Result<Pulled
     opts.progress.finish();
     // A transport failure explains a broken archive better than the archive error itself.
     let fetched = fetched.map_err(|e| fail(PullFailure::Fetch(e)))?;
-    let unpacked = unpacked.map_err(|e| fail(PullFailure::Unpack(e)))?;
+    let unpacked = unpacked.map_err(|e| {
+        fail(match e {
+            UnpackError::NoSpace(e) => PullFailure::NoSpace(e),
+            e => PullFailure::Unpack(e),
+        })
+    })?;
     if let Some(expected) = expected
         && expected != fetched.digest
     {

@@ -3,6 +3,7 @@
 
 use crate::digest::Sha256Digest;
 use crate::fetch::{FetchError, oci_client_for, runtime};
+use crate::untrusted::Untrusted;
 use futures_util::StreamExt;
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ pub enum PushError {
     #[error(transparent)]
     Registry(#[from] FetchError),
     #[error("registry refused the upload")]
-    Upload(#[source] oci_client::errors::OciDistributionError),
+    Upload(#[source] Untrusted),
 }
 
 /// Pushes `file` to `reference`; returns (artifact digest, manifest digest).
@@ -65,12 +66,12 @@ pub fn push(
         client
             .push_blob_stream(reference, chunks, &digest.oci(), Some(size))
             .await
-            .map_err(PushError::Upload)?;
+            .map_err(|e| PushError::Upload(Untrusted::of(e)))?;
         let config_digest = Sha256Digest::of(&config).oci();
         client
             .push_blob(reference, config, &config_digest)
             .await
-            .map_err(PushError::Upload)?;
+            .map_err(|e| PushError::Upload(Untrusted::of(e)))?;
         client
             .push_manifest_raw(
                 reference,
@@ -78,7 +79,7 @@ pub fn push(
                 OCI_IMAGE_MEDIA_TYPE.parse().expect("media type"),
             )
             .await
-            .map_err(PushError::Upload)?;
+            .map_err(|e| PushError::Upload(Untrusted::of(e)))?;
         Ok::<_, PushError>(())
     })?;
     Ok((digest, Sha256Digest::of(&body)))

@@ -7,8 +7,10 @@ use crate::fetch::ChunkReader;
 use crate::manifest::{
     MANIFEST_NAME, MAX_METADATA_BYTES, Manifest, ManifestError, SIGNATURE_NAME, is_plain_path,
 };
+use crate::space::{self, SpaceError};
 use crate::sparse::{read_full, write_sparse};
 use crate::trust::{Trust, TrustError};
+use crate::untrusted::Untrusted;
 use crate::writeback;
 use sha2::{Digest as _, Sha256};
 use std::cell::Cell;
@@ -26,23 +28,28 @@ const WRITEBACK_STRETCH: u64 = 32 * 1024 * 1024;
 /// Tar framing allowed on top of the members' own bytes: headers, pax records, padding, trailer.
 const FRAMING_PER_MEMBER: u64 = 4 * 1024;
 const FRAMING_FIXED: u64 = 1024 * 1024;
+/// What the tar reader may read between one member's data and the next's: padding, the header,
+/// pax records and GNU long names. The reader buffers extensions, so this bounds its memory.
+const MAX_HEADER_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("corrupt or truncated compressed data")]
     Compression(#[source] io::Error),
     #[error("corrupt or truncated tar archive")]
-    Tar(#[source] io::Error),
+    Tar(#[source] Untrusted),
     #[error(
         "archive decompresses to more than its manifest accounts for ({0} bytes): refusing a possible decompression bomb"
     )]
     TooLarge(u64),
+    #[error("a member's tar headers (pax records, long names) exceed {MAX_HEADER_BYTES} bytes")]
+    HugeHeaders,
     #[error("the first member is {0:?}, not {MANIFEST_NAME}")]
     NoManifest(String),
     #[error("{0} is larger than {MAX_METADATA_BYTES} bytes")]
     MetadataTooLarge(&'static str),
     #[error("manifest is not valid JSON")]
-    ManifestJson(#[source] serde_json::Error),
+    ManifestJson(#[source] Untrusted),
     #[error("invalid manifest")]
     Manifest(#[source] ManifestError),
     #[error("image is not signed, and no sha256 pins it")]
@@ -71,6 +78,8 @@ pub enum UnpackError {
     },
     #[error("member {0:?} is listed in the manifest but missing from the archive")]
     Missing(String),
+    #[error("the image does not fit")]
+    NoSpace(#[source] SpaceError),
     #[error("cannot write {0}")]
     Write(PathBuf, #[source] io::Error),
 }
@@ -91,25 +100,29 @@ pub fn unpack(
     require_signature: bool,
 ) -> Result<Unpacked, UnpackError> {
     let (decompressed, decoder) = spawn_decompressor(input);
-    let limit = Rc::new(Cell::new(2 * MAX_METADATA_BYTES + FRAMING_FIXED));
-    let exceeded = Rc::new(Cell::new(false));
+    let budget = Rc::new(Budget {
+        total: Cell::new(2 * MAX_METADATA_BYTES + FRAMING_FIXED),
+        headers: Cell::new(None),
+        exceeded: Cell::new(None),
+    });
     let limited = LimitReader {
         inner: decompressed,
         read: 0,
-        limit: limit.clone(),
-        exceeded: exceeded.clone(),
+        budget: budget.clone(),
     };
     let result = Walker {
         dir,
         trust,
         require_signature,
-        limit: limit.clone(),
+        budget: budget.clone(),
     }
     .walk(limited);
     // The decoder's own error says more than the tar reader's "unexpected end".
     let decoded = decoder.join().expect("decompressor thread panicked");
-    if exceeded.get() {
-        return Err(UnpackError::TooLarge(limit.get()));
+    match budget.exceeded.get() {
+        Some(Exceeded::Total) => return Err(UnpackError::TooLarge(budget.total.get())),
+        Some(Exceeded::Headers) => return Err(UnpackError::HugeHeaders),
+        None => {}
     }
     match (result, decoded) {
         (Err(UnpackError::Tar(_)), Err(e)) => Err(UnpackError::Compression(e)),
@@ -122,14 +135,19 @@ struct Walker<'a> {
     dir: &'a Path,
     trust: &'a Trust,
     require_signature: bool,
-    limit: Rc<Cell<u64>>,
+    budget: Rc<Budget>,
 }
 
 impl Walker<'_> {
     fn walk(&self, input: impl Read) -> Result<Unpacked, UnpackError> {
         let mut archive = tar::Archive::new(input);
-        let mut entries = archive.entries().map_err(UnpackError::Tar)?;
-        let mut next = || entries.next().transpose().map_err(UnpackError::Tar);
+        let mut entries = archive.entries().map_err(tar_error)?;
+        let mut next = || {
+            self.budget.headers.set(Some(MAX_HEADER_BYTES));
+            let entry = entries.next().transpose().map_err(tar_error);
+            self.budget.headers.set(None);
+            entry
+        };
 
         let mut first = next()?.ok_or_else(|| UnpackError::NoManifest(String::new()))?;
         let name = entry_path(&first)?;
@@ -138,15 +156,22 @@ impl Walker<'_> {
         }
         let manifest_bytes = read_small(&mut first, MANIFEST_NAME)?;
         drop(first);
-        let manifest: Manifest =
-            serde_json::from_slice(&manifest_bytes).map_err(UnpackError::ManifestJson)?;
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| UnpackError::ManifestJson(Untrusted::of(e)))?;
         manifest.validate().map_err(UnpackError::Manifest)?;
+        let declared = manifest.total_size().map_err(UnpackError::Manifest)?;
+        // Not trusted yet (a pin is checked at the end of the stream), but what it declares is
+        // all that will be written: refuse now what the disk cannot hold.
+        space::ensure(
+            self.dir,
+            declared.saturating_add(manifest_bytes.len() as u64),
+        )
+        .map_err(UnpackError::NoSpace)?;
         let members = manifest.members.len() as u64 + 2;
-        self.limit.set(
-            manifest.total_size().map_err(UnpackError::Manifest)?
-                + 2 * MAX_METADATA_BYTES
-                + members * FRAMING_PER_MEMBER
-                + FRAMING_FIXED,
+        self.budget.total.set(
+            declared
+                .saturating_add(2 * MAX_METADATA_BYTES + FRAMING_FIXED)
+                .saturating_add(members * FRAMING_PER_MEMBER),
         );
 
         let mut pending = next()?;
@@ -180,7 +205,8 @@ impl Walker<'_> {
             if !seen.insert(member.path.clone()) {
                 return Err(UnpackError::Duplicate(path));
             }
-            let actual = entry.header().size().map_err(UnpackError::Tar)?;
+            // The size the reader streams, pax `size` included: what the header says may differ.
+            let actual = entry.size();
             if actual != member.size {
                 return Err(UnpackError::SizeMismatch {
                     path,
@@ -203,7 +229,7 @@ impl Walker<'_> {
             return Err(UnpackError::Missing(m.path.clone()));
         }
         // Read to the real end so the transport hashes every byte (tar stops at its trailer).
-        io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(UnpackError::Tar)?;
+        io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(tar_error)?;
         fs::write(self.dir.join(MANIFEST_NAME), &manifest_bytes)
             .map_err(|e| UnpackError::Write(self.dir.join(MANIFEST_NAME), e))?;
         Ok(Unpacked {
@@ -232,7 +258,7 @@ impl Walker<'_> {
             .map_err(werr)?;
         // Hash on a thread of its own: hashing and writing each cost about as much as
         // decompressing, and this thread is the pipeline's longest stage.
-        let digest = std::thread::scope(|scope| {
+        let (written, digest) = std::thread::scope(|scope| {
             let (tx, rx) = sync_channel::<bytes::Bytes>(4);
             let hashing = scope.spawn(move || {
                 let mut hasher = Sha256::new();
@@ -244,7 +270,7 @@ impl Walker<'_> {
             let (mut written, mut flushed) = (0u64, 0u64);
             loop {
                 let mut buf = vec![0u8; IO_BUF];
-                let n = read_full(entry, &mut buf).map_err(UnpackError::Tar)?;
+                let n = read_full(entry, &mut buf).map_err(tar_error)?;
                 if n == 0 {
                     break;
                 }
@@ -259,8 +285,16 @@ impl Walker<'_> {
                 }
             }
             drop(tx);
-            Ok::<_, UnpackError>(hashing.join().expect("hashing thread panicked"))
+            Ok::<_, UnpackError>((written, hashing.join().expect("hashing thread panicked")))
         })?;
+        // The reader stops at the size it honours; a short stream stops earlier.
+        if written != size {
+            return Err(UnpackError::SizeMismatch {
+                path: path.to_owned(),
+                declared: size,
+                actual: written,
+            });
+        }
         file.set_len(size).map_err(werr)?;
         Ok(digest)
     }
@@ -280,11 +314,16 @@ fn read_small<R: Read>(
     entry
         .take(MAX_METADATA_BYTES + 1)
         .read_to_end(&mut out)
-        .map_err(UnpackError::Tar)?;
+        .map_err(tar_error)?;
     if out.len() as u64 > MAX_METADATA_BYTES {
         return Err(UnpackError::MetadataTooLarge(what));
     }
     Ok(out)
+}
+
+/// The tar reader's errors may quote raw header bytes.
+fn tar_error(e: io::Error) -> UnpackError {
+    UnpackError::Tar(Untrusted::of(e))
 }
 
 fn entry_path<R: Read>(entry: &tar::Entry<R>) -> Result<String, UnpackError> {
@@ -311,21 +350,43 @@ fn type_name(t: tar::EntryType) -> &'static str {
     }
 }
 
-/// Fails the stream once more bytes come out of the decompressor than the manifest allows.
+/// What the decompressed stream may still deliver, shared by the walker (which sets it) and the
+/// reader under the tar parser (which enforces it).
+struct Budget {
+    /// The whole stream: what the manifest accounts for.
+    total: Cell<u64>,
+    /// While the tar reader looks for the next member: what its headers may take.
+    headers: Cell<Option<u64>>,
+    exceeded: Cell<Option<Exceeded>>,
+}
+
+#[derive(Clone, Copy)]
+enum Exceeded {
+    Total,
+    Headers,
+}
+
+/// Fails the stream once more bytes come out of the decompressor than the budget allows.
 struct LimitReader<R> {
     inner: R,
     read: u64,
-    limit: Rc<Cell<u64>>,
-    exceeded: Rc<Cell<bool>>,
+    budget: Rc<Budget>,
 }
 
 impl<R: Read> Read for LimitReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
-        if self.read > self.limit.get() {
-            self.exceeded.set(true);
+        if self.read > self.budget.total.get() {
+            self.budget.exceeded.set(Some(Exceeded::Total));
             return Err(io::Error::other("decompressed size limit exceeded"));
+        }
+        if let Some(left) = self.budget.headers.get() {
+            let Some(left) = left.checked_sub(n as u64) else {
+                self.budget.exceeded.set(Some(Exceeded::Headers));
+                return Err(io::Error::other("tar header size limit exceeded"));
+            };
+            self.budget.headers.set(Some(left));
         }
         Ok(n)
     }

@@ -12,8 +12,11 @@ pub struct Entry {
     pub data: Vec<u8>,
     pub kind: tar::EntryType,
     pub link: Option<String>,
-    /// A header size that differs from the data (the data is padded or cut to match).
+    /// The size the header states when it is not the data's (a pax `size` record says the real
+    /// one, or the header lies); the data is written in full either way.
     pub header_size: Option<u64>,
+    /// Raw bytes laid over the header at an offset before its checksum is computed.
+    pub patch: Option<(usize, Vec<u8>)>,
 }
 
 impl Entry {
@@ -24,6 +27,35 @@ impl Entry {
             kind: tar::EntryType::Regular,
             link: None,
             header_size: None,
+            patch: None,
+        }
+    }
+
+    /// A pax extended header (`x`) with `records` for the member that follows it.
+    pub fn pax(records: &[(&str, &[u8])]) -> Entry {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            // "LEN key=value\n", where LEN counts itself.
+            let body = [b" ", key.as_bytes(), b"=", value, b"\n"].concat();
+            let mut len = body.len() + 1;
+            while (len.to_string().len() + body.len()) != len {
+                len += 1;
+            }
+            data.extend_from_slice(len.to_string().as_bytes());
+            data.extend_from_slice(&body);
+        }
+        Entry {
+            kind: tar::EntryType::XHeader,
+            ..Entry::file("PaxHeaders/member", &data)
+        }
+    }
+
+    /// A GNU long name (`L`) for the member that follows it.
+    pub fn gnu_long_name(name: &[u8]) -> Entry {
+        Entry {
+            data: [name, b"\0"].concat(),
+            kind: tar::EntryType::GNULongName,
+            ..Entry::file("././@LongLink", b"")
         }
     }
 
@@ -34,6 +66,7 @@ impl Entry {
             kind,
             link: link.map(str::to_owned),
             header_size: None,
+            patch: None,
         }
     }
 }
@@ -76,8 +109,9 @@ pub fn entries(manifest: &Value, members: &[(String, Vec<u8>)]) -> Vec<Entry> {
     out
 }
 
+/// The archive, block by block: each header, its data padded to 512 bytes, two zero blocks.
 pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
+    let mut out = Vec::new();
     for e in entries {
         let mut h = tar::Header::new_gnu();
         let old = h.as_old_mut();
@@ -85,20 +119,23 @@ pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
         if let Some(l) = &e.link {
             old.linkname[..l.len()].copy_from_slice(l.as_bytes());
         }
-        let size = e.header_size.unwrap_or(e.data.len() as u64);
-        let mut data = e.data.clone();
-        data.resize(size as usize, 0);
-        h.set_size(size);
+        h.set_size(e.header_size.unwrap_or(e.data.len() as u64));
         h.set_mode(0o644);
         h.set_entry_type(e.kind);
         if matches!(e.kind, tar::EntryType::Char | tar::EntryType::Block) {
             h.set_device_major(1).unwrap();
             h.set_device_minor(3).unwrap();
         }
+        if let Some((at, bytes)) = &e.patch {
+            h.as_mut_bytes()[*at..at + bytes.len()].copy_from_slice(bytes);
+        }
         h.set_cksum();
-        b.append(&h, &data[..]).unwrap();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(&e.data);
+        out.resize(out.len().next_multiple_of(512), 0);
     }
-    b.into_inner().unwrap()
+    out.resize(out.len() + 1024, 0);
+    out
 }
 
 pub fn zstd_bytes(data: &[u8]) -> Vec<u8> {

@@ -69,6 +69,6 @@ fn default_image_boots_to_ready_under_qemu() {
     assert!(
         got.is_ok() && line.trim().starts_with("Ready ssh-ed25519 "),
         "no Ready from the guest ({got:?}, {line:?}); console tail:\n{}",
-        &log[log.len().saturating_sub(3000)..]
+        common::tail(&log, 3000)
     );
 }

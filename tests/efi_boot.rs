@@ -81,7 +81,7 @@ fn default_image_boots_by_efi_to_ready() {
     let _ = qemu.kill();
     let _ = qemu.wait();
     let log = std::fs::read_to_string(&console).unwrap_or_default();
-    let tail = &log[log.len().saturating_sub(3000)..];
+    let tail = common::tail(&log, 3000);
     assert!(
         got.is_ok() && line.trim().starts_with("Ready ssh-ed25519 "),
         "no Ready from the guest ({got:?}, {line:?}); console tail:\n{tail}"

@@ -1,5 +1,5 @@
 //! Venus end to end, for real: a `--gpu` machine on QEMU 10 + virglrenderer 1.1 (in the trixie
-//! host root, see scripts/gpu-root) whose guest and containers see "Virtio-GPU Venus (llvmpipe ...)"
+//! host root, see scripts/gpu-root) whose guest and containers see "Virtio-GPU Venus (HOST DEVICE)"
 //! and run the project's Vulkan compute workload, checked against the CPU, through
 //! `podman -c NAME run --device /dev/dri`. A machine without --gpu fails `gpu check` saying so.
 
@@ -145,11 +145,15 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
     assert_eq!(check["ok"], true, "{check:#}");
     let device = check["device"].as_str().unwrap();
     assert!(device.starts_with("Virtio-GPU Venus ("), "{device}");
+    // Any host Vulkan device will do (lavapipe here, a real GPU elsewhere): Venus names it.
+    let inner = device
+        .strip_prefix("Virtio-GPU Venus (")
+        .and_then(|d| d.strip_suffix(')'))
+        .unwrap_or_default();
+    assert!(!inner.is_empty(), "{device}");
     assert!(
-        check["host_device"]
-            .as_str()
-            .unwrap()
-            .starts_with("llvmpipe")
+        !check["host_device"].as_str().unwrap_or_default().is_empty(),
+        "{check:#}"
     );
     for side in ["vm_devices", "container_devices"] {
         assert!(

@@ -4,23 +4,14 @@
 //!
 //! gvproxy. krunkit attaches to gvproxy's `-listen-vfkit unixgram://` socket, and no released
 //! gvproxy for Linux can listen there (up to 0.8.8, including Debian's, it exits with
-//! "unsupported 'unixgram' scheme"; macOS builds can). So the lifecycle test (start to Ready
-//! with the host key pinned, list, graceful stop over REST, a krunkit killed with SIGKILL, rm)
-//! runs where the installed gvproxy proves it can listen in vfkit mode, and says SKIP elsewhere;
-//! where it cannot, a test proves that `start` fails with gvproxy's own reason and leaves
-//! nothing running. Everything else (create, the warning, `--podman-machine`) runs everywhere.
-//! Below carbon-vm, the krunkit driver's lifecycle is tested against the stand-in without
-//! gvproxy (tests/krunkit-standin/tests/driver_lifecycle.rs).
-//!
-//! The Podman API. Once the guest is Ready, `start` opens an SSH tunnel through gvproxy's SSH
-//! port to the guest's Podman socket and waits for the API. The stand-in runs no guest and puts
-//! no frame on gvproxy's network, so no sshd can ever answer there, and faking one would test
-//! the fake. So the tests prove what carbon-vm really does: it reaches Ready (the stand-in's key
-//! is pinned), then fails because the tunnel cannot connect, and reports the machine `broken`
-//! (its VM runs, its Podman socket is not forwarded; a later `start` tries the tunnel again).
-//! (`CARBON_VM_PODMAN_TIMEOUT=1` bounds the wait should the tunnel linger.) That the tunnel and
-//! the wait succeed against a real guest is proven on QEMU (machine_lifecycle.rs); both drivers
-//! share them (`lifecycle::after_ready`).
+//! "unsupported 'unixgram' scheme"; macOS builds can). So a test proves that `start` fails with
+//! gvproxy's own reason and leaves nothing running, and the whole lifecycle test (start to Ready
+//! with the host key pinned, list, graceful stop over REST, a krunkit killed with SIGKILL, rm) is
+//! marked ignored, with that reason, until the Mac rehearsal gives it a stand-in that boots a
+//! guest (the stand-in here runs none, so no Podman API could ever answer, and a start that
+//! cannot reach it stops everything it began). Everything else (create, the warning,
+//! `--podman-machine`) runs everywhere. Below carbon-vm, the krunkit driver's lifecycle is tested
+//! against the stand-in without gvproxy (tests/krunkit-standin/tests/driver_lifecycle.rs).
 
 mod common;
 
@@ -181,7 +172,7 @@ impl Krunkit {
                 "carbon-vm-{name} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKrunkitStandin krunkit-standin\n"
             )
         );
-        assert_eq!(self.machine_state(name), "broken");
+        assert_eq!(self.machine_state(name), "stopped");
     }
 }
 
@@ -209,14 +200,6 @@ fn cmdline(pid: i32) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-fn skip_without_vfkit() -> bool {
-    let skip = !gvproxy_has_vfkit();
-    if skip {
-        eprintln!("SKIP: this host's gvproxy cannot listen in vfkit mode (see the module comment)");
-    }
-    skip
 }
 
 #[test]
@@ -252,7 +235,7 @@ fn create_warns_that_the_gpu_is_always_there() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("at most 55296 MiB"), "{err}");
+    assert!(err.contains("--memory must be between 1024 and"), "{err}");
     assert!(!k.machine("big").exists());
 }
 
@@ -281,10 +264,8 @@ fn without_a_vfkit_gvproxy_start_fails_with_its_reason_and_leaves_nothing_runnin
 }
 
 #[test]
+#[ignore = "needs a stand-in that boots a guest and a gvproxy that listens in vfkit mode (no Linux release up to 0.8.8 does): the Mac rehearsal makes it run"]
 fn create_start_stop_kill_start_rm() {
-    if skip_without_vfkit() {
-        return;
-    }
     let k = Krunkit::new(None);
     k.create("dev", &[]);
     k.start_to_ready("dev");
@@ -431,27 +412,8 @@ fn podman_machine_file() {
         .expect("an http endpoint on loopback")
         .parse()
         .unwrap();
+    assert_ne!(port, 0);
 
-    if k.root.is_none() && !skip_without_vfkit() {
-        k.start_to_ready("dev");
-        let run: Value =
-            serde_json::from_slice(&std::fs::read(k.machine("dev").join("run.json")).unwrap())
-                .unwrap();
-        assert_eq!(run["ssh_port"], file["SSH"]["Port"]);
-        // Podman's state query: GET ENDPOINT/vm/state.
-        let state = || -> Option<String> {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            s.write_all(b"GET /vm/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                .unwrap();
-            let mut a = String::new();
-            s.read_to_string(&mut a).unwrap();
-            Some(a)
-        };
-        assert!(state().unwrap().contains("VirtualMachineStateRunning"));
-        k.ok(&["stop", "dev"]);
-        assert_eq!(state(), None, "refused: Podman reads it as stopped");
-    }
     k.ok(&["rm", "dev"]);
     assert!(!podman_file(&k, "dev").exists());
     assert!(theirs.exists());

@@ -18,7 +18,7 @@ pub mod space;
 mod sparse;
 pub mod trust;
 pub mod unpack;
-mod untrusted;
+pub mod untrusted;
 pub mod verify;
 mod writeback;
 

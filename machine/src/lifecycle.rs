@@ -139,6 +139,10 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     // Before anything runs: a spec or a host that cannot work is refused, not half-started.
     crate::spec::validate(&spec, &d.limits(spec.gpu))?;
     d.check_host(&vm)?;
+    // The runtime root first: a directory another user made there could hold our sockets.
+    if let Some(root) = m.run_dir.parent() {
+        mkdir_private(root)?;
+    }
     mkdir_private(&m.run_dir)?;
     vm.oem_strings = credentials(m, &spec.name)?;
 
@@ -372,7 +376,8 @@ fn console_tail(console: &Path) -> String {
     tail(console, 3000)
 }
 
-/// The last `bytes` of a log, cut at a character boundary.
+/// The last `bytes` of a log, cut at a character boundary; what the guest or a tool wrote there
+/// is escaped line by line (a console carries colour codes and worse).
 fn tail(path: &Path, bytes: usize) -> String {
     let s = fs::read(path).unwrap_or_default();
     let mut from = s.len().saturating_sub(bytes);
@@ -380,7 +385,11 @@ fn tail(path: &Path, bytes: usize) -> String {
     while from < s.len() && (s[from] & 0xc0) == 0x80 {
         from += 1;
     }
-    String::from_utf8_lossy(&s[from..]).into_owned()
+    String::from_utf8_lossy(&s[from..])
+        .lines()
+        .map(guest_image::untrusted::escaped)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -393,5 +402,7 @@ mod tests {
         assert_eq!(super::tail(&p, 3), "z"); // the cut falls inside '€'
         assert_eq!(super::tail(&p, 4), "€z");
         assert_eq!(super::tail(&p, 100), "aé€z");
+        std::fs::write(&p, "one\n\x1b[31mred\n").unwrap();
+        assert_eq!(super::tail(&p, 100), "one\n\\u{1b}[31mred");
     }
 }

@@ -302,9 +302,10 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 pub(crate) const SCRATCH_PREFIX: &str = ".tmp-";
 pub(crate) const REMOVED_PREFIX: &str = ".tmp-rm-";
 
-/// Removes what killed creates and removals left: a create's scratch whose lock nobody holds, and
-/// every renamed-away machine.
+/// Removes what killed creates and removals left: a create's scratch whose lock nobody holds (and
+/// that is not brand new: its creator may not have locked it yet), and every renamed-away machine.
 pub(crate) fn sweep_scratch(machines: &Path) {
+    const NEW: Duration = Duration::from_secs(60);
     let Ok(rd) = fs::read_dir(machines) else {
         return;
     };
@@ -314,10 +315,17 @@ pub(crate) fn sweep_scratch(machines: &Path) {
         if !name.starts_with(SCRATCH_PREFIX) {
             continue;
         }
-        let abandoned = name.starts_with(REMOVED_PREFIX)
-            || fs::File::open(e.path().join(LOCK)).is_ok_and(|f| {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > NEW));
+        let unlocked = || match fs::File::open(e.path().join(LOCK)) {
+            Ok(f) => {
                 rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
-            });
+            }
+            Err(_) => true, // killed before it made its lock
+        };
+        let abandoned = name.starts_with(REMOVED_PREFIX) || (old && unlocked());
         if abandoned {
             tracing::debug!(dir = %e.path().display(), "removing a leftover scratch directory");
             let _ = fs::remove_dir_all(e.path());

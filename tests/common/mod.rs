@@ -210,3 +210,12 @@ pub fn pack_mini(dir: &Path) -> (PathBuf, String) {
     assert_eq!(sha, sha256_file(&out), "pack prints the artifact's digest");
     (out, sha)
 }
+
+/// The last `bytes` of `text` or fewer, cut at a character boundary.
+pub fn tail(text: &str, bytes: usize) -> &str {
+    let mut from = text.len().saturating_sub(bytes);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    &text[from..]
+}

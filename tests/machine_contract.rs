@@ -1,0 +1,381 @@
+//! The driver contract's fault cases through the real binary, QEMU and gvproxy: another user's
+//! runtime directory, specs out of bounds, an image in use, a create onto a nearly full
+//! filesystem, QEMU failing to spawn or to start, concurrent verbs on one machine, a guest that
+//! never signals Ready. After each: a clear error, the exit code docs/cli.md gives, nothing left
+//! running, nothing half-written.
+
+mod common;
+
+use common::Env;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// PIDs of processes whose command line contains `needle` (e.g. a machine's disk path).
+fn pids_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(needle)
+            && pid != std::process::id() as i32
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Nothing of machine `name` runs: no VMM on its disk, no gvproxy or tunnel on its sockets.
+fn assert_nothing_runs(env: &Env, name: &str) {
+    let disk = env.home.path().join("machines").join(name).join("disk.raw");
+    let run = env.home.path().join("run").join(name);
+    for needle in [disk, run] {
+        let left = pids_with(&needle.display().to_string());
+        assert!(
+            left.is_empty(),
+            "still running for {}: {left:?}",
+            needle.display()
+        );
+    }
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn run(env: &Env, args: &[&str]) -> Output {
+    env.process()
+        .env("XDG_CONFIG_HOME", env.home.path().join("xdg"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn machine_entries(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(env.home.path().join("machines"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn bad_specs_runtime_dirs_images_in_use_and_qemu_failures_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (art, sha) = common::pack_mini(dir.path());
+    let env = Env::new();
+    env.pull(art.to_str().unwrap(), Some(&sha));
+
+    // Specs out of bounds: usage errors (2) naming the bounds, nothing created.
+    for (args, want) in [
+        (&["--cpus", "0"][..], "--cpus must be between 1 and"),
+        (&["--memory", "10"], "--memory must be between 1024 and"),
+        (
+            &["--memory", "10", "--gpu"],
+            "--memory must be between 1024 and",
+        ),
+        (&["--disk-size", "0"], "--disk-size must be between 1 and"),
+    ] {
+        let mut a = vec!["create", "bad", "--image", &sha];
+        a.extend_from_slice(args);
+        let o = run(&env, &a);
+        assert_eq!(code(&o), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        assert!(
+            machine_entries(&env).is_empty(),
+            "{:?}",
+            machine_entries(&env)
+        );
+    }
+    let o = run(&env, &["create", "Bad", "--image", &sha]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+
+    let o = run(
+        &env,
+        &["create", "dev", "--image", &sha, "--disk-size", "1"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Another user's runtime directory, open to all: refused before anything is written there.
+    let runtime = env.home.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o777)).unwrap();
+    rustix::fs::chown(
+        &runtime,
+        Some(rustix::fs::Uid::from_raw(65534)),
+        Some(rustix::fs::Gid::from_raw(65534)),
+    )
+    .expect("the tests run as root (CI does)");
+    let o = run(&env, &["start", "dev"]);
+    assert_eq!(code(&o), Some(6), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not private to this user (owned by uid 65534"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_dir(&runtime).unwrap().count(), 0);
+    assert!(!env.home.path().join("machines/dev/gvproxy.pid").exists());
+    assert_nothing_runs(&env, "dev");
+    std::fs::remove_dir(&runtime).unwrap();
+
+    // QEMU missing from PATH: gvproxy started first is stopped again.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for tool in ["gvproxy", "ssh", "ssh-keygen"] {
+        let path = which(tool);
+        std::os::unix::fs::symlink(&path, bin.join(tool)).unwrap();
+    }
+    let o = env
+        .process()
+        .env("PATH", &bin)
+        .env("CARBON_VM_ACCEL", "tcg")
+        .args(["start", "dev"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), Some(6), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot run qemu-system-"),
+        "{}",
+        stderr(&o)
+    );
+    assert_nothing_runs(&env, "dev");
+    assert_eq!(env.json(&["list"])[0]["state"], "stopped");
+
+    // The image is in use: `image rm` refuses, naming the machine; --force removes it anyway.
+    let o = run(&env, &["image", "rm", &sha]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("in use by machine(s) dev"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(env.json(&["image", "ls"]).as_array().unwrap().len(), 1);
+    let o = run(&env, &["image", "rm", "--force", &sha]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // QEMU starts but fails (the kernel went with the image): its message, nothing left running.
+    let o = run(&env, &["start", "dev"]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("qemu exited during start-up"),
+        "{}",
+        stderr(&o)
+    );
+    assert_nothing_runs(&env, "dev");
+    assert_eq!(env.json(&["list"])[0]["state"], "stopped");
+    assert!(!env.home.path().join("run/dev").exists());
+    let o = run(&env, &["rm", "dev"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(machine_entries(&env).is_empty());
+}
+
+fn which(tool: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{tool} is installed (scripts/install-deps)"))
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::Builder::new()
+            .prefix("cvfs")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        match (ok, std::env::var_os("CI").is_some()) {
+            (true, _) => Some(Tmpfs(dir)),
+            (false, true) => panic!("cannot mount a tmpfs under CI (CI runs as root)"),
+            (false, false) => {
+                eprintln!("SKIP: cannot mount a tmpfs here (not root?)");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_create_onto_a_nearly_full_filesystem_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (art, sha) = common::pack_mini(dir.path());
+    let Some(fs) = Tmpfs::mount("192m") else {
+        return;
+    };
+    let home = fs.0.path();
+    let cv = || {
+        let mut c = assert_cmd::Command::cargo_bin("carbon-vm").unwrap();
+        c.env("CARBON_VM_HOME", home);
+        c
+    };
+    cv().args(["image", "pull", art.to_str().unwrap(), "--sha256", &sha])
+        .assert()
+        .success();
+    let cache_before = listing(&home.join("cache/images"));
+    // Fill the filesystem until less than the image's disk is free.
+    let filler = home.join("filler");
+    let st = rustix::fs::statvfs(home).unwrap();
+    let free = st.f_bavail * st.f_frsize;
+    let f = std::fs::File::create(&filler).unwrap();
+    rustix::fs::fallocate(
+        &f,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        free - (256 << 10),
+    )
+    .unwrap();
+    let o = cv()
+        .args(["create", "dev", "--image", &sha, "--disk-size", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not enough space for the machine's disk"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        listing(&home.join("machines")).is_empty(),
+        "nothing partial"
+    );
+    assert_eq!(listing(&home.join("cache/images")), cache_before);
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Waits (bounded) until the machine's VMM runs.
+fn wait_for_vmm(env: &Env, name: &str) {
+    let pidfile = env.home.path().join("machines").join(name).join("vmm.pid");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    {
+        assert!(Instant::now() < deadline, "the VMM never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn one_verb_at_a_time_stop_force_interrupts_a_start_and_a_silent_guest_times_out() {
+    let Some(image) = common::default_image() else {
+        return;
+    };
+    let env = Env::new();
+    env.pull(image.to_str().unwrap(), Some(&common::sha256_file(&image)));
+    let o = run(
+        &env,
+        &["create", "dev", "--memory", "2048", "--disk-size", "8"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // While a start holds the machine, every other verb that changes it is refused (exit 9),
+    // naming the holder; `stop --force` interrupts it, and nothing is left running.
+    let start = env
+        .process()
+        .env("XDG_CONFIG_HOME", env.home.path().join("xdg"))
+        .args(["start", "dev"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_vmm(&env, "dev");
+    for verb in [&["start", "dev"][..], &["stop", "dev"], &["rm", "dev"]] {
+        let o = run(&env, verb);
+        assert_eq!(code(&o), Some(9), "{verb:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is busy: `carbon-vm start` (pid"),
+            "{verb:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = run(&env, &["stop", "--force", "dev"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = start.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("interrupted by `carbon-vm stop --force`"),
+        "{}",
+        stderr(&o)
+    );
+    assert_nothing_runs(&env, "dev");
+    assert_eq!(env.json(&["list"])[0]["state"], "stopped");
+
+    // A guest that never signals Ready: start gives up at its timeout with the console's tail
+    // and stops everything it began.
+    let spec_path = env.home.path().join("machines/dev/machine.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    let cmdline = spec["cmdline"].as_str().unwrap().to_owned();
+    spec["cmdline"] = format!("{cmdline} systemd.mask=carbon-ready.service").into();
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let o = env
+        .process()
+        .env("XDG_CONFIG_HOME", env.home.path().join("xdg"))
+        .env("CARBON_VM_START_TIMEOUT", "40")
+        .args(["start", "dev"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the guest did not signal Ready within 40s; console log tail:"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("hint: the machine's console.log"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !stderr(&o).contains('\x1b'),
+        "console colour codes are escaped"
+    );
+    assert_nothing_runs(&env, "dev");
+    assert_eq!(env.json(&["list"])[0]["state"], "stopped");
+    let o = run(&env, &["rm", "dev"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

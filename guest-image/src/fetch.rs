@@ -88,7 +88,14 @@ pub struct Fetched {
     pub bytes: u64,
 }
 
+/// reqwest is built without a crypto provider (`rustls-no-provider`): ring becomes the process
+/// default before the first client. Later calls find it installed and change nothing.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn oci_client_for(registry: &str) -> oci_client::Client {
+    install_tls_provider();
     let protocol = if is_loopback_host(registry) {
         oci_client::client::ClientProtocol::Http
     } else {
@@ -116,6 +123,7 @@ impl Transport {
                 (Kind::File(p.clone()), None, Some(meta.len()))
             }
             Source::Http(url) => {
+                install_tls_provider();
                 let client = reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(30))
                     .read_timeout(Duration::from_secs(60))

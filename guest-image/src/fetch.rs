@@ -375,3 +375,17 @@ impl Read for ChunkReader {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// reqwest and oci-client bring no crypto provider of their own: building their HTTPS
+    /// clients panics unless ours is installed first.
+    #[test]
+    fn https_clients_build() {
+        let url = "https://example.org/guest.tar.zst".parse().unwrap();
+        Transport::resolve(&Source::Http(url)).unwrap();
+        oci_client_for("registry.example.org");
+    }
+}

@@ -90,7 +90,14 @@ pub struct Fetched {
     pub bytes: u64,
 }
 
+/// reqwest is built without a crypto provider (`rustls-no-provider`): ring becomes the process
+/// default before the first client. Later calls find it installed and change nothing.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn oci_client_for(registry: &str) -> oci_client::Client {
+    install_tls_provider();
     let protocol = if is_loopback_host(registry) {
         oci_client::client::ClientProtocol::Http
     } else {
@@ -118,6 +125,7 @@ impl Transport {
                 (Kind::File(p.clone()), None, Some(meta.len()))
             }
             Source::Http(url) => {
+                install_tls_provider();
                 let client = reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(30))
                     .read_timeout(Duration::from_secs(60))
@@ -409,5 +417,19 @@ impl Read for ChunkReader {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// reqwest and oci-client bring no crypto provider of their own: building their HTTPS
+    /// clients panics unless ours is installed first.
+    #[test]
+    fn https_clients_build() {
+        let url = "https://example.org/guest.tar.zst".parse().unwrap();
+        Transport::resolve(&Source::Http(url)).unwrap();
+        oci_client_for("registry.example.org");
     }
 }

@@ -47,11 +47,6 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-ssh-hostkeys.service"),
     ),
     (
-        "etc/systemd/system/carbon-load-images.service",
-        0o644,
-        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-load-images.service"),
-    ),
-    (
         "etc/systemd/system/carbon-ready.service",
         0o644,
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-ready.service"),
@@ -78,8 +73,7 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
     ),
 ];
 const ENABLE_UNITS: &str = "systemd-networkd.service systemd-resolved.service ssh.service \
-    podman.socket carbon-ssh-hostkeys.service carbon-load-images.service carbon-gpu-devices.service \
-    carbon-ready.service";
+    podman.socket carbon-ssh-hostkeys.service carbon-gpu-devices.service carbon-ready.service";
 /// Documentation and manuals are left out of both roots; licences stay.
 const DPKG_EXCLUDES: [&str; 4] = [
     "path-exclude=/usr/share/man/*",
@@ -183,6 +177,15 @@ pub fn build(
     let hooks = [
         format!("sync-in {} /", overlay.display()),
         format!("chroot \"$1\" systemctl enable {ENABLE_UNITS}"),
+        // The bundled container image goes into the guest's container storage now, by the guest's
+        // own podman and storage configuration, so that no machine loads it on first boot. The
+        // root is bound onto itself in a private mount namespace: podman unpacks layers after
+        // making / a private mount, which needs / to be a mount point.
+        format!(
+            "unshare -m sh -ec 'mount --rbind \"$1\" \"$1\"; PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
+             chroot \"$1\" podman --events-backend=none --cgroup-manager=cgroupfs load -q \
+             -i /{CONTAINER_DIR}/venus.oci.tar' sh \"$1\""
+        ),
         // Host keys are made per machine on first boot; machine-id likewise.
         "rm -f \"$1\"/etc/ssh/ssh_host_*".to_owned(),
         "echo uninitialized > \"$1\"/etc/machine-id".to_owned(),

@@ -64,6 +64,11 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/initramfs-tools/conf.d/carbon.conf"),
     ),
     (
+        "etc/initramfs-tools/hooks/carbon-no-hwdb",
+        0o755,
+        include_str!("../../../configs/guest/files/etc/initramfs-tools/hooks/carbon-no-hwdb"),
+    ),
+    (
         "usr/share/initramfs-tools/modules.d/carbon",
         0o644,
         include_str!("../../../configs/guest/files/usr/share/initramfs-tools/modules.d/carbon"),

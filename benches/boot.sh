@@ -134,6 +134,14 @@ blame() { # blame LABEL SSH...: the boot's summary and blame top 10, once boot h
         >>"$work/blame" 2>&1 || true
 }
 
+# EFI: each VM its own variable store; the disk is the first boot option (not the NIC's PXE).
+efi_args() { # NAME DISK [DRIVE-OPTIONS]: sets efi
+    cp "$ovmf_vars" "$work/vars-$1.fd"
+    efi=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$ovmf_code"
+         -drive "if=pflash,format=raw,unit=1,file=$work/vars-$1.fd"
+         -drive "file=$2,if=none,id=disk,format=raw${3:+,$3}" -device virtio-blk-pci,drive=disk,bootindex=0)
+}
+
 ssh-keygen -q -t ed25519 -N "" -f "$work/id" -C bench
 pubkey=$(cat "$work/id.pub")
 efi_ssh=(ssh -i "$work/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=error)
@@ -151,16 +159,15 @@ for ((i = 1; i <= rounds; i++)); do
     "$bin" -q rm --force bench
 
     # EFI.
-    cp "$ovmf_vars" "$work/vars.fd"
-    efi=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$ovmf_code"
-         -drive "if=pflash,format=raw,unit=1,file=$work/vars.fd")
-    boot efi-minimal "${efi[@]}" -drive "file=$work/minimal-efi.raw,if=virtio,format=raw,snapshot=on"
+    efi_args minimal "$work/minimal-efi.raw" snapshot=on
+    boot efi-minimal "${efi[@]}"
     stop_qemu kill "$(cat "$work/qemu.pid")"
     cp --sparse=always "$disk" "$work/machine.raw"
     truncate -s 8G "$work/machine.raw"
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    machine=("${efi[@]}" -drive "file=$work/machine.raw,if=virtio,format=raw"
-             -nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$port-:22"
+    efi_args machine "$work/machine.raw"
+    machine=("${efi[@]}"
+             -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=net,romfile=
              -smbios "type=11,value=io.systemd.credential:ssh.authorized_keys.root=$pubkey"
              -smbios "type=11,value=io.systemd.credential:system.hostname=bench")
     for label in efi-first efi-warm; do

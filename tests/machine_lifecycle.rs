@@ -54,6 +54,37 @@ fn create_start_podman_ssh_stop_start_rm() {
         0o600
     );
 
+    // First boot does only per-machine work: the root is grown to --disk-size, and the bundled
+    // image is already in the container storage the image build wrote (its image list is older
+    // than this boot) rather than loaded by the guest now. Checked before anything runs podman.
+    let o = cv()
+        .args([
+            "ssh",
+            "dev",
+            "--",
+            "df --output=size -B1G / | tail -n 1; \
+             stat -c %Y /var/lib/containers/storage/overlay-images/images.json; \
+             date -d \"$(uptime -s)\" +%s",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let facts: Vec<u64> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let [root_gib, images_mtime, booted] = facts[..] else {
+        panic!("unexpected answer {facts:?}");
+    };
+    assert!(
+        root_gib >= 7,
+        "root not grown to the 8 GiB disk: {root_gib} GiB"
+    );
+    assert!(
+        images_mtime < booted,
+        "the container storage was written by this boot ({images_mtime} >= {booted})"
+    );
+
     let o = podman()
         .args([
             "-c",

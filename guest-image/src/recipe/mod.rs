@@ -47,9 +47,31 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-ssh-hostkeys.service"),
     ),
     (
-        "etc/systemd/system/carbon-load-images.service",
+        "etc/ssh/sshd_config.d/10-carbon-hostkey.conf",
         0o644,
-        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-load-images.service"),
+        include_str!("../../../configs/guest/files/etc/ssh/sshd_config.d/10-carbon-hostkey.conf"),
+    ),
+    (
+        "etc/systemd/system/systemd-networkd-wait-online.service.d/carbon.conf",
+        0o644,
+        include_str!(
+            "../../../configs/guest/files/etc/systemd/system/systemd-networkd-wait-online.service.d/carbon.conf"
+        ),
+    ),
+    (
+        "etc/initramfs-tools/conf.d/carbon.conf",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/initramfs-tools/conf.d/carbon.conf"),
+    ),
+    (
+        "etc/initramfs-tools/hooks/carbon-no-hwdb",
+        0o755,
+        include_str!("../../../configs/guest/files/etc/initramfs-tools/hooks/carbon-no-hwdb"),
+    ),
+    (
+        "usr/share/initramfs-tools/modules.d/carbon",
+        0o644,
+        include_str!("../../../configs/guest/files/usr/share/initramfs-tools/modules.d/carbon"),
     ),
     (
         "etc/systemd/system/carbon-ready.service",
@@ -78,8 +100,19 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
     ),
 ];
 const ENABLE_UNITS: &str = "systemd-networkd.service systemd-resolved.service ssh.service \
-    podman.socket carbon-ssh-hostkeys.service carbon-load-images.service carbon-gpu-devices.service \
-    carbon-ready.service";
+    podman.socket carbon-ssh-hostkeys.service carbon-gpu-devices.service carbon-ready.service";
+/// Units a machine never needs: periodic maintenance of a disk and package state that a machine
+/// rebuilt from a new image replaces anyway (e2scrub, fstrim, apt and dpkg timers); Debian's
+/// first-boot `ssh-keygen -A` (carbon-ssh-hostkeys makes the one key sshd uses; RSA alone takes
+/// seconds under TCG); module loads for what a machine has not (device mapper, loop, configfs,
+/// EFI pstore) or loads on use (drm with virtio_gpu, fuse on opening /dev/fuse).
+const MASK_UNITS: &str = "e2scrub_all.timer e2scrub_reap.service fstrim.timer apt-daily.timer \
+    apt-daily-upgrade.timer dpkg-db-backup.timer sshd-keygen.service modprobe@dm_mod.service \
+    modprobe@loop.service modprobe@configfs.service modprobe@efi_pstore.service \
+    modprobe@drm.service modprobe@fuse.service";
+/// Started at boot though nothing needs them there: netavark's DHCP proxy (its socket stays
+/// enabled and starts it for a macvlan DHCP network) and a getty on a screen machines lack.
+const DISABLE_UNITS: &str = "netavark-dhcp-proxy.service getty@tty1.service";
 /// Documentation and manuals are left out of both roots; licences stay.
 const DPKG_EXCLUDES: [&str; 4] = [
     "path-exclude=/usr/share/man/*",
@@ -183,6 +216,23 @@ pub fn build(
     let hooks = [
         format!("sync-in {} /", overlay.display()),
         format!("chroot \"$1\" systemctl enable {ENABLE_UNITS}"),
+        format!("chroot \"$1\" systemctl mask {MASK_UNITS}"),
+        format!("chroot \"$1\" systemctl disable {DISABLE_UNITS}"),
+        // The bundled container image goes into the guest's container storage now, by the guest's
+        // own podman and storage configuration, so that no machine loads it on first boot. The
+        // root is bound onto itself in a private mount namespace: podman unpacks layers after
+        // making / a private mount, which needs / to be a mount point.
+        format!(
+            "unshare -m sh -ec 'mount --rbind \"$1\" \"$1\"; PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
+             chroot \"$1\" podman --events-backend=none --cgroup-manager=cgroupfs load -q \
+             -i /{CONTAINER_DIR}/venus.oci.tar' sh \"$1\""
+        ),
+        // The initrd again, with the module list from modules.d/carbon (the packages made a
+        // generic one before the guest files were there).
+        "chroot \"$1\" update-initramfs -u -k all".to_owned(),
+        // /etc and /var are up to date with /usr: no ldconfig, hwdb or catalog rebuild at boot
+        // (ConditionNeedsUpdate); a package upgrade in the guest touches /usr and brings them back.
+        "touch -r \"$1\"/usr \"$1\"/etc/.updated \"$1\"/var/.updated".to_owned(),
         // Host keys are made per machine on first boot; machine-id likewise.
         "rm -f \"$1\"/etc/ssh/ssh_host_*".to_owned(),
         "echo uninitialized > \"$1\"/etc/machine-id".to_owned(),

@@ -26,16 +26,8 @@ struct Report<'a> {
 /// Tools carbon-vm runs: (tool, what needs it, the fix on Debian).
 const TOOLS: [(&str, &str, &str); 9] = [
     ("mmdebstrap", "image build", "apt-get install mmdebstrap"),
-    (
-        "mkfs.ext4",
-        IMAGE_BUILD,
-        "apt-get install e2fsprogs",
-    ),
-    (
-        "mkfs.vfat",
-        IMAGE_BUILD,
-        "apt-get install dosfstools",
-    ),
+    ("mkfs.ext4", IMAGE_BUILD, "apt-get install e2fsprogs"),
+    ("mkfs.vfat", IMAGE_BUILD, "apt-get install dosfstools"),
     ("mcopy", IMAGE_BUILD, "apt-get install mtools"),
     (
         machine::host::Arch::host().qemu(),
@@ -79,7 +71,8 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
                 needed_for,
                 ok: found.is_some(),
                 // A Mac pulls images; building them is for Linux hosts.
-                optional: host != machine::DriverKind::Qemu && needed_for.starts_with("image build"),
+                optional: host != machine::DriverKind::Qemu
+                    && needed_for.starts_with("image build"),
                 found: found.map(|p| p.display().to_string()),
                 fix,
             }

@@ -70,12 +70,21 @@ impl Home {
     }
 }
 
-/// A short per-user, per-home runtime directory under /tmp for when the natural one is too long.
+/// A short per-user, per-home runtime directory for when the natural one is too long (or, on
+/// macOS, absent): under the per-user `$TMPDIR` macOS gives every login, else /tmp. Its name is
+/// predictable, so `start` refuses it unless it is this user's, mode 0700, and no symlink
+/// (machine::store::mkdir_private).
 fn short_tmp_runtime(key: &Path) -> PathBuf {
     use sha2::Digest;
     let h = sha2::Sha256::digest(key.as_os_str().as_encoded_bytes());
     let uid = rustix::process::getuid().as_raw();
-    PathBuf::from(format!("/tmp/carbon-vm-{uid}-{}", hex::encode(&h[..4])))
+    let name = format!("carbon-vm-{uid}-{}", hex::encode(&h[..4]));
+    let tmp = std::env::temp_dir();
+    if tmp.as_os_str().len() + 1 + name.len() <= MAX_RUNTIME_DIR_LEN {
+        tmp.join(name)
+    } else {
+        Path::new("/tmp").join(name)
+    }
 }
 
 #[cfg(test)]
@@ -90,7 +99,14 @@ mod tests {
         let long = PathBuf::from(format!("/srv/{}", "x".repeat(80)));
         let h = Home::under(&long);
         assert!(h.config.starts_with(&long));
-        assert!(h.runtime.to_string_lossy().starts_with("/tmp/carbon-vm-"));
+        assert!(h.runtime.starts_with(std::env::temp_dir()) || h.runtime.starts_with("/tmp"));
+        assert!(
+            h.runtime
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("carbon-vm-")
+        );
         assert!(h.runtime.as_os_str().len() <= MAX_RUNTIME_DIR_LEN);
     }
 }

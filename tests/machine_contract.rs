@@ -49,6 +49,13 @@ fn code(o: &Output) -> Option<i32> {
     o.status.code()
 }
 
+/// `o` failed with exit `want` and its stderr says `says`.
+fn fails(o: &Output, want: i32, says: &str) {
+    let err = stderr(o);
+    assert_eq!(code(o), Some(want), "{err}");
+    assert!(err.contains(says), "wanted {says:?} in: {err}");
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -62,15 +69,7 @@ fn run(env: &Env, args: &[&str]) -> Output {
 }
 
 fn machine_entries(env: &Env) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(env.home.path().join("machines"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    common::listing(&env.home.path().join("machines"))
 }
 
 #[test]
@@ -146,35 +145,20 @@ fn bad_specs_runtime_dirs_images_in_use_and_qemu_failures_leave_nothing_behind()
         .args(["start", "dev"])
         .output()
         .unwrap();
-    assert_eq!(code(&o), Some(6), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("cannot run qemu-system-"),
-        "{}",
-        stderr(&o)
-    );
+    fails(&o, 6, "cannot run qemu-system-");
     assert_nothing_runs(&env, "dev");
     assert_eq!(env.json(&["list"])[0]["state"], "stopped");
 
     // The image is in use: `image rm` refuses, naming the machine; --force removes it anyway.
     let o = run(&env, &["image", "rm", &sha]);
-    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("in use by machine(s) dev"),
-        "{}",
-        stderr(&o)
-    );
+    fails(&o, 1, "in use by machine(s) dev");
     assert_eq!(env.json(&["image", "ls"]).as_array().unwrap().len(), 1);
     let o = run(&env, &["image", "rm", "--force", &sha]);
     assert!(o.status.success(), "{}", stderr(&o));
 
     // QEMU starts but fails (the kernel went with the image): its message, nothing left running.
     let o = run(&env, &["start", "dev"]);
-    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("qemu exited during start-up"),
-        "{}",
-        stderr(&o)
-    );
+    fails(&o, 1, "qemu exited during start-up");
     assert_nothing_runs(&env, "dev");
     assert_eq!(env.json(&["list"])[0]["state"], "stopped");
     assert!(!env.home.path().join("run/dev").exists());
@@ -243,7 +227,7 @@ fn a_create_onto_a_nearly_full_filesystem_is_refused_whole() {
     cv().args(["image", "pull", art.to_str().unwrap(), "--sha256", &sha])
         .assert()
         .success();
-    let cache_before = listing(&home.join("cache/images"));
+    let cache_before = common::listing(&home.join("cache/images"));
     // Fill the filesystem until less than the image's disk is free.
     let filler = home.join("filler");
     let st = rustix::fs::statvfs(home).unwrap();
@@ -257,29 +241,12 @@ fn a_create_onto_a_nearly_full_filesystem_is_refused_whole() {
         .args(["create", "dev", "--image", &sha, "--disk-size", "1"])
         .output()
         .unwrap();
-    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    fails(&o, 1, "not enough space for the machine's disk");
     assert!(
-        stderr(&o).contains("not enough space for the machine's disk"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(
-        listing(&home.join("machines")).is_empty(),
+        common::listing(&home.join("machines")).is_empty(),
         "nothing partial"
     );
-    assert_eq!(listing(&home.join("cache/images")), cache_before);
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    assert_eq!(common::listing(&home.join("cache/images")), cache_before);
 }
 
 /// Waits (bounded) until the machine's VMM runs.
@@ -356,11 +323,10 @@ fn one_verb_at_a_time_stop_force_interrupts_a_start_and_a_silent_guest_times_out
         .args(["start", "dev"])
         .output()
         .unwrap();
-    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("the guest did not signal Ready within 40s; console log tail:"),
-        "{}",
-        stderr(&o)
+    fails(
+        &o,
+        1,
+        "the guest did not signal Ready within 40s; console log tail:",
     );
     assert!(
         stderr(&o).contains("hint: the machine's console.log"),

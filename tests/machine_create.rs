@@ -5,15 +5,7 @@ mod common;
 use common::{Env, servers};
 
 fn machines_listing(env: &Env) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(env.home.path().join("machines"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    common::listing(&env.home.path().join("machines"))
 }
 
 #[test]

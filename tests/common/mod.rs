@@ -219,3 +219,16 @@ pub fn tail(text: &str, bytes: usize) -> &str {
     }
     &text[from..]
 }
+
+/// The names in `dir`, sorted (none when it does not exist).
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

@@ -7,9 +7,9 @@ mod common;
 
 use common::Env;
 use common::archive::{self, Entry, boot_members, entries, manifest, tar_bytes, zstd_bytes};
+use common::tmpfs::Tmpfs;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Pulls `art` pinned to its own sha256 and expects exit `code`, every `needle` in stderr, no
 /// ESC byte in it, and an untouched cache.
@@ -395,54 +395,6 @@ fn venus_bundle_members_must_be_regular_files() {
         4,
         &["the manifest's Venus library \"/usr/lib/x86_64-linux-gnu\" is not a regular file"],
     );
-}
-
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop. None (with a loud reason)
-/// where mounting is impossible outside CI; in CI that is a failure.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(dir)),
-            other if std::env::var_os("CI").is_some() => {
-                panic!("cannot mount a tmpfs for the free-space tests: {other:?}")
-            }
-            other => {
-                eprintln!("SKIP: cannot mount a tmpfs (needs root): {other:?}");
-                None
-            }
-        }
-    }
-
-    /// A CARBON_VM_HOME on it.
-    fn env(&self) -> Env {
-        Env {
-            home: tempfile::tempdir_in(self.0.path()).unwrap(),
-        }
-    }
-
-    fn used(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["--output=used", "-B1"])
-            .arg(self.0.path())
-            .output()
-            .unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        text.lines().nth(1).unwrap().trim().parse().unwrap()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let status = Command::new("umount").arg(self.0.path()).status();
-        assert!(matches!(status, Ok(s) if s.success()), "umount: {status:?}");
-    }
 }
 
 #[test]

@@ -8,9 +8,8 @@ mod common;
 
 use common::Env;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
 
 /// PIDs of processes whose command line contains `needle` (e.g. a machine's disk path).
 fn pids_with(needle: &str) -> Vec<i32> {
@@ -174,51 +173,14 @@ fn which(tool: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{tool} is installed (scripts/install-deps)"))
 }
 
-/// A small tmpfs, unmounted when dropped.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::Builder::new()
-            .prefix("cvfs")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let ok = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        match (ok, std::env::var_os("CI").is_some()) {
-            (true, _) => Some(Tmpfs(dir)),
-            (false, true) => panic!("cannot mount a tmpfs under CI (CI runs as root)"),
-            (false, false) => {
-                eprintln!("SKIP: cannot mount a tmpfs here (not root?)");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 #[test]
 fn a_create_onto_a_nearly_full_filesystem_is_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (art, sha) = common::pack_mini(dir.path());
-    let Some(fs) = Tmpfs::mount("192m") else {
+    let Some(fs) = common::tmpfs::Tmpfs::mount("192m") else {
         return;
     };
-    let home = fs.0.path();
+    let home = fs.path();
     let cv = || {
         let mut c = assert_cmd::Command::cargo_bin("carbon-vm").unwrap();
         c.env("CARBON_VM_HOME", home);
@@ -249,20 +211,6 @@ fn a_create_onto_a_nearly_full_filesystem_is_refused_whole() {
     assert_eq!(common::listing(&home.join("cache/images")), cache_before);
 }
 
-/// Waits (bounded) until the machine's VMM runs.
-fn wait_for_vmm(env: &Env, name: &str) {
-    let pidfile = env.home.path().join("machines").join(name).join("vmm.pid");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_to_string(&pidfile)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
-    {
-        assert!(Instant::now() < deadline, "the VMM never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn one_verb_at_a_time_stop_force_interrupts_a_start_and_a_silent_guest_times_out() {
     let Some(image) = common::default_image() else {
@@ -286,7 +234,7 @@ fn one_verb_at_a_time_stop_force_interrupts_a_start_and_a_silent_guest_times_out
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_vmm(&env, "dev");
+    common::wait_for_pid(&env.home.path().join("machines/dev/vmm.pid"));
     for verb in [&["start", "dev"][..], &["stop", "dev"], &["rm", "dev"]] {
         let o = run(&env, verb);
         assert_eq!(code(&o), Some(9), "{verb:?}: {}", stderr(&o));

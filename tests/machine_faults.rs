@@ -5,29 +5,8 @@
 mod common;
 
 use common::Env;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Waits (bounded) until `pidfile` names a live process.
-fn wait_for_pid(pidfile: &Path) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(pid) = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-            && Path::new(&format!("/proc/{pid}")).exists()
-        {
-            return pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            pidfile.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// SIGKILL, then waits (bounded) until the process is dead: gone, or a zombie (empty cmdline).
 fn kill9(pid: i32) {
@@ -89,7 +68,7 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
     };
     // carbon-vm itself killed while it waits for the guest: the VM lives on, unfinished.
     let mut start = spawn_start();
-    wait_for_pid(&dir.join("vmm.pid"));
+    common::wait_for_pid(&dir.join("vmm.pid"));
     start.kill().unwrap();
     start.wait().unwrap();
     assert_eq!(state(), "broken");
@@ -104,7 +83,7 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
 
     // The Podman socket tunnel killed on a running machine: start repairs it without a reboot.
     let qemu = std::fs::read_to_string(dir.join("vmm.pid")).unwrap();
-    kill9(wait_for_pid(&dir.join("podman-forward.pid")));
+    kill9(common::wait_for_pid(&dir.join("podman-forward.pid")));
     assert_eq!(state(), "broken");
     cv().args(["start", "dev"]).assert().success();
     assert_eq!(std::fs::read_to_string(dir.join("vmm.pid")).unwrap(), qemu);
@@ -114,7 +93,7 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
 
     // QEMU killed during start: start fails with the console tail, the machine is stopped.
     let start = spawn_start();
-    kill9(wait_for_pid(&dir.join("vmm.pid")));
+    kill9(common::wait_for_pid(&dir.join("vmm.pid")));
     let o = start.wait_with_output().unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -128,8 +107,8 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
 
     // gvproxy killed during start: start says so, the machine is broken, start repairs it.
     let start = spawn_start();
-    wait_for_pid(&dir.join("vmm.pid"));
-    kill9(wait_for_pid(&dir.join("gvproxy.pid")));
+    common::wait_for_pid(&dir.join("vmm.pid"));
+    kill9(common::wait_for_pid(&dir.join("gvproxy.pid")));
     let o = start.wait_with_output().unwrap();
     assert!(!o.status.success());
     assert!(

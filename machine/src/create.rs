@@ -118,19 +118,22 @@ fn reserve_podman_machine(
 }
 
 /// Refuses, before anything is pulled or written, CPUs and memory the driver cannot give here.
-pub fn check_resources(o: &CreateOptions) -> Result<(), CreateError> {
-    let limits = crate::lifecycle::driver_of(o.driver, None, o.start).limits(o.gpu);
+pub fn check_resources(
+    driver: vmm::DriverKind,
+    cpus: u8,
+    memory_mib: u32,
+    gpu: bool,
+    start: &crate::lifecycle::StartOptions,
+) -> Result<(), CreateError> {
+    let limits = crate::lifecycle::driver_of(driver, None, start).limits(gpu);
     Ok(crate::spec::validate_resources(
-        o.cpus,
-        o.memory_mib,
-        o.gpu,
-        &limits,
+        cpus, memory_mib, gpu, &limits,
     )?)
 }
 
 pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateError> {
     check_driver(o.driver, o.krunkit)?;
-    check_resources(o)?;
+    check_resources(o.driver, o.cpus, o.memory_mib, o.gpu, o.start)?;
     let img = o.image;
     let image_disk = img.member_path(&img.manifest.boot.disk);
     let image_disk_len = std::fs::metadata(&image_disk)

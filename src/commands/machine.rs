@@ -91,8 +91,7 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
         None
     };
     // Before anything is pulled: resources this host's driver cannot give.
-    let limits = lifecycle::driver_of(driver, None, &start).limits(a.gpu);
-    machine::spec::validate_resources(a.cpus, a.memory, a.gpu, &limits)?;
+    machine::create::check_resources(driver, a.cpus, a.memory, a.gpu, &start)?;
     let image = image_for(a.image.as_deref(), home, out)?;
     let st = store(home);
     let m = create(

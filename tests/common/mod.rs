@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod servers;
+pub mod tmpfs;
 
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
@@ -231,4 +232,24 @@ pub fn listing(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Waits (bounded) until `pidfile` names a live process.
+pub fn wait_for_pid(pidfile: &Path) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            && Path::new(&format!("/proc/{pid}")).exists()
+        {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            pidfile.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

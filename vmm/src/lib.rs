@@ -96,6 +96,24 @@ pub struct Limits {
     pub max_memory_mib: u32,
 }
 
+impl Limits {
+    /// As many vCPUs as the host has threads, as much memory as it has RAM: a VMM would take
+    /// more and then crawl or be killed by the OOM killer. Drivers narrow it further.
+    pub fn host() -> Limits {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ram_mib = platform::host_ram_bytes() >> 20;
+        Limits {
+            max_cpus: u8::try_from(cpus).unwrap_or(u8::MAX),
+            min_memory_mib: MIN_MEMORY_MIB,
+            // 0: unknown (macOS without sysctl), no host bound.
+            max_memory_mib: match ram_mib {
+                0 => u32::MAX,
+                n => u32::try_from(n).unwrap_or(u32::MAX),
+            },
+        }
+    }
+}
+
 /// The smallest guest that boots carbon-vm's image and runs Podman.
 pub const MIN_MEMORY_MIB: u32 = 1024;
 

@@ -4,7 +4,7 @@
 
 use super::rest::{self, Endpoint, RestError, StateChange, VmState};
 use super::{InvalidConfig, KrunkitConfig, Share, command_line};
-use crate::{DriverKind, Limits, MIN_MEMORY_MIB, StopMode, Vm};
+use crate::{DriverKind, Limits, StopMode, Vm};
 use std::fs;
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -290,20 +290,13 @@ impl crate::Driver for Krunkit {
     /// krunkit's own memory limit, the host's RAM, and room for the Venus window on `--gpu`
     /// machines ([`super::fit_memory`]).
     fn limits(&self, gpu: bool) -> Limits {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let host_mib = crate::platform::host_ram_bytes() >> 20;
-        let mut max = super::MAX_MEMORY_MIB;
-        if host_mib > 0 {
-            max = max.min(u32::try_from(host_mib).unwrap_or(u32::MAX));
-        }
-        if gpu {
-            max = max.min(super::GPU_MAX_MEMORY_MIB);
-        }
-        Limits {
-            max_cpus: u8::try_from(cpus).unwrap_or(u8::MAX),
-            min_memory_mib: MIN_MEMORY_MIB,
-            max_memory_mib: max,
-        }
+        let mut l = Limits::host();
+        l.max_memory_mib = l.max_memory_mib.min(if gpu {
+            super::GPU_MAX_MEMORY_MIB
+        } else {
+            super::MAX_MEMORY_MIB
+        });
+        l
     }
 
     fn check_host(&self, vm: &Vm) -> Result<(), crate::Error> {

@@ -3,7 +3,7 @@
 
 use super::{Accel, AccelChoice, Arch, Gpu, QemuConfig, command_line, environment, marker};
 use crate::process::{self, Signal};
-use crate::{Driver, DriverKind, Error, Limits, MIN_MEMORY_MIB, StopMode, Vm};
+use crate::{Driver, DriverKind, Error, Limits, StopMode, Vm};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -95,16 +95,8 @@ impl Driver for Qemu {
         }
     }
 
-    /// As many vCPUs as the host has threads, as much memory as it has RAM: QEMU would take more
-    /// and then crawl or be killed by the OOM killer.
     fn limits(&self, _gpu: bool) -> Limits {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let ram_mib = crate::platform::host_ram_bytes() >> 20;
-        Limits {
-            max_cpus: u8::try_from(cpus).unwrap_or(u8::MAX),
-            min_memory_mib: MIN_MEMORY_MIB,
-            max_memory_mib: u32::try_from(ram_mib).unwrap_or(u32::MAX),
-        }
+        Limits::host()
     }
 
     fn check_host(&self, vm: &Vm) -> Result<(), Error> {

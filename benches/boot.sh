@@ -35,7 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
-qemu_common=(-machine q35 -accel tcg -cpu max -smp 2 -m 2048M -nodefaults -display none
+qemu_common=(-machine q35 -accel tcg,thread=single -cpu max -smp 2 -m 2048M -nodefaults -display none
              -device virtio-rng-pci -device virtio-serial-pci
              -chardev "pipe,id=ready,path=$work/ready" -device virtserialport,chardev=ready,name=carbon.ready
              -chardev "file,id=console,path=$work/console.log" -serial chardev:console

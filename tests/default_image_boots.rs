@@ -26,7 +26,7 @@ fn default_image_boots_to_ready_under_qemu() {
     let mut qemu = Command::new("qemu-system-x86_64")
         .args([
             "-accel",
-            "tcg",
+            "tcg,thread=single",
             "-m",
             "2048",
             "-smp",

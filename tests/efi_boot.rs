@@ -44,7 +44,14 @@ fn default_image_boots_by_efi_to_ready() {
     let console = dir.path().join("console.log");
     let mut qemu = Command::new("qemu-system-x86_64")
         .args([
-            "-machine", "q35", "-accel", "tcg", "-m", "2048", "-smp", "2",
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg,thread=single",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
         ])
         .args(["-nographic", "-no-reboot", "-snapshot"])
         .arg("-drive")

@@ -31,6 +31,8 @@ pub enum Command {
     Start(NameArg),
     /// Shut a machine down (gracefully unless --force).
     Stop(StopArgs),
+    /// Change a stopped machine's CPUs, memory or disk size (disks only grow).
+    Set(SetArgs),
     /// Remove a machine and its Podman connection.
     Rm(RmArgs),
     /// List machines.
@@ -46,6 +48,23 @@ pub enum Command {
     Gpu(GpuCommand),
     /// Check the host's readiness for each driver and for the GPU.
     Doctor,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page, or write one page per command into a directory.
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write carbon-vm.1 and a carbon-vm-COMMAND.1 page per command here instead of printing
+    /// carbon-vm(1).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,8 +161,8 @@ pub struct CreateArgs {
     /// Memory in MiB.
     #[arg(long, default_value_t = 4096)]
     pub memory: u32,
-    /// Disk size in GiB.
-    #[arg(long, default_value_t = 20)]
+    /// Disk size in GiB (sparse: the host's space is used only as the guest writes).
+    #[arg(long, default_value_t = 100)]
     pub disk_size: u32,
     /// A cached image's ID, or a name in the image catalog (default: the catalog's default).
     #[arg(long)]
@@ -158,6 +177,20 @@ pub struct CreateArgs {
     /// krunkit and podman 5.2 to 5.6).
     #[arg(long)]
     pub podman_machine: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
+pub struct SetArgs {
+    pub name: String,
+    #[arg(long, group = "change")]
+    pub cpus: Option<u8>,
+    /// Memory in MiB.
+    #[arg(long, group = "change")]
+    pub memory: Option<u32>,
+    /// Disk size in GiB, at least the current size; the guest grows its filesystem on next boot.
+    #[arg(long, group = "change")]
+    pub disk_size: Option<u32>,
 }
 
 #[derive(Args, Debug)]

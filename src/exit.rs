@@ -146,7 +146,10 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                     ),
                 ),
                 L::Vmm(VmmError::Krunkit(e)) if e.is_spawn() => (HOST, Some(KRUNKIT_HINT)),
-                L::Vmm(VmmError::GpuMemory(_)) | L::Invalid(_) => (USAGE, None),
+                L::Vmm(VmmError::GpuMemory(_))
+                | L::Invalid(_)
+                | L::Shrink { .. }
+                | L::PodmanOwnsResources(_) => (USAGE, None),
                 L::NoPodman(..) => (
                     FAILURE,
                     Some(

@@ -50,12 +50,19 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command, out: output::Printer) -> anyhow::Result<()> {
+    // Neither needs (or should create) carbon-vm's directories.
+    match command {
+        Command::Completions(a) => return commands::shell::completions(a),
+        Command::Man(a) => return commands::shell::man(a, out),
+        _ => {}
+    }
     let home = home::Home::from_env()?;
     match command {
         Command::Image(c) => commands::image::run(c, &home, out),
         Command::Create(a) => commands::machine::create_cmd(a, &home, out),
         Command::Start(a) => commands::machine::start(a, &home, out),
         Command::Stop(a) => commands::machine::stop(a, &home, out),
+        Command::Set(a) => commands::machine::set(a, &home, out),
         Command::Rm(a) => commands::machine::rm(a, &home, out),
         Command::List => commands::machine::list(&home, out),
         Command::Inspect(a) => commands::machine::inspect(a, &home, out),
@@ -63,5 +70,6 @@ fn run(command: Command, out: output::Printer) -> anyhow::Result<()> {
         Command::Env(a) => commands::machine::env(a, &home, out),
         Command::Gpu(GpuCommand::Check(a)) => commands::machine::gpu_check(a, &home, out),
         Command::Doctor => commands::doctor::run(&home, out),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }

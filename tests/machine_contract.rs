@@ -107,6 +107,33 @@ fn bad_specs_runtime_dirs_images_in_use_and_qemu_failures_leave_nothing_behind()
         &["create", "dev", "--image", &sha, "--disk-size", "1"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
+    // `set` checks as create does and changes nothing it refuses; a grown disk stays sparse.
+    let disk = env.home.path().join("machines/dev/disk.raw");
+    let spec = || std::fs::read(env.home.path().join("machines/dev/machine.json")).unwrap();
+    let before = spec();
+    fails(
+        &run(&env, &["set", "dev", "--cpus", "0"]),
+        2,
+        "--cpus must be between 1 and",
+    );
+    fails(
+        &run(&env, &["set", "dev", "--disk-size", "99999"]),
+        2,
+        "--disk-size must be between",
+    );
+    fails(&run(&env, &["set", "nope", "--cpus", "1"]), 3, "nope");
+    assert_eq!(spec(), before, "a refused set left machine.json alone");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 1 << 30);
+    let o = run(&env, &["--json", "set", "dev", "--disk-size", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["disk_gib"], 3);
+    let meta = std::fs::metadata(&disk).unwrap();
+    assert_eq!(meta.len(), 3 << 30);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 1 << 30,
+        "the grown disk is sparse"
+    );
 
     // Another user's runtime directory, open to all: refused before anything is written there.
     let runtime = env.home.path().join("run");

@@ -1,5 +1,5 @@
 //! End to end on QEMU (TCG): create, start, the real podman client over the gvproxy-forwarded
-//! socket, ssh, graceful stop through QMP, start again, rm.
+//! socket, ssh, graceful stop through QMP, `set` (more disk, fewer CPUs), start again, rm.
 
 mod common;
 
@@ -138,7 +138,28 @@ fn create_start_podman_ssh_stop_start_rm() {
         .collect();
     assert!(cycles.is_empty(), "{cycles:#?}");
 
+    let o = cv()
+        .args(["set", "dev", "--disk-size", "12"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "set needs a stopped machine");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must be stopped"));
+
     cv().args(["stop", "dev"]).assert().success();
+    let o = cv()
+        .args(["set", "dev", "--disk-size", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "disks do not shrink");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only grow"));
+    cv().args(["set", "dev", "--disk-size", "12", "--cpus", "1"])
+        .assert()
+        .success();
+    let v = env.json(&["inspect", "dev"]);
+    assert_eq!(
+        (v["disk_gib"].as_u64(), v["cpus"].as_u64()),
+        (Some(12), Some(1))
+    );
     let console =
         std::fs::read_to_string(env.home.path().join("machines/dev/console.log")).unwrap();
     assert!(
@@ -148,6 +169,26 @@ fn create_start_podman_ssh_stop_start_rm() {
     assert_eq!(env.json(&["inspect", "dev"])["state"], "stopped");
 
     cv().args(["start", "dev"]).assert().success();
+    // `set` took effect: the guest grew its root into the larger disk and has one CPU.
+    let o = cv()
+        .args([
+            "ssh",
+            "dev",
+            "--",
+            "df --output=size -B1G / | tail -n 1; nproc",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let facts: Vec<u64> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        facts[0] >= 11,
+        "root not grown to the 12 GiB disk: {facts:?}"
+    );
+    assert_eq!(facts[1], 1, "cpus not changed");
     let o = podman().args(["-c", "dev", "ps"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = cv().args(["rm", "dev"]).output().unwrap();

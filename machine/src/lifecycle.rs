@@ -63,6 +63,15 @@ pub enum LifecycleError {
     NotRunning(String),
     #[error("machine {0} is running (stop it first, or use --force)")]
     Running(String),
+    #[error("machine {0} must be stopped to change it (`carbon-vm stop {0}`)")]
+    MustStop(String),
+    #[error("--disk-size {got} GiB would shrink machine {name}'s {now} GiB disk; disks only grow")]
+    Shrink { name: String, got: u32, now: u32 },
+    #[error(
+        "machine {0} is listed among Podman's machines, whose file fixes its resources: \
+         remove it and create it again to change them"
+    )]
+    PodmanOwnsResources(String),
     #[error(transparent)]
     Podman(#[from] crate::podman::PodmanError),
     #[error(transparent)]
@@ -310,6 +319,54 @@ pub fn remove(
     sync_dir(machines)?;
     fs::remove_dir_all(&doomed)?;
     Ok(())
+}
+
+/// What `set` changes; `None` keeps the current value.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Changes {
+    pub cpus: Option<u8>,
+    pub memory_mib: Option<u32>,
+    pub disk_gib: Option<u32>,
+}
+
+/// Changes a stopped machine's resources, checked as `create` checks them. A disk only grows: its
+/// file is lengthened (sparse, so free until the guest writes) and the guest grows its root
+/// partition and filesystem on the next boot (systemd-repart, systemd-growfs).
+pub fn set(m: &MachineDir, o: &StartOptions, c: Changes) -> Result<Spec, LifecycleError> {
+    let _lock = m.lock("set")?;
+    if state(m, o) != State::Stopped {
+        return Err(LifecycleError::MustStop(m.name.clone()));
+    }
+    let mut spec = m.spec()?;
+    if spec.podman_machine.is_some() {
+        return Err(LifecycleError::PodmanOwnsResources(m.name.clone()));
+    }
+    spec.cpus = c.cpus.unwrap_or(spec.cpus);
+    spec.memory_mib = c.memory_mib.unwrap_or(spec.memory_mib);
+    crate::spec::validate(&spec, &driver(&spec, o).limits(spec.gpu))?;
+    let disk = m.path(DISK);
+    let io = |e| StoreError::Io(disk.clone(), e);
+    let f = fs::File::options().write(true).open(&disk).map_err(io)?;
+    let old_len = f.metadata().map_err(io)?.len();
+    if let Some(gib) = c.disk_gib {
+        if gib < spec.disk_gib {
+            return Err(LifecycleError::Shrink {
+                name: m.name.clone(),
+                got: gib,
+                now: spec.disk_gib,
+            });
+        }
+        crate::spec::validate_disk(gib, old_len)?;
+        f.set_len(old_len.max(u64::from(gib) << 30)).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        spec.disk_gib = gib;
+    }
+    if let Err(e) = m.write_json(SPEC, &spec) {
+        // The record keeps the old size: so does the disk again (no guest has seen the new one).
+        let _ = f.set_len(old_len).and_then(|()| f.sync_all());
+        return Err(e.into());
+    }
+    Ok(spec)
 }
 
 /// `ssh` into the running machine; the caller appends the remote command.

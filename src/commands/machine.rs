@@ -1,6 +1,6 @@
 //! `create`, `start`, `stop`, `rm`, `list`, `inspect`, `ssh`, `env`.
 
-use crate::cli::{CreateArgs, NameArg, RmArgs, SshArgs, StopArgs};
+use crate::cli::{CreateArgs, NameArg, RmArgs, SetArgs, SshArgs, StopArgs};
 use crate::home::Home;
 use crate::output::Printer;
 use crate::settings;
@@ -199,6 +199,20 @@ pub fn stop(a: StopArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     lifecycle::stop(&m, &o, a.force)?;
     let v = view(&m, &o)?;
     out.record(&v, || format!("stopped {}", v.name));
+    Ok(())
+}
+
+pub fn set(a: SetArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
+    let m = store(home).open(&a.name)?;
+    let o = settings::start_options()?;
+    let changes = lifecycle::Changes {
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        disk_gib: a.disk_size,
+    };
+    lifecycle::set(&m, &o, changes)?;
+    let v = view(&m, &o)?;
+    out.record(&v, || format!("changed {}", line(&v)));
     Ok(())
 }
 

@@ -3,3 +3,4 @@
 pub mod doctor;
 pub mod image;
 pub mod machine;
+pub mod shell;

@@ -21,7 +21,3 @@ pub const START_TIMEOUT: &str = "CARBON_VM_START_TIMEOUT";
 /// Seconds `start` waits for the Podman API once the guest is Ready (default: what is left of
 /// start's 15 minutes). For tests and slow hosts.
 pub const PODMAN_TIMEOUT: &str = "CARBON_VM_PODMAN_TIMEOUT";
-/// Where Podman keeps its configuration (its machine files): `$XDG_CONFIG_HOME`, else
-/// `$HOME/.config`, on Linux and on macOS alike.
-pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
-pub const USER_HOME: &str = "HOME";

@@ -27,16 +27,9 @@ pub fn krunkit() -> PathBuf {
         .map_or_else(|| "krunkit".into(), PathBuf::from)
 }
 
-/// Podman's config home, where it keeps its machine files: `$XDG_CONFIG_HOME`, else
-/// `$HOME/.config` (Podman's rule on Linux and macOS alike).
+/// Podman's config home, where it keeps its machine files (`machine::podman::config_home`).
 pub fn podman_config_home() -> anyhow::Result<PathBuf> {
-    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
-    if let Some(p) = std::env::var_os(env_vars::XDG_CONFIG_HOME).and_then(absolute) {
-        return Ok(p);
-    }
-    std::env::var_os(env_vars::USER_HOME)
-        .and_then(absolute)
-        .map(|h| h.join(".config"))
+    machine::podman::config_home()
         .ok_or_else(|| anyhow::anyhow!("neither XDG_CONFIG_HOME nor HOME is set"))
 }
 

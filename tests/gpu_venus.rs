@@ -24,6 +24,7 @@ impl GpuEnv {
             .arg(program)
             .env("CARBON_VM_HOME", self.env.home.path())
             .env("XDG_CONFIG_HOME", &self.xdg)
+            .env("CONTAINERS_CONF", common::podman_conf(&self.xdg))
             .env_remove("CARBON_VM_LOG");
         c
     }
@@ -110,6 +111,7 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
             .env
             .cmd()
             .env("XDG_CONFIG_HOME", &g.xdg)
+            .env("CONTAINERS_CONF", common::podman_conf(&g.xdg))
             .args(["start", "gpu"])
             .output()
             .unwrap();
@@ -210,6 +212,32 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
     assert_eq!(run["verified"], true, "{run}");
     assert_eq!(run["driver_id"], "DRIVER_ID_MESA_VENUS");
     assert!(run["gflops"].as_f64().unwrap() > 0.0);
+
+    // The connection carbon-vm registered from inside the root (its podman is 5) serves the host's
+    // own podman client too (4 on bookworm): both read the containers.conf entry.
+    let host_podman = || {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", common::podman_conf(&g.xdg));
+        c
+    };
+    let versions = [
+        ok(&g.podman(&["--version"]), "podman --version"),
+        ok(
+            &host_podman().arg("--version").output().unwrap(),
+            "podman --version",
+        ),
+    ];
+    let images = ok(
+        &host_podman()
+            .args(["-c", "gpu", "images", "--format", "{{.Repository}}"])
+            .output()
+            .unwrap(),
+        "the host's podman over the connection",
+    );
+    assert!(
+        images.lines().any(|l| l == "localhost/carbon-vk-compute"),
+        "{versions:?}: {images}"
+    );
 
     // A machine created without --gpu fails the check, saying why.
     ok(&g.carbon_vm(&["create", "plain"]), "create");

@@ -103,6 +103,7 @@ impl Krunkit {
         c.args(args)
             .env("CARBON_VM_HOME", self.env.home.path())
             .env("XDG_CONFIG_HOME", &self.xdg)
+            .env("CONTAINERS_CONF", common::podman_conf(&self.xdg))
             .env("CARBON_VM_KRUNKIT", standin())
             .env("CARBON_VM_CATALOG", &self.catalog)
             .env("CARBON_VM_PODMAN_TIMEOUT", "1")

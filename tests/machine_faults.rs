@@ -33,12 +33,14 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
     let xdg = env.home.path().join("xdg");
     let cv = || {
         let mut c = env.cmd();
-        c.env("XDG_CONFIG_HOME", &xdg);
+        c.env("XDG_CONFIG_HOME", &xdg)
+            .env("CONTAINERS_CONF", common::podman_conf(&xdg));
         c
     };
     let spawn_start = || -> Child {
         env.process()
             .env("XDG_CONFIG_HOME", &xdg)
+            .env("CONTAINERS_CONF", common::podman_conf(&xdg))
             .args(["start", "dev"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -49,6 +51,7 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
     let podman_ps = || {
         let o = Command::new("podman")
             .env("XDG_CONFIG_HOME", &xdg)
+            .env("CONTAINERS_CONF", common::podman_conf(&xdg))
             .args(["-c", "dev", "ps"])
             .output()
             .unwrap();

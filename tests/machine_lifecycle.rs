@@ -16,12 +16,14 @@ fn create_start_podman_ssh_stop_start_rm() {
     let xdg = env.home.path().join("xdg");
     let podman = || {
         let mut c = Command::new("podman");
-        c.env("XDG_CONFIG_HOME", &xdg);
+        c.env("XDG_CONFIG_HOME", &xdg)
+            .env("CONTAINERS_CONF", common::podman_conf(&xdg));
         c
     };
     let cv = || {
         let mut c = env.cmd();
-        c.env("XDG_CONFIG_HOME", &xdg);
+        c.env("XDG_CONFIG_HOME", &xdg)
+            .env("CONTAINERS_CONF", common::podman_conf(&xdg));
         c
     };
     let img = env.pull(image.to_str().unwrap(), Some(&common::sha256_file(&image)));
@@ -99,6 +101,15 @@ fn create_start_podman_ssh_stop_start_rm() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok");
+    // Podman 5 (the GPU root's) finds the same connection as the host's podman 4.
+    if let Some(root) = common::gpu_root() {
+        let o = Command::new(root)
+            .args(["run", "podman", "-c", "dev", "ps", "--format", "{{.ID}}"])
+            .env("CONTAINERS_CONF", common::podman_conf(&xdg))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
     let o = podman()
         .args([
             "--url",

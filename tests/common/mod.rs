@@ -55,6 +55,12 @@ pub fn workspace_bin(package: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("cargo names no executable for {package}"))
 }
 
+/// The containers.conf a test's podman clients and carbon-vm share, under the test's own config
+/// home: as root, podman 4 would otherwise use the system's /etc/containers/containers.conf.
+pub fn podman_conf(xdg: &Path) -> PathBuf {
+    xdg.join("containers/containers.conf")
+}
+
 impl Env {
     pub fn new() -> Env {
         Env {
@@ -68,6 +74,10 @@ impl Env {
     pub fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("carbon-vm").unwrap();
         c.env("CARBON_VM_HOME", self.home.path())
+            .env(
+                "CONTAINERS_CONF",
+                podman_conf(&self.home.path().join("xdg")),
+            )
             .env_remove("CARBON_VM_LOG")
             .env_remove("CARBON_VM_KRUNKIT")
             .env_remove("CARBON_VM_CATALOG");
@@ -78,6 +88,10 @@ impl Env {
     pub fn process(&self) -> std::process::Command {
         let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("carbon-vm"));
         c.env("CARBON_VM_HOME", self.home.path())
+            .env(
+                "CONTAINERS_CONF",
+                podman_conf(&self.home.path().join("xdg")),
+            )
             .env_remove("CARBON_VM_LOG")
             .env_remove("CARBON_VM_KRUNKIT")
             .env_remove("CARBON_VM_CATALOG");

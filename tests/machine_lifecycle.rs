@@ -56,25 +56,23 @@ fn create_start_podman_ssh_stop_start_rm() {
         0o600
     );
 
+    // Numbers the guest prints, one per word, from a shell command run over ssh.
+    let guest_numbers = |script: &str| -> Vec<u64> {
+        let o = cv().args(["ssh", "dev", "--", script]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
     // First boot does only per-machine work: the root is grown to --disk-size, and the bundled
     // image is already in the container storage the image build wrote (its image list is older
     // than this boot) rather than loaded by the guest now. Checked before anything runs podman.
-    let o = cv()
-        .args([
-            "ssh",
-            "dev",
-            "--",
-            "df --output=size -B1G / | tail -n 1; \
-             stat -c %Y /var/lib/containers/storage/overlay-images/images.json; \
-             date -d \"$(uptime -s)\" +%s",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let facts: Vec<u64> = String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let facts = guest_numbers(
+        "df --output=size -B1G / | tail -n 1; \
+         stat -c %Y /var/lib/containers/storage/overlay-images/images.json; \
+         date -d \"$(uptime -s)\" +%s",
+    );
     let [root_gib, images_mtime, booted] = facts[..] else {
         panic!("unexpected answer {facts:?}");
     };
@@ -181,20 +179,7 @@ fn create_start_podman_ssh_stop_start_rm() {
 
     cv().args(["start", "dev"]).assert().success();
     // `set` took effect: the guest grew its root into the larger disk and has one CPU.
-    let o = cv()
-        .args([
-            "ssh",
-            "dev",
-            "--",
-            "df --output=size -B1G / | tail -n 1; nproc",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let facts: Vec<u64> = String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let facts = guest_numbers("df --output=size -B1G / | tail -n 1; nproc");
     assert!(
         facts[0] >= 11,
         "root not grown to the 12 GiB disk: {facts:?}"

@@ -98,9 +98,35 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         0o755,
         include_str!("../../../configs/guest/files/usr/lib/carbon-vm/gpu-devices"),
     ),
+    (
+        "etc/containers/podman-machine",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/containers/podman-machine"),
+    ),
+    (
+        "etc/hosts",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/hosts"),
+    ),
+    (
+        "etc/systemd/system/carbon-forwarder.socket",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-forwarder.socket"),
+    ),
+    (
+        "etc/systemd/system/carbon-forwarder@.service",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-forwarder@.service"),
+    ),
+    (
+        "usr/lib/carbon-vm/forwarder",
+        0o755,
+        include_str!("../../../configs/guest/files/usr/lib/carbon-vm/forwarder"),
+    ),
 ];
 const ENABLE_UNITS: &str = "systemd-networkd.service systemd-resolved.service ssh.service \
-    podman.socket carbon-ssh-hostkeys.service carbon-gpu-devices.service carbon-ready.service";
+    podman.socket carbon-forwarder.socket carbon-ssh-hostkeys.service carbon-gpu-devices.service \
+    carbon-ready.service";
 /// Units a machine never needs: periodic maintenance of a disk and package state that a machine
 /// rebuilt from a new image replaces anyway (e2scrub, fstrim, apt and dpkg timers); Debian's
 /// first-boot `ssh-keygen -A` (carbon-ssh-hostkeys makes the one key sshd uses; RSA alone takes

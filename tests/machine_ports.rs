@@ -1,8 +1,9 @@
 //! Published ports and host services, end to end on QEMU (TCG) with real gvproxy and podman: a
 //! container's `-p` reaches the host (on 127.0.0.1 unless the user names a host IP) and stops
 //! reaching it when the container stops; a taken host port fails the container's start with
-//! gvproxy's reason and leaves the machine working; UDP too; containers reach the host's own
-//! services at host.containers.internal and host.docker.internal.
+//! gvproxy's reason and leaves the machine working; UDP too; the docker CLI and compose publish the
+//! same way; containers reach the host's own services at host.containers.internal and
+//! host.docker.internal.
 
 mod common;
 
@@ -208,6 +209,84 @@ fn published_ports_reach_the_host_on_loopback_and_containers_reach_host_services
     eventually(Duration::from_secs(60), "the UDP port closes", || {
         listeners("udp", port).is_empty()
     });
+
+    // The docker CLI and compose v2, pointed at the machine by `carbon-vm env`, publish the same way.
+    let docker_host = env.json(&["env", "dev"])["DOCKER_HOST"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let docker = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .env("DOCKER_HOST", &docker_host)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} (scripts/install-deps installs it): {e}"))
+    };
+    let port = free_port();
+    ok(
+        &docker(
+            "docker",
+            &[
+                "run",
+                "-d",
+                "--name",
+                "by-docker",
+                "-p",
+                &format!("{port}:80"),
+                "localhost/web",
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "80",
+                "-h",
+                "/www",
+            ],
+        ),
+        "docker run -p",
+    );
+    let addr = format!("127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(60),
+        "docker's published port answers",
+        || http_get(&addr).is_some_and(|a| a.contains("hello-from-a-container")),
+    );
+    ok(
+        &docker("docker", &["rm", "-f", "by-docker"]),
+        "docker rm -f",
+    );
+    let port = free_port();
+    let project = tempfile::tempdir().unwrap();
+    let compose = project.path().join("compose.yaml");
+    std::fs::write(
+        &compose,
+        format!(
+            "services:\n  web:\n    image: localhost/web\n    command: busybox httpd -f -p 80 -h /www\n    \
+             ports: [\"{port}:80\"]\n"
+        ),
+    )
+    .unwrap();
+    let compose = compose.to_str().unwrap();
+    ok(
+        &docker("docker-compose", &["-f", compose, "up", "-d"]),
+        "compose up",
+    );
+    let addr = format!("127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(60),
+        "compose's published port answers",
+        || http_get(&addr).is_some_and(|a| a.contains("hello-from-a-container")),
+    );
+    assert_eq!(listeners("tcp", port), [loopback("tcp", 1)]);
+    ok(
+        &docker("docker-compose", &["-f", compose, "down", "-t", "0"]),
+        "compose down",
+    );
+    eventually(
+        Duration::from_secs(60),
+        "compose's port closes after down",
+        || listeners("tcp", port).is_empty(),
+    );
 
     // The host's own service, listening on its loopback, from a container by both names.
     let host = TcpListener::bind("127.0.0.1:0").unwrap();

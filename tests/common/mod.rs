@@ -57,8 +57,14 @@ pub fn workspace_bin(package: &str) -> PathBuf {
 
 /// The containers.conf a test's podman clients and carbon-vm share, under the test's own config
 /// home: as root, podman 4 would otherwise use the system's /etc/containers/containers.conf.
+/// Created empty when missing: podman refuses to run with a CONTAINERS_CONF that does not exist.
 pub fn podman_conf(xdg: &Path) -> PathBuf {
-    xdg.join("containers/containers.conf")
+    let conf = xdg.join("containers/containers.conf");
+    if !conf.exists() {
+        std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+        std::fs::write(&conf, "").unwrap();
+    }
+    conf
 }
 
 impl Env {

@@ -69,9 +69,12 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
             .unwrap_or("")
             .to_owned()
     };
-    // carbon-vm itself killed while it waits for the guest: the VM lives on, unfinished.
+    // carbon-vm itself killed while it waits for the guest: the VM lives on, unfinished. Killed
+    // once the guest's kernel prints, not at QEMU's pidfile: a QEMU still starting up would fail
+    // to connect the Ready socket of a carbon-vm gone, and exit (then "stopped" is the truth).
     let mut start = spawn_start();
     common::wait_for_pid(&dir.join("vmm.pid"));
+    common::wait_for_text(&dir.join("console.log"), "Linux version");
     start.kill().unwrap();
     start.wait().unwrap();
     assert_eq!(state(), "broken");

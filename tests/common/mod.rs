@@ -273,3 +273,17 @@ pub fn wait_for_pid(pidfile: &Path) -> i32 {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Waits (at most 2 minutes) until `file` contains `text`: e.g. the guest kernel's first console
+/// line, which shows that the VMM finished starting and runs the guest.
+pub fn wait_for_text(file: &Path, text: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !std::fs::read_to_string(file).is_ok_and(|s| s.contains(text)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text:?} never appeared in {}",
+            file.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

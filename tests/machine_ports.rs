@@ -51,6 +51,27 @@ fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `run` arguments (podman's and docker's alike) for a detached web server container publishing
+/// its port 80 as `publish`.
+fn web_server<'a>(name: &'a str, publish: &'a str) -> [&'a str; 14] {
+    [
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-p",
+        publish,
+        "localhost/web",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]
+}
+
 fn http_get(addr: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -118,25 +139,7 @@ fn published_ports_reach_the_host_on_loopback_and_containers_reach_host_services
             .unwrap()
             .port()
     };
-    let serve = |name: &str, publish: &str| {
-        podman(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "-p",
-            publish,
-            "localhost/web",
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            "/www",
-        ])
-    };
-
+    let serve = |name: &str, publish: &str| podman(&web_server(name, publish));
     // `-p PORT:80`: the host's 127.0.0.1 answers, nothing else listens; stopping closes it.
     let port = free_port();
     ok(&serve("web", &format!("{port}:80")), "podman run -p");
@@ -224,25 +227,7 @@ fn published_ports_reach_the_host_on_loopback_and_containers_reach_host_services
     };
     let port = free_port();
     ok(
-        &docker(
-            "docker",
-            &[
-                "run",
-                "-d",
-                "--name",
-                "by-docker",
-                "-p",
-                &format!("{port}:80"),
-                "localhost/web",
-                "busybox",
-                "httpd",
-                "-f",
-                "-p",
-                "80",
-                "-h",
-                "/www",
-            ],
-        ),
+        &docker("docker", &web_server("by-docker", &format!("{port}:80"))),
         "docker run -p",
     );
     let addr = format!("127.0.0.1:{port}");

@@ -177,6 +177,13 @@ pub struct CreateArgs {
     /// krunkit and podman 5.2 to 5.6).
     #[arg(long)]
     pub podman_machine: bool,
+    /// Share a host folder with the guest, at GUEST (default: the same path); repeatable.
+    /// Without it the home directory is shared at its own path.
+    #[arg(short, long = "volume", value_name = "HOST[:GUEST]")]
+    pub volumes: Vec<String>,
+    /// Share no host folder (not even the home directory).
+    #[arg(long, conflicts_with = "volumes")]
+    pub no_volumes: bool,
 }
 
 #[derive(Args, Debug)]

@@ -102,6 +102,16 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
         if cause.downcast_ref::<machine::spec::InvalidSpec>().is_some() {
             return (USAGE, None);
         }
+        match cause.downcast_ref::<machine::volumes::VolumeError>() {
+            Some(machine::volumes::VolumeError::Gone(..)) => return (FAILURE, None),
+            Some(_) => {
+                return (
+                    USAGE,
+                    Some("nothing was created; see `carbon-vm create --help`"),
+                );
+            }
+            None => {}
+        }
         match cause.downcast_ref::<CatalogError>() {
             Some(CatalogError::Invalid { .. }) => return (USAGE, Some(CATALOG_HINT)),
             Some(CatalogError::NoEntry { .. }) => {
@@ -129,7 +139,7 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                     HOST,
                     Some("`carbon-vm doctor` shows what the host's Venus stack lacks"),
                 ),
-                L::Vmm(VmmError::Missing(..)) | L::Missing(..) => (
+                L::Vmm(VmmError::Missing(..) | VmmError::Share(_)) | L::Missing(..) => (
                     HOST,
                     Some("`carbon-vm doctor` lists what this host is missing"),
                 ),

@@ -28,6 +28,8 @@ pub enum CreateError {
     PodmanMachine(#[from] ExposeError),
     #[error(transparent)]
     Invalid(#[from] crate::spec::InvalidSpec),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
     #[error(
         "not enough space for the machine's disk in {dir}: it needs {need} MiB, {free} MiB are free"
     )]
@@ -55,6 +57,8 @@ pub struct CreateOptions<'a> {
     pub podman_machine: Option<PodmanTarget<'a>>,
     /// How this host runs VMMs: the limits a machine is checked against.
     pub start: &'a crate::lifecycle::StartOptions,
+    /// Host folders shared into the guest.
+    pub volumes: &'a [crate::volumes::Volume],
 }
 
 /// Where Podman keeps its machine files, and which podman reads them.
@@ -131,9 +135,24 @@ pub fn check_resources(
     )?)
 }
 
+/// Whether `driver` can share host folders on this host.
+pub fn can_share(driver: vmm::DriverKind, start: &crate::lifecycle::StartOptions) -> bool {
+    crate::lifecycle::driver_of(driver, None, start)
+        .limits(false)
+        .shares
+}
+
 pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateError> {
     check_driver(o.driver, o.krunkit)?;
     check_resources(o.driver, o.cpus, o.memory_mib, o.gpu, o.start)?;
+    crate::volumes::validate(o.volumes)?;
+    if !o.volumes.is_empty() && !can_share(o.driver, o.start) {
+        return Err(crate::volumes::VolumeError::Unsupported(
+            o.driver.name(),
+            crate::volumes::INSTALL_HINT,
+        )
+        .into());
+    }
     let img = o.image;
     let image_disk = img.member_path(&img.manifest.boot.disk);
     let image_disk_len = std::fs::metadata(&image_disk)
@@ -218,6 +237,7 @@ fn spec_of(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         podman_machine,
+        volumes: o.volumes.to_vec(),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod podman_machine;
 pub mod spec;
 pub mod ssh;
 pub mod store;
+pub mod volumes;
 
 pub use guest_image;
 pub use store::{MachineDir, Store};

@@ -45,6 +45,8 @@ pub enum LifecycleError {
     Vmm(#[from] vmm::Error),
     #[error(transparent)]
     Invalid(#[from] crate::spec::InvalidSpec),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
     #[error("cannot run {0} (install it: {1})")]
     Missing(&'static str, &'static str, #[source] std::io::Error),
     #[error("{0} exited during start-up: {1}")]
@@ -98,6 +100,16 @@ fn vm(m: &MachineDir, spec: &Spec) -> Result<Vm, LifecycleError> {
         vmm_log: m.path(VMM_LOG),
         pidfile: m.path(VMM_PID),
         oem_strings: Vec::new(),
+        shares: spec
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| vmm::Share {
+                dir: v.host.clone(),
+                tag: crate::volumes::tag(i),
+                socket: m.socket(&format!("fs{i}.sock")),
+            })
+            .collect(),
     })
 }
 
@@ -147,13 +159,14 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     teardown(m, d.as_ref(), &vm)?;
     // Before anything runs: a spec or a host that cannot work is refused, not half-started.
     crate::spec::validate(&spec, &d.limits(spec.gpu))?;
+    crate::volumes::check_present(&spec.volumes)?;
     d.check_host(&vm)?;
     // The runtime root first: a directory another user made there could hold our sockets.
     if let Some(root) = m.run_dir.parent() {
         mkdir_private(root)?;
     }
     mkdir_private(&m.run_dir)?;
-    vm.oem_strings = credentials(m, &spec.name)?;
+    vm.oem_strings = credentials(m, &spec)?;
 
     let started = Instant::now();
     let guard = Teardown {
@@ -377,16 +390,26 @@ pub fn ssh(m: &MachineDir, o: &StartOptions) -> Result<std::process::Command, Li
     }
 }
 
-/// systemd credentials for the guest (SMBIOS OEM strings): root's SSH key and the hostname.
-fn credentials(m: &MachineDir, name: &str) -> Result<Vec<String>, LifecycleError> {
+/// systemd credentials for the guest (SMBIOS OEM strings): root's SSH key, the hostname, and
+/// the shared folders' mounts (systemd-fstab-generator reads `fstab.extra`).
+fn credentials(m: &MachineDir, spec: &Spec) -> Result<Vec<String>, LifecycleError> {
+    use base64::Engine;
     let pubkey = fs::read_to_string(m.path(&format!("{KEY}.pub")))?;
-    Ok(vec![
+    let mut c = vec![
         format!(
             "io.systemd.credential:ssh.authorized_keys.root={}",
             pubkey.trim()
         ),
-        format!("io.systemd.credential:system.hostname={name}"),
-    ])
+        format!("io.systemd.credential:system.hostname={}", spec.name),
+    ];
+    if !spec.volumes.is_empty() {
+        let fstab = crate::volumes::fstab_extra(&spec.volumes);
+        c.push(format!(
+            "io.systemd.credential.binary:fstab.extra={}",
+            base64::engine::general_purpose::STANDARD.encode(fstab)
+        ));
+    }
+    Ok(c)
 }
 
 /// The Podman API answers `GET /_ping` with `OK` through the tunnel's socket.

@@ -77,6 +77,7 @@ mod tests {
         max_cpus: 4,
         min_memory_mib: 1024,
         max_memory_mib: 8192,
+        shares: true,
     };
 
     #[test]

@@ -60,6 +60,9 @@ pub struct Spec {
     /// Set when the machine is exposed to Podman as a libkrun machine (`create --podman-machine`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub podman_machine: Option<PodmanMachine>,
+    /// Host folders shared into the guest (machines made before volumes existed have none).
+    #[serde(default)]
+    pub volumes: Vec<crate::volumes::Volume>,
 }
 
 /// What a machine exposed to Podman keeps fixed for its whole life, because Podman's machine

@@ -33,6 +33,7 @@ struct MachineView {
     disk_gib: u32,
     gpu: bool,
     image: guest_image::Sha256Digest,
+    volumes: Vec<machine::volumes::Volume>,
     ssh_port: Option<u16>,
     podman_socket: std::path::PathBuf,
     dir: std::path::PathBuf,
@@ -51,6 +52,7 @@ fn view(m: &machine::MachineDir, o: &lifecycle::StartOptions) -> anyhow::Result<
         disk_gib: spec.disk_gib,
         gpu: spec.gpu,
         image: spec.image,
+        volumes: spec.volumes,
         ssh_port: m.run().filter(|_| running).map(|r| r.ssh_port),
         podman_socket: m.socket(store::PODMAN_SOCKET),
         dir: m.dir.clone(),
@@ -75,6 +77,45 @@ fn line(v: &MachineView) -> String {
     )
 }
 
+/// `--volume`s, else the home directory (unless it is the guest's own, root's /root, or this host
+/// cannot share folders: `create` refuses only folders asked for).
+fn volumes(
+    a: &CreateArgs,
+    can_share: bool,
+    out: Printer,
+) -> anyhow::Result<Vec<machine::volumes::Volume>> {
+    if a.no_volumes {
+        return Ok(vec![]);
+    }
+    if !a.volumes.is_empty() {
+        let cwd = std::env::current_dir()?;
+        return Ok(a
+            .volumes
+            .iter()
+            .map(|v| machine::volumes::parse(v, &cwd))
+            .collect::<Result<_, _>>()?);
+    }
+    let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) else {
+        return Ok(vec![]);
+    };
+    if !can_share {
+        out.warn(&format!(
+            "the home directory is not shared: this host has no usable virtiofsd ({})",
+            machine::volumes::INSTALL_HINT
+        ));
+        return Ok(vec![]);
+    }
+    let v = machine::volumes::default_for(home.as_ref());
+    if v.is_none() {
+        out.warn(&format!(
+            "the home directory {} is not shared: the guest's system lives at that path \
+             (share folders with --volume HOST:GUEST)",
+            std::path::Path::new(&home).display()
+        ));
+    }
+    Ok(v.into_iter().collect())
+}
+
 pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let driver = match &a.driver {
         Some(d) => d.parse()?,
@@ -90,8 +131,10 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
     } else {
         None
     };
-    // Before anything is pulled: resources this host's driver cannot give.
+    // Before anything is pulled: resources this host's driver cannot give, folders that are not.
     machine::create::check_resources(driver, a.cpus, a.memory, a.gpu, &start)?;
+    let volumes = volumes(&a, machine::create::can_share(driver, &start), out)?;
+    machine::volumes::validate(&volumes)?;
     let image = image_for(a.image.as_deref(), home, out)?;
     let st = store(home);
     let m = create(
@@ -111,6 +154,7 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
                 version,
             }),
             start: &start,
+            volumes: &volumes,
         },
     )?;
     if driver == machine::DriverKind::Krunkit && !a.gpu {

@@ -15,6 +15,7 @@ pub use version::{
     INSTALL_HINT, JSON_REST, ProbeError, Version, VersionError, parse_version, probe,
 };
 
+use crate::Share;
 use std::path::PathBuf;
 
 /// krunkit refuses more guest RAM than this (MiB).
@@ -51,13 +52,6 @@ pub const GUEST_PHYS_MIB: u64 = 64 * 1024;
 /// The smallest Venus window carbon-vm accepts: libkrun's own default window (8 GiB). Less
 /// makes large Vulkan allocations fail in the guest.
 pub const MIN_WINDOW_MIB: u64 = 8192;
-
-/// A host directory shared with the guest over virtio-fs.
-#[derive(Debug, Clone)]
-pub struct Share {
-    pub dir: PathBuf,
-    pub tag: String,
-}
 
 /// Everything krunkit needs for one machine; paths are absolute.
 #[derive(Debug, Clone)]
@@ -253,10 +247,12 @@ mod tests {
             Share {
                 dir: "/Users/me".into(),
                 tag: "home".into(),
+                socket: "/r/dev/fs0.sock".into(),
             },
             Share {
                 dir: "/Volumes/data".into(),
                 tag: "data".into(),
+                socket: "/r/dev/fs1.sock".into(),
             },
         ];
         let argv = command_line(&c);
@@ -318,6 +314,7 @@ mod tests {
         c.shares.push(Share {
             dir: "/x=y".into(),
             tag: "t".into(),
+            socket: "/r/fs.sock".into(),
         });
         assert!(matches!(c.validate(), Err(InvalidConfig::BadPath(_))));
         // OEM strings are whole option values, not device arguments: commas are fine there.

@@ -86,6 +86,17 @@ pub struct Vm {
     pub pidfile: PathBuf,
     /// SMBIOS type 11 OEM strings (systemd credentials).
     pub oem_strings: Vec<String>,
+    /// Host folders shared over virtio-fs.
+    pub shares: Vec<Share>,
+}
+
+/// A host directory shared with the guest over virtio-fs under `tag`.
+#[derive(Debug, Clone)]
+pub struct Share {
+    pub dir: PathBuf,
+    pub tag: String,
+    /// Where a vhost-user daemon serves it, for VMMs without virtio-fs of their own (QEMU).
+    pub socket: PathBuf,
 }
 
 /// What a driver allows a machine on this host; `machine` refuses specs outside it.
@@ -94,6 +105,8 @@ pub struct Limits {
     pub max_cpus: u8,
     pub min_memory_mib: u32,
     pub max_memory_mib: u32,
+    /// Whether host folders can be shared (virtio-fs) with this driver here.
+    pub shares: bool,
 }
 
 impl Limits {
@@ -110,6 +123,7 @@ impl Limits {
                 0 => u32::MAX,
                 n => u32::try_from(n).unwrap_or(u32::MAX),
             },
+            shares: true,
         }
     }
 }
@@ -159,6 +173,8 @@ pub enum Error {
     Gpu(#[from] venus::probe::ProbeError),
     #[error(transparent)]
     GpuMemory(#[from] krunkit::NoRoomForGpu),
+    #[error(transparent)]
+    Share(#[from] qemu::virtiofs::ShareError),
     #[error("QMP")]
     Qmp(#[from] qmp::QmpError),
     #[error("krunkit")]

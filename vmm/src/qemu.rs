@@ -2,6 +2,7 @@
 //! unit tests pin exactly what QEMU is asked to do; the process lifecycle is in driver.rs.
 
 mod driver;
+pub mod virtiofs;
 
 pub use driver::Qemu;
 
@@ -89,6 +90,8 @@ pub struct QemuConfig {
     /// SMBIOS type 11 OEM strings (systemd credentials).
     pub oem_strings: Vec<String>,
     pub gpu: Option<Gpu>,
+    /// Folders served by virtiofsd on each share's socket.
+    pub shares: Vec<crate::Share>,
 }
 
 /// A virtio-gpu Venus device.
@@ -173,9 +176,33 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
         p(&c.pidfile),
         "-daemonize".into(),
     ];
+    // vhost-user devices (virtiofsd) and Venus blobs both need guest RAM that another process
+    // can map: a shared memfd backend.
+    if c.gpu.is_some() || !c.shares.is_empty() {
+        a.extend([
+            "-object".into(),
+            format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                c.memory_mib
+            ),
+            "-machine".into(),
+            "memory-backend=mem".into(),
+        ]);
+    }
     match &c.gpu {
         None => a.extend(["-display".into(), "none".into()]),
-        Some(gpu) => a.extend(gpu_args(c, gpu)),
+        Some(gpu) => a.extend(gpu_args(gpu)),
+    }
+    for (i, s) in c.shares.iter().enumerate() {
+        a.extend([
+            "-chardev".into(),
+            format!("socket,id=fs{i},path={}", opt(&s.socket)),
+            "-device".into(),
+            format!(
+                "vhost-user-fs-pci,chardev=fs{i},tag={}",
+                s.tag.replace(',', ",,")
+            ),
+        ]);
     }
     for s in &c.oem_strings {
         // QEMU's option parser treats ',' as a separator; ',,' is a literal comma.
@@ -185,9 +212,9 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
     a
 }
 
-/// Venus needs blob resources mapped through `hostmem`, and blobs need guest RAM that the
-/// render server can map too: a shared memfd backend. virtio-gpu-gl also needs a GL display.
-fn gpu_args(c: &QemuConfig, gpu: &Gpu) -> Vec<String> {
+/// Venus needs blob resources mapped through `hostmem` (and the shared RAM above);
+/// virtio-gpu-gl also needs a GL display.
+fn gpu_args(gpu: &Gpu) -> Vec<String> {
     let display = match &gpu.display {
         Display::EglHeadless { render_node } => {
             format!("egl-headless,rendernode={}", opt(render_node))
@@ -195,13 +222,6 @@ fn gpu_args(c: &QemuConfig, gpu: &Gpu) -> Vec<String> {
         Display::SdlOffscreen => "sdl,gl=on".into(),
     };
     vec![
-        "-object".into(),
-        format!(
-            "memory-backend-memfd,id=mem,size={}M,share=on",
-            c.memory_mib
-        ),
-        "-machine".into(),
-        "memory-backend=mem".into(),
         "-device".into(),
         format!(
             "virtio-gpu-gl-pci,venus=on,blob=on,hostmem={}M",
@@ -247,6 +267,7 @@ mod tests {
                 "a,b".into(),
             ],
             gpu: None,
+            shares: vec![],
         }
     }
 
@@ -336,6 +357,42 @@ mod tests {
             "egl-headless,rendernode=/dev/dri/renderD128".into()
         )));
         assert!(environment(&c).is_empty());
+    }
+
+    #[test]
+    fn shared_folders_get_vhost_user_fs_devices_on_shared_memory() {
+        let mut c = config();
+        assert!(!command_line(&c).iter().any(|a| a.contains("memfd")));
+        c.shares = vec![
+            crate::Share {
+                dir: "/home/u".into(),
+                tag: "carbon-vol0".into(),
+                socket: "/run/c/dev/fs0.sock".into(),
+            },
+            crate::Share {
+                dir: "/w".into(),
+                tag: "carbon-vol1".into(),
+                socket: "/run/c/dev/fs1.sock".into(),
+            },
+        ];
+        let p = pairs(&command_line(&c));
+        let has = |k: &str, v: &str| p.contains(&(k.to_owned(), v.to_owned()));
+        assert!(has("-chardev", "socket,id=fs0,path=/run/c/dev/fs0.sock"));
+        assert!(has(
+            "-device",
+            "vhost-user-fs-pci,chardev=fs0,tag=carbon-vol0"
+        ));
+        assert!(has("-chardev", "socket,id=fs1,path=/run/c/dev/fs1.sock"));
+        assert!(has(
+            "-device",
+            "vhost-user-fs-pci,chardev=fs1,tag=carbon-vol1"
+        ));
+        assert!(has(
+            "-object",
+            "memory-backend-memfd,id=mem,size=2048M,share=on"
+        ));
+        assert!(has("-machine", "memory-backend=mem"));
+        assert!(has("-display", "none"));
     }
 
     #[test]

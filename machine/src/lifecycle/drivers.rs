@@ -41,7 +41,6 @@ pub fn driver_of(
                 ..vmm::krunkit::Driver::default()
             },
             rest_port,
-            shares: vec![],
         }),
         DriverKind::Qemu | DriverKind::Libkrun => {
             Box::new(vmm::qemu::Qemu::new(vmm::qemu::Arch::host(), o.accel))

@@ -47,9 +47,10 @@ impl Machine {
             console_log: d.join("console.log"),
             rest: Endpoint::Unix(d.join("rest.sock")),
             pidfile: d.join("krunkit.pid"),
-            shares: vec![vmm::krunkit::Share {
+            shares: vec![vmm::Share {
                 dir: d.to_owned(),
                 tag: "share".into(),
+                socket: d.join("fs0.sock"),
             }],
             oem_strings: vec!["io.systemd.credential:system.hostname=dev".into()],
         };

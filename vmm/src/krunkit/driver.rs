@@ -3,7 +3,7 @@
 //! it, and every path comes from the [`KrunkitConfig`].
 
 use super::rest::{self, Endpoint, RestError, StateChange, VmState};
-use super::{InvalidConfig, KrunkitConfig, Share, command_line};
+use super::{InvalidConfig, KrunkitConfig, command_line};
 use crate::{DriverKind, Limits, StopMode, Vm};
 use std::fs;
 use std::io;
@@ -253,7 +253,6 @@ pub struct Krunkit {
     /// krunkit's REST API on this loopback port instead of the machine's control socket, for
     /// Podman (which reaches krunkit over TCP only).
     pub rest_port: Option<u16>,
-    pub shares: Vec<Share>,
 }
 
 impl Krunkit {
@@ -271,7 +270,7 @@ impl Krunkit {
                 None => Endpoint::Unix(vm.control_socket.clone()),
             },
             pidfile: vm.pidfile.clone(),
-            shares: self.shares.clone(),
+            shares: vm.shares.clone(),
             oem_strings: vm.oem_strings.clone(),
         }
     }

@@ -1,6 +1,7 @@
 //! QEMU's process lifecycle: `-daemonize` (QEMU returns once the VM runs), state from the
 //! pidfile checked against the command line, QMP `system_powerdown` for a graceful stop.
 
+use super::virtiofs::{self, Virtiofsd};
 use super::{Accel, AccelChoice, Arch, Gpu, QemuConfig, command_line, environment, marker};
 use crate::process::{self, Signal};
 use crate::{Driver, DriverKind, Error, Limits, StopMode, Vm};
@@ -19,6 +20,17 @@ pub struct Qemu {
     /// The accelerator and the Venus device, each probed at most once per invocation.
     accel: OnceLock<Accel>,
     gpu: OnceLock<Gpu>,
+}
+
+/// The host's virtiofsd, or what to install.
+fn virtiofsd() -> Result<Virtiofsd, Error> {
+    virtiofs::find().ok_or_else(|| {
+        Error::Missing(
+            "virtiofsd".into(),
+            virtiofs::INSTALL_HINT,
+            std::io::ErrorKind::NotFound.into(),
+        )
+    })
 }
 
 impl Qemu {
@@ -79,44 +91,15 @@ impl Qemu {
             pidfile: vm.pidfile.clone(),
             oem_strings: vm.oem_strings.clone(),
             gpu,
-        }
-    }
-}
-
-impl Driver for Qemu {
-    fn kind(&self) -> DriverKind {
-        DriverKind::Qemu
-    }
-
-    fn accelerator(&self) -> &'static str {
-        match self.accel() {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
+            shares: vm.shares.clone(),
         }
     }
 
-    fn limits(&self, _gpu: bool) -> Limits {
-        Limits::host()
-    }
-
-    fn check_host(&self, vm: &Vm) -> Result<(), Error> {
-        if vm.gpu && self.gpu.get().is_none() {
-            let gpu = self.probe_gpu()?;
-            let _ = self.gpu.set(gpu);
-        }
-        Ok(())
-    }
-
-    fn network(&self, vm: &Vm) -> crate::gvproxy::Listen {
-        crate::gvproxy::Listen::Qemu(vm.net_socket.clone())
-    }
-
-    fn launch(&self, vm: &Vm) -> Result<(), Error> {
-        self.check_host(vm)?;
-        let cfg = self.config(vm, self.gpu.get().cloned());
+    /// QEMU itself; `-daemonize` returns once the VM runs.
+    fn launch_qemu(&self, cfg: &QemuConfig) -> Result<(), Error> {
         let out = Command::new(self.arch.qemu())
-            .args(command_line(&cfg))
-            .envs(environment(&cfg))
+            .args(command_line(cfg))
+            .envs(environment(cfg))
             .stdin(Stdio::null())
             .process_group(0) // outlives this command, and a ^C to it
             .output()
@@ -137,6 +120,56 @@ impl Driver for Qemu {
             ));
         }
         Ok(())
+    }
+}
+
+impl Driver for Qemu {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Qemu
+    }
+
+    fn accelerator(&self) -> &'static str {
+        match self.accel() {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    fn limits(&self, _gpu: bool) -> Limits {
+        Limits {
+            shares: virtiofs::usable(),
+            ..Limits::host()
+        }
+    }
+
+    fn check_host(&self, vm: &Vm) -> Result<(), Error> {
+        if vm.gpu && self.gpu.get().is_none() {
+            let gpu = self.probe_gpu()?;
+            let _ = self.gpu.set(gpu);
+        }
+        if let Some(s) = vm.shares.first() {
+            let root = rustix::process::geteuid().is_root();
+            virtiofsd()?.args(&s.dir, root)?;
+        }
+        Ok(())
+    }
+
+    fn network(&self, vm: &Vm) -> crate::gvproxy::Listen {
+        crate::gvproxy::Listen::Qemu(vm.net_socket.clone())
+    }
+
+    fn launch(&self, vm: &Vm) -> Result<(), Error> {
+        self.check_host(vm)?;
+        let cfg = self.config(vm, self.gpu.get().cloned());
+        let daemons = match vm.shares.is_empty() {
+            true => vec![],
+            false => virtiofs::spawn(&virtiofsd()?, &vm.shares, &vm.vmm_log)?,
+        };
+        let launched = self.launch_qemu(&cfg);
+        if launched.is_err() {
+            virtiofs::kill(daemons);
+        }
+        launched
     }
 
     fn running(&self, vm: &Vm) -> Result<bool, Error> {
@@ -166,6 +199,7 @@ impl Driver for Qemu {
         if self.pid(vm).is_none() {
             let _ = std::fs::remove_file(&vm.pidfile);
             let _ = std::fs::remove_file(&vm.control_socket);
+            virtiofs::kill_stale(virtiofs::find().as_ref(), &vm.shares);
         }
     }
 }

@@ -1,9 +1,11 @@
-//! Published ports and host services, end to end on QEMU (TCG) with real gvproxy and podman: a
-//! container's `-p` reaches the host (on 127.0.0.1 unless the user names a host IP) and stops
-//! reaching it when the container stops; a taken host port fails the container's start with
-//! gvproxy's reason and leaves the machine working; UDP too; the docker CLI and compose publish the
-//! same way; containers reach the host's own services at host.containers.internal and
-//! host.docker.internal.
+//! The everyday workflow, end to end on one QEMU (TCG) machine with real virtiofsd, gvproxy,
+//! podman, docker and compose: host folders reach containers through `-v` both ways (the home
+//! directory at its own path, a folder at a path of its own); a container's `-p` reaches the host
+//! (on 127.0.0.1 unless the user names a host IP) and stops reaching it when the container stops;
+//! a taken host port fails the container's start with gvproxy's reason and leaves the machine
+//! working; UDP too; the docker CLI and compose publish and bind-mount the same way; containers
+//! reach the host's own services at host.containers.internal and host.docker.internal. Folders
+//! that do not exist, or are gone by `start`, are refused with the path named.
 
 mod common;
 
@@ -92,7 +94,7 @@ fn ok(o: &Output, what: &str) -> String {
 }
 
 #[test]
-fn published_ports_reach_the_host_on_loopback_and_containers_reach_host_services() {
+fn folders_ports_and_clients_work_as_with_podman_machine() {
     let Some(image) = common::default_image() else {
         return;
     };
@@ -107,11 +109,78 @@ fn published_ports_reach_the_host_on_loopback_and_containers_reach_host_services
             .unwrap()
     };
     env.pull(image.to_str().unwrap(), Some(&common::sha256_file(&image)));
-    env.cmd()
-        .args(["create", "dev", "--memory", "2048", "--disk-size", "8"])
+    // The user's home (shared by default, at its own path) and a project shared as /work, named
+    // relative to the current directory as `-v .:/work` users do.
+    let home = env.home.path().join("home");
+    let www = home.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello-from-a-host-folder\n").unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("a.txt"), "in-the-project").unwrap();
+    let home_s = home.to_str().unwrap();
+    let dflt = env
+        .cmd()
+        .env("HOME", &home)
+        .args(["--json", "create", "dflt", "--memory", "2048"])
         .assert()
         .success();
+    let dflt: serde_json::Value = serde_json::from_slice(&dflt.get_output().stdout).unwrap();
+    assert_eq!(
+        dflt["volumes"],
+        serde_json::json!([{"host": home_s, "guest": home_s}]),
+        "the home directory is shared at its own path by default"
+    );
+    env.cmd().args(["rm", "dflt"]).assert().success();
+    env.cmd()
+        .current_dir(project.path())
+        .args(["create", "dev", "--memory", "2048", "--disk-size", "8"])
+        .args(["--volume", home_s, "--volume", ".:/work"])
+        .assert()
+        .success();
+    folders_refused_with_the_path_named(&env);
     env.cmd().args(["start", "dev"]).assert().success();
+
+    // Host folders, both ways: a host file read in a container, a container's file on the host,
+    // owned by the user who runs the machine.
+    std::fs::write(home.join("from-host.txt"), "written-on-the-host").unwrap();
+    let read = ok(
+        &podman(&[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{home_s}:/x"),
+            "localhost/carbon-venus:latest",
+            "sh",
+            "-c",
+            "cat /x/from-host.txt && echo written-in-a-container > /x/from-container.txt",
+        ]),
+        "podman run -v HOME:/x",
+    );
+    assert_eq!(read, "written-on-the-host");
+    let written = home.join("from-container.txt");
+    assert_eq!(
+        std::fs::read_to_string(&written).unwrap(),
+        "written-in-a-container\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&written).unwrap().uid(),
+        std::fs::metadata(env.home.path()).unwrap().uid(),
+        "the container's file belongs to the machine's user"
+    );
+    let read = ok(
+        &podman(&[
+            "run",
+            "--rm",
+            "-v",
+            "/work:/w:ro",
+            "localhost/carbon-venus:latest",
+            "cat",
+            "/w/a.txt",
+        ]),
+        "podman run -v /work:/w",
+    );
+    assert_eq!(read, "in-the-project");
 
     // A web server: the bundled image plus the host's static busybox (scripts/install-deps).
     let ctx = tempfile::tempdir().unwrap();
@@ -225,29 +294,32 @@ fn published_ports_reach_the_host_on_loopback_and_containers_reach_host_services
             .output()
             .unwrap_or_else(|e| panic!("{program} (scripts/install-deps installs it): {e}"))
     };
+    // Each serves the host folder's page over its own: a published port and a bind mount at once.
     let port = free_port();
-    ok(
-        &docker("docker", &web_server("by-docker", &format!("{port}:80"))),
-        "docker run -p",
-    );
+    let publish = format!("{port}:80");
+    let mut run = web_server("by-docker", &publish).to_vec();
+    let mount = format!("{}:/www:ro", www.display());
+    run.splice(2..2, ["-v", mount.as_str()]);
+    ok(&docker("docker", &run), "docker run -p -v");
     let addr = format!("127.0.0.1:{port}");
     eventually(
         Duration::from_secs(60),
-        "docker's published port answers",
-        || http_get(&addr).is_some_and(|a| a.contains("hello-from-a-container")),
+        "docker's published port serves the host folder",
+        || http_get(&addr).is_some_and(|a| a.contains("hello-from-a-host-folder")),
     );
     ok(
         &docker("docker", &["rm", "-f", "by-docker"]),
         "docker rm -f",
     );
+    // A compose project in the home directory, its bind mount relative to it (compose makes it
+    // absolute on the host: the same path in the guest).
     let port = free_port();
-    let project = tempfile::tempdir().unwrap();
-    let compose = project.path().join("compose.yaml");
+    let compose = home.join("compose.yaml");
     std::fs::write(
         &compose,
         format!(
             "services:\n  web:\n    image: localhost/web\n    command: busybox httpd -f -p 80 -h /www\n    \
-             ports: [\"{port}:80\"]\n"
+             ports: [\"{port}:80\"]\n    volumes: [\"./www:/www:ro\"]\n"
         ),
     )
     .unwrap();
@@ -259,8 +331,8 @@ fn published_ports_reach_the_host_on_loopback_and_containers_reach_host_services
     let addr = format!("127.0.0.1:{port}");
     eventually(
         Duration::from_secs(60),
-        "compose's published port answers",
-        || http_get(&addr).is_some_and(|a| a.contains("hello-from-a-container")),
+        "compose's published port serves the host folder",
+        || http_get(&addr).is_some_and(|a| a.contains("hello-from-a-host-folder")),
     );
     assert_eq!(listeners("tcp", port), [loopback("tcp", 1)]);
     ok(
@@ -303,4 +375,47 @@ fn published_ports_reach_the_host_on_loopback_and_containers_reach_host_services
     server.join().unwrap();
 
     env.cmd().args(["rm", "--force", "dev"]).assert().success();
+}
+
+/// Bad folders get a usage error naming them and leave no machine; a folder removed after
+/// `create` fails that machine's `start` before anything runs.
+fn folders_refused_with_the_path_named(env: &common::Env) {
+    let gone = tempfile::tempdir().unwrap();
+    let missing = gone.path().join("missing");
+    for (arg, says) in [
+        (missing.to_str().unwrap().to_owned(), "No such file"),
+        (format!("{}:/etc", gone.path().display()), "/etc"),
+    ] {
+        let o = env
+            .process()
+            .args(["create", "bad", "-v", &arg])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "--volume {arg}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "--volume {arg}: {err}");
+    }
+    env.cmd()
+        .args(["create", "gone", "--memory", "2048", "-v"])
+        .arg(gone.path())
+        .assert()
+        .success();
+    let path = gone.path().to_owned();
+    drop(gone);
+    let o = env.process().args(["start", "gone"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains(path.to_str().unwrap()),
+        "{err}"
+    );
+    let list = env.json(&["list"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["dev", "gone"], "no machine named bad");
+    assert_eq!(list[1]["state"], "stopped");
+    env.cmd().args(["rm", "gone"]).assert().success();
 }

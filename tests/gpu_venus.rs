@@ -1,6 +1,7 @@
 //! Venus end to end, for real: a `--gpu` machine on QEMU 10 + virglrenderer 1.1 (in the trixie
 //! host root, see scripts/gpu-root) whose guest and containers see "Virtio-GPU Venus (HOST DEVICE)"
-//! and run the project's Vulkan compute workload, checked against the CPU, through
+//! and run the project's Vulkan compute workload from a shared host folder (virtio-fs through the
+//! root's virtiofsd), checked against the CPU, through
 //! `podman -c NAME run --device /dev/dri`. A machine without --gpu fails `gpu check` saying so.
 
 mod common;
@@ -78,6 +79,15 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
         assert_eq!(c["ok"], true, "{c:#}");
     }
 
+    // The project's compute workload sits in a host folder the machine shares (virtio-fs beside
+    // Venus, both on the guest's shared memory).
+    let work = tempfile::tempdir_in(g.env.home.path()).unwrap();
+    std::fs::copy(
+        common::workspace_bin("carbon-vk-compute"),
+        work.path().join("carbon-vk-compute"),
+    )
+    .unwrap();
+    let work_path = work.path().to_str().unwrap();
     ok(
         &g.carbon_vm(&[
             "create",
@@ -87,6 +97,8 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
             "2048",
             "--disk-size",
             "8",
+            "--volume",
+            &format!("{work_path}:/work"),
         ]),
         "create --gpu",
     );
@@ -168,29 +180,8 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
         );
     }
 
-    // The project's compute workload, built into an image on the machine by the podman client,
-    // run with --device /dev/dri on the Venus device, its product checked against the CPU.
-    let ctx = tempfile::tempdir_in(g.env.home.path()).unwrap();
-    let bin = common::workspace_bin("carbon-vk-compute");
-    std::fs::copy(&bin, ctx.path().join("carbon-vk-compute")).unwrap();
-    std::fs::write(
-        ctx.path().join("Containerfile"),
-        "FROM localhost/carbon-venus:latest\nCOPY carbon-vk-compute /usr/local/bin/\n",
-    )
-    .unwrap();
-    let ctx_path = ctx.path().to_str().unwrap();
-    ok(
-        &g.podman(&[
-            "-c",
-            "gpu",
-            "build",
-            "-q",
-            "-t",
-            "localhost/carbon-vk-compute",
-            ctx_path,
-        ]),
-        "podman build",
-    );
+    // The compute workload, run from the shared folder with --device /dev/dri on the Venus device,
+    // its product checked against the CPU.
     let out = ok(
         &g.podman(&[
             "-c",
@@ -199,8 +190,10 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
             "--rm",
             "--device",
             "/dev/dri",
-            "localhost/carbon-vk-compute",
-            "carbon-vk-compute",
+            "-v",
+            "/work:/work:ro",
+            "localhost/carbon-venus:latest",
+            "/work/carbon-vk-compute",
             "--n",
             "128",
             "--driver",
@@ -235,7 +228,7 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
         "the host's podman over the connection",
     );
     assert!(
-        images.lines().any(|l| l == "localhost/carbon-vk-compute"),
+        images.lines().any(|l| l == "localhost/carbon-venus"),
         "{versions:?}: {images}"
     );
 

@@ -161,13 +161,19 @@ impl Driver for Qemu {
     fn launch(&self, vm: &Vm) -> Result<(), Error> {
         self.check_host(vm)?;
         let cfg = self.config(vm, self.gpu.get().cloned());
-        let daemons = match vm.shares.is_empty() {
+        let mut daemons = match vm.shares.is_empty() {
             true => vec![],
             false => virtiofs::spawn(&virtiofsd()?, &vm.shares, &vm.vmm_log)?,
         };
         let launched = self.launch_qemu(&cfg);
         if launched.is_err() {
+            let died = virtiofs::any_exited(&mut daemons);
             virtiofs::kill(daemons);
+            if died {
+                let log = std::fs::read(&vm.vmm_log).unwrap_or_default();
+                let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(2000)..]);
+                return Err(Error::Exited("virtiofsd", tail.trim().into()));
+            }
         }
         launched
     }

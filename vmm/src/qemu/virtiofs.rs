@@ -58,9 +58,10 @@ impl Virtiofsd {
         }
     }
 
-    /// Its arguments for `dir`. As root it sandboxes itself in namespaces and keeps the guest's
-    /// owners; as another user (Rust only) it runs unsandboxed and files the guest creates belong
-    /// to that user, as with Podman machine.
+    /// Its arguments for `dir`. As root it confines itself to the folder and keeps the guest's
+    /// owners (the Rust one with chroot, whose namespace sandbox cannot pivot out of a chroot like
+    /// scripts/gpu-root's); as another user (Rust only) it runs unsandboxed and files the guest
+    /// creates belong to that user, as with Podman machine.
     pub fn args(&self, dir: &Path, root: bool) -> Result<Vec<String>, ShareError> {
         let d = dir.display().to_string();
         match self {
@@ -69,7 +70,7 @@ impl Virtiofsd {
                 "--shared-dir".into(),
                 d,
                 "--cache=auto".into(),
-                format!("--sandbox={}", if root { "namespace" } else { "none" }),
+                format!("--sandbox={}", if root { "chroot" } else { "none" }),
             ]),
             Virtiofsd::C(_) if !root => Err(ShareError::NeedsRoot),
             // `-o` splits its value on ','.
@@ -146,6 +147,13 @@ fn spawn_one(d: &Virtiofsd, s: &Share, log: &Path, root: bool) -> std::io::Resul
     Ok(child)
 }
 
+/// Whether one of them has exited already (QEMU's "connection refused" is then its fault).
+pub fn any_exited(children: &mut [Child]) -> bool {
+    children
+        .iter_mut()
+        .any(|c| c.try_wait().is_ok_and(|s| s.is_some()))
+}
+
 /// Ends virtiofsd processes QEMU never connected to (a launch that failed).
 pub fn kill(children: Vec<Child>) {
     for mut c in children {
@@ -181,7 +189,7 @@ mod tests {
                 "--shared-dir",
                 "/home/u",
                 "--cache=auto",
-                "--sandbox=namespace"
+                "--sandbox=chroot"
             ]
         );
         assert_eq!(

@@ -5,7 +5,8 @@
 //! a taken host port fails the container's start with gvproxy's reason and leaves the machine
 //! working; UDP too; the docker CLI and compose publish and bind-mount the same way; containers
 //! reach the host's own services at host.containers.internal and host.docker.internal. Folders
-//! that do not exist, or are gone by `start`, are refused with the path named.
+//! that do not exist, or are gone by `start`, are refused with the path named. A full guest disk
+//! fails a pull at once, saying so.
 
 mod common;
 
@@ -223,6 +224,13 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
         [loopback("tcp", 1)],
         "on loopback only"
     );
+    // Podman restarting the container opens the port again.
+    ok(&podman(&["restart", "-t", "0", "web"]), "podman restart");
+    eventually(
+        Duration::from_secs(60),
+        "the published port answers after a restart",
+        || http_get(&addr).is_some_and(|a| a.contains("hello-from-a-container")),
+    );
     ok(&podman(&["stop", "-t", "0", "web"]), "podman stop");
     eventually(
         Duration::from_secs(60),
@@ -373,6 +381,44 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
         assert_eq!(answer.trim(), "hello-from-the-host", "{name}");
     }
     server.join().unwrap();
+
+    // A full guest disk: a pull fails at once saying so (no stuck pull), and works once there is
+    // room again. The image comes from a registry on the host's loopback, pushed by the guest.
+    let registry = common::servers::registry();
+    let blob = format!("host.containers.internal:{}/blob:1", registry.port);
+    let guest = |script: &str| {
+        env.process()
+            .args(["ssh", "dev", "--", script])
+            .output()
+            .unwrap()
+    };
+    ok(
+        &guest(&format!(
+            "mkdir -p /tmp/blob && head -c 4000000 /dev/urandom >/tmp/blob/b && \
+             printf 'FROM scratch\\nCOPY b /b\\n' >/tmp/blob/Containerfile && \
+             podman build -q -t localhost/blob /tmp/blob && \
+             podman push -q --tls-verify=false localhost/blob {blob} && podman rmi localhost/blob"
+        )),
+        "an image pushed to the host's registry",
+    );
+    // fallocate stops at ENOSPC, leaving ext4's last few blocks.
+    ok(
+        &guest(
+            "fallocate -l $(($(stat -f -c '%f*%S' /))) /var/fill; [ $(stat -f -c %f /) -lt 8192 ]",
+        ),
+        "the guest's disk filled",
+    );
+    let o = podman(&["pull", "--tls-verify=false", &blob]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no space left on device"),
+        "{err}"
+    );
+    ok(&guest("rm /var/fill"), "room made");
+    ok(
+        &podman(&["pull", "-q", "--tls-verify=false", &blob]),
+        "pull",
+    );
 
     env.cmd().args(["rm", "--force", "dev"]).assert().success();
 }

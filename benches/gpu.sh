@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Benchmark: the project's Vulkan compute workload (carbon-vk-compute, a matrix product checked
-# against the CPU) in a container of a --gpu machine through Venus, and directly on the host's own
-# Vulkan device, in one run; prints both throughputs and their ratio (goal: Venus >= 0.9x host).
+# Benchmark: GPU work in a container of a --gpu machine through Venus against the same work
+# directly on the host's own Vulkan device, in one run, rounds alternating; prints medians and
+# ratios:
+#   - the project's compute workload (carbon-vk-compute, a matrix product checked against the CPU;
+#     goal: Venus >= 0.9x host);
+#   - llama.cpp's own benchmark (llama-bench of scripts/llama-root: prompt processing and
+#     generation, tokens/s, same model, same threads; goal: prompt processing >= 0.85x host), the
+#     model (scripts/llama-model.py: 8 layers, 512 wide, f32, random) and the root shared with the
+#     machine as folders.
 # Runs inside the trixie GPU host root (scripts/gpu-root), where the host device is lavapipe.
 #   benches/gpu.sh [N] [ROUNDS]      matrix size (default 512), alternating rounds (default 3)
 set -euo pipefail
@@ -16,8 +22,13 @@ work=$(mktemp -d /tmp/carbon-gpu-bench.XXXXXX) # /tmp is bound into the GPU root
 export CARBON_VM_HOME=$work/home XDG_CONFIG_HOME=$work/xdg
 trap '$root run "$bin" rm --force gbench >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
+llama=$(scripts/llama-root path)
+mkdir "$work/models"
+scripts/llama-root run python3 /opt/carbon-llama/llama-model.py "$work/models/bench.gguf" \
+    --embd 512 --layers 8 --ff 1536
 "$bin" -q image pull "$image" --sha256 "$(cat "$image.sha256")"
-"$bin" -q create --gpu gbench --memory 2048 --disk-size 8
+"$bin" -q create --gpu gbench --memory 2048 --disk-size 8 \
+    --volume "$llama:/opt/carbon-llama-root" --volume "$work/models:/models"
 $root run "$bin" -q start gbench
 mkdir "$work/ctx"
 cp target/release/carbon-vk-compute "$work/ctx/"
@@ -39,3 +50,28 @@ echo "matrix ${n}x${n}, 4 dispatches per submission, best of 3 submissions, medi
 echo "host lavapipe, directly:          $h GFLOP/s   (runs: ${host[*]})"
 echo "container through Venus:          $v GFLOP/s   (runs: ${venus[*]})"
 awk -v v="$v" -v h="$h" 'BEGIN { r = v / h; printf "ratio Venus / host:               %.2fx (goal >= 0.9: %s)\n", r, (r >= 0.9 ? "met" : "NOT met") }'
+
+# llama-bench: one prompt-processing and one generation test per run, 2 threads on both sides.
+bench=(llama-bench -p 64 -n 16 -t 2 -r 2 -dev Vulkan0 -ngl 99 -o jsonl)
+# avg_ts of the prompt (n_gen 0) and generation rows of llama-bench's JSON lines: "PP TG".
+tokens_per_s() {
+    sed -n 's/.*"n_gen": *\([0-9]*\).*"avg_ts": *\([0-9.e+-]*\).*/\1 \2/p' |
+        awk '$1 == 0 { pp = $2 } $1 > 0 { tg = $2 } END { print pp, tg }'
+}
+lhost=() lvenus=()
+for ((i = 0; i < rounds; i++)); do
+    lhost+=("$(GGML_VK_VISIBLE_DEVICES=0 scripts/llama-root run "${bench[@]}" -m "$work/models/bench.gguf" 2>/dev/null | tokens_per_s)")
+    lvenus+=("$($root run podman -c gbench run --rm \
+        -e VK_DRIVER_FILES=/usr/share/vulkan/icd.d/virtio_icd.json -e GGML_VK_VISIBLE_DEVICES=0 \
+        -v /models:/models --rootfs /opt/carbon-llama-root:O "${bench[@]}" -m /models/bench.gguf \
+        2>/dev/null | tokens_per_s)")
+done
+col() { for r in "$@"; do echo "${r%% *}"; done; }
+col2() { for r in "$@"; do echo "${r##* }"; done; }
+hp=$(median $(col "${lhost[@]}")) vp=$(median $(col "${lvenus[@]}"))
+hg=$(median $(col2 "${lhost[@]}")) vg=$(median $(col2 "${lvenus[@]}"))
+echo "llama-bench, 8 layers x 512 f32 (27.7 M parameters), pp64 and tg16, 2 threads, median of $rounds runs"
+echo "prompt processing: host $hp t/s, Venus $vp t/s   (host: $(col "${lhost[@]}" | tr '\n' ' ')Venus: $(col "${lvenus[@]}" | tr '\n' ' '))"
+echo "generation:        host $hg t/s, Venus $vg t/s   (host: $(col2 "${lhost[@]}" | tr '\n' ' ')Venus: $(col2 "${lvenus[@]}" | tr '\n' ' '))"
+awk -v v="$vp" -v h="$hp" 'BEGIN { r = v / h; printf "ratio Venus / host, prompt:       %.2fx (goal >= 0.85: %s)\n", r, (r >= 0.85 ? "met" : "NOT met") }'
+awk -v v="$vg" -v h="$hg" 'BEGIN { printf "ratio Venus / host, generation:   %.2fx\n", v / h }'

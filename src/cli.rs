@@ -224,5 +224,26 @@ pub struct SshArgs {
 #[derive(Subcommand, Debug)]
 pub enum GpuCommand {
     /// Prove Venus works in the machine and in a container, or say which link is missing.
-    Check(NameArg),
+    Check(GpuCheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GpuCheckArgs {
+    pub name: String,
+    /// Also run a real application's Vulkan code: `llama` decodes with llama.cpp on the Venus
+    /// device and on the CPU in a container, and compares (image: `scripts/llama-root image NAME`).
+    #[arg(long, value_enum)]
+    pub workload: Option<Workload>,
+    /// The workload's image.
+    #[arg(
+        long,
+        default_value = "localhost/carbon-llama:latest",
+        requires = "workload"
+    )]
+    pub workload_image: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Workload {
+    Llama,
 }

@@ -192,6 +192,12 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
         if let Some(f) = cause.downcast_ref::<crate::commands::machine::GpuCheckFailed>() {
             return (GPU_CHECK, Some(f.0.hint));
         }
+        if cause
+            .downcast_ref::<crate::commands::machine::WorkloadFailed>()
+            .is_some()
+        {
+            return (GPU_CHECK, Some(machine::host::LLAMA_HINT));
+        }
         match cause.downcast_ref::<machine::create::CreateError>() {
             Some(machine::create::CreateError::Driver(_)) => return (NOT_IMPLEMENTED, None),
             Some(machine::create::CreateError::NoKrunkit(_)) => {

@@ -6,64 +6,16 @@
 
 mod common;
 
-use common::Env;
+use common::gpu::{GpuEnv, ok};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-struct GpuEnv {
-    env: Env,
-    root: PathBuf,
-    xdg: PathBuf,
-}
-
-impl GpuEnv {
-    /// A command run inside the GPU host root, with the test's own state and Podman config.
-    fn inside(&self, program: &Path) -> Command {
-        let mut c = Command::new(&self.root);
-        c.arg("run")
-            .arg(program)
-            .env("CARBON_VM_HOME", self.env.home.path())
-            .env("XDG_CONFIG_HOME", &self.xdg)
-            .env("CONTAINERS_CONF", common::podman_conf(&self.xdg))
-            .env_remove("CARBON_VM_LOG");
-        c
-    }
-
-    fn carbon_vm(&self, args: &[&str]) -> Output {
-        self.inside(&assert_cmd::cargo::cargo_bin("carbon-vm"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn podman(&self, args: &[&str]) -> Output {
-        self.inside(Path::new("/usr/bin/podman"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-}
-
-fn ok(o: &Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use std::process::Command;
 
 #[test]
 fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
     let (Some(image), Some(root)) = (common::default_image(), common::gpu_root()) else {
         return;
     };
-    let env = Env::new();
-    let xdg = env.home.path().join("xdg");
-    let g = GpuEnv { env, root, xdg };
+    let g = GpuEnv::new(root);
     g.env
         .pull(image.to_str().unwrap(), Some(&common::sha256_file(&image)));
     // doctor asks the root's real QEMU, render server and Vulkan loader: every GPU link is there.

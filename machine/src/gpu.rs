@@ -39,11 +39,35 @@ pub fn check(
         Scope::Vm => "vm",
         Scope::Container => "container",
     };
+    let out = in_guest(m, o, check::GUEST_SCRIPT, &[image, scope_arg])?;
+    Ok(check::diagnose(&out))
+}
+
+/// Runs llama.cpp on the machine's Venus device and on the CPU in a container of `image`
+/// (`gpu check --workload llama`); call it once [`check`] passed.
+pub fn check_llama(
+    m: &MachineDir,
+    o: &StartOptions,
+    image: &str,
+) -> Result<venus::llama::Report, GpuError> {
+    let out = in_guest(m, o, &venus::llama::guest_script(), &[image])?;
+    Ok(venus::llama::diagnose(&out))
+}
+
+/// Runs `script` with `args` (quoted, single quotes dropped) in the running guest over SSH;
+/// returns its output.
+fn in_guest(
+    m: &MachineDir,
+    o: &StartOptions,
+    script: &str,
+    args: &[&str],
+) -> Result<String, GpuError> {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "")))
+        .collect();
     let out = crate::lifecycle::ssh(m, o)?
-        .arg(format!(
-            "sh -s -- '{}' {scope_arg}",
-            image.replace('\'', "")
-        ))
+        .arg(format!("sh -s -- {}", args.join(" ")))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -54,7 +78,7 @@ pub fn check(
                 .stdin
                 .take()
                 .expect("piped")
-                .write_all(check::GUEST_SCRIPT.as_bytes())?;
+                .write_all(script.as_bytes())?;
             child.wait_with_output()
         })
         .map_err(GpuError::Ssh)?;
@@ -64,5 +88,5 @@ pub fn check(
             String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         ));
     }
-    Ok(check::diagnose(&String::from_utf8_lossy(&out.stdout)))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

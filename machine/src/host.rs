@@ -1,7 +1,8 @@
 //! What the CLI asks of the host and of the layers below `machine`: the probes `doctor` and the
 //! settings run, and the error types the CLI's exit codes are chosen by.
 
-pub use venus::check::Missing as GpuMissing;
+pub use venus::check::{Missing as GpuMissing, Report as GpuReport};
+pub use venus::llama::{COMPLETION as LLAMA_COMPLETION, HINT as LLAMA_HINT, Report as LlamaReport};
 pub use venus::probe as gpu_probe;
 pub use vmm::krunkit::{INSTALL_HINT as KRUNKIT_INSTALL_HINT, JSON_REST, probe as krunkit};
 pub use vmm::qemu::{Accel, AccelChoice, Arch};

@@ -1,6 +1,6 @@
-//! `create`, `start`, `stop`, `rm`, `list`, `inspect`, `ssh`, `env`.
+//! `create`, `start`, `stop`, `rm`, `list`, `inspect`, `ssh`, `env`, `gpu check`.
 
-use crate::cli::{CreateArgs, NameArg, RmArgs, SetArgs, SshArgs, StopArgs};
+use crate::cli::{CreateArgs, GpuCheckArgs, NameArg, RmArgs, SetArgs, SshArgs, StopArgs, Workload};
 use crate::home::Home;
 use crate::output::Printer;
 use crate::settings;
@@ -315,7 +315,7 @@ fn check_image(home: &Home, spec: &store::Spec) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("the machine's guest image bundles no container image"))
 }
 
-pub fn gpu_check(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
+pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = store(home).open(&a.name)?;
     let spec = m.spec()?;
     let image = if spec.gpu {
@@ -323,25 +323,55 @@ pub fn gpu_check(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     } else {
         String::new()
     };
-    let report = machine::gpu::check(
-        &m,
-        &settings::start_options()?,
-        &spec,
-        &image,
-        Scope::Container,
-    )?;
-    out.record(&report, || match &report.missing {
-        None => format!(
-            "ok: {} ({}, Vulkan {}) in the VM and in a container",
-            report.device.as_deref().unwrap_or_default(),
-            report.driver_info.as_deref().unwrap_or_default(),
-            report.api_version.as_deref().unwrap_or_default(),
-        ),
-        Some(m) => format!("FAILED at {}: {}", m.link.name(), m.detail),
+    let start = settings::start_options()?;
+    let report = machine::gpu::check(&m, &start, &spec, &image, Scope::Container)?;
+    // The workload runs only on a machine whose Venus works.
+    let workload = match (a.workload, &report.missing) {
+        (Some(Workload::Llama), None) => {
+            Some(machine::gpu::check_llama(&m, &start, &a.workload_image)?)
+        }
+        _ => None,
+    };
+    #[derive(Serialize)]
+    struct Record<'a> {
+        #[serde(flatten)]
+        venus: &'a machine::host::GpuReport,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workload: Option<&'a machine::host::LlamaReport>,
+    }
+    let record = Record {
+        venus: &report,
+        workload: workload.as_ref(),
+    };
+    out.record(&record, || {
+        let venus = match &report.missing {
+            None => format!(
+                "ok: {} ({}, Vulkan {}) in the VM and in a container",
+                report.device.as_deref().unwrap_or_default(),
+                report.driver_info.as_deref().unwrap_or_default(),
+                report.api_version.as_deref().unwrap_or_default(),
+            ),
+            Some(m) => format!("FAILED at {}: {}", m.link.name(), m.detail),
+        };
+        match &workload {
+            None => venus,
+            Some(w) => match &w.failure {
+                None => format!(
+                    "{venus}\nok: llama.cpp ran {} layers on {} and decoded as the CPU does: {:?}",
+                    w.layers.as_deref().unwrap_or_default(),
+                    w.device.as_deref().unwrap_or_default(),
+                    w.vulkan_text
+                ),
+                Some(f) => format!("{venus}\nFAILED: llama.cpp workload: {f}"),
+            },
+        }
     });
-    match report.missing {
+    if let Some(m) = report.missing {
+        return Err(GpuCheckFailed(m).into());
+    }
+    match workload.and_then(|w| w.failure) {
+        Some(f) => Err(WorkloadFailed(f).into()),
         None => Ok(()),
-        Some(m) => Err(GpuCheckFailed(m).into()),
     }
 }
 
@@ -349,6 +379,11 @@ pub fn gpu_check(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
 #[derive(Debug, thiserror::Error)]
 #[error("Venus does not work in the machine: {} (link: {})", .0.detail, .0.link.name())]
 pub struct GpuCheckFailed(pub machine::host::GpuMissing);
+
+/// `gpu check --workload` ran the workload and it failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the GPU workload failed: {0}")]
+pub struct WorkloadFailed(pub String);
 
 pub fn env(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = store(home).open(&a.name)?;

@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod archive;
+pub mod gpu;
 pub mod servers;
 pub mod tmpfs;
 
@@ -185,6 +186,22 @@ pub fn gpu_root() -> Option<PathBuf> {
         }
         None => {
             eprintln!("SKIP: CARBON_VM_TEST_GPU_ROOT is not set (scripts/test builds the root)");
+            None
+        }
+    }
+}
+
+/// `scripts/llama-root`, the Debian sid root with llama.cpp and ggml's Vulkan backend, when the
+/// test run provides it (scripts/test sets CARBON_VM_TEST_LLAMA_ROOT to the built root's path).
+/// Outside CI its absence skips the caller with a printed reason; in CI it fails.
+pub fn llama_root() -> Option<PathBuf> {
+    match std::env::var_os("CARBON_VM_TEST_LLAMA_ROOT") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("CARBON_VM_TEST_LLAMA_ROOT is not set: .ci/run must build the llama.cpp root")
+        }
+        None => {
+            eprintln!("SKIP: CARBON_VM_TEST_LLAMA_ROOT is not set (scripts/test builds the root)");
             None
         }
     }

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod flags;
 pub mod icd;
+pub mod llama;
 pub mod probe;
 pub mod vulkaninfo;
 pub mod window;

@@ -219,7 +219,8 @@ fn create_warns_that_the_gpu_is_always_there() {
     );
     // Asked for, the GPU gets no warning; --quiet drops warnings.
     let o = k.create("gpu", &["--gpu"]);
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("Venus GPU"), "{err}");
     let o = k.run(&[
         "--quiet",
         "create",

@@ -160,51 +160,36 @@ pub fn sha256_file(p: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// The default guest image built by the recipe (scripts/guest-image), as CI provides it.
-/// Outside CI a missing image skips the caller with a printed reason; in CI it fails.
+/// What scripts/test provides in `var` (a built image or root). Outside CI its absence skips the
+/// caller with a printed reason; in CI it fails, naming `what` .ci/run must build.
+fn provided(var: &str, what: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{var} is not set: .ci/run must build {what}")
+        }
+        None => {
+            eprintln!("SKIP: {var} is not set (scripts/test builds {what})");
+            None
+        }
+    }
+}
+
+/// The default guest image built by the recipe (scripts/guest-image).
 pub fn default_image() -> Option<PathBuf> {
-    match std::env::var_os("CARBON_VM_TEST_IMAGE") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("CARBON_VM_TEST_IMAGE is not set: .ci/run must build the default image")
-        }
-        None => {
-            eprintln!("SKIP: CARBON_VM_TEST_IMAGE is not set (run scripts/test to build it)");
-            None
-        }
-    }
+    provided("CARBON_VM_TEST_IMAGE", "the default image")
 }
 
-/// `scripts/gpu-root`, the Debian trixie root with the Venus host stack (QEMU 10, virglrenderer
-/// 1.1, Mesa), when the test run provides it (scripts/test sets CARBON_VM_TEST_GPU_ROOT once the
-/// root is built). Outside CI its absence skips the caller with a printed reason; in CI it fails.
+/// `scripts/gpu-root`, to run commands in the Debian trixie root with the Venus host stack (QEMU
+/// 10, virglrenderer 1.1, Mesa), once the test run built it (CARBON_VM_TEST_GPU_ROOT).
 pub fn gpu_root() -> Option<PathBuf> {
-    match std::env::var_os("CARBON_VM_TEST_GPU_ROOT") {
-        Some(_) => Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-root")),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("CARBON_VM_TEST_GPU_ROOT is not set: .ci/run must build the GPU host root")
-        }
-        None => {
-            eprintln!("SKIP: CARBON_VM_TEST_GPU_ROOT is not set (scripts/test builds the root)");
-            None
-        }
-    }
+    provided("CARBON_VM_TEST_GPU_ROOT", "the GPU host root")
+        .map(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-root"))
 }
 
-/// `scripts/llama-root`, the Debian sid root with llama.cpp and ggml's Vulkan backend, when the
-/// test run provides it (scripts/test sets CARBON_VM_TEST_LLAMA_ROOT to the built root's path).
-/// Outside CI its absence skips the caller with a printed reason; in CI it fails.
+/// The Debian sid root with llama.cpp and ggml's Vulkan backend (scripts/llama-root).
 pub fn llama_root() -> Option<PathBuf> {
-    match std::env::var_os("CARBON_VM_TEST_LLAMA_ROOT") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("CARBON_VM_TEST_LLAMA_ROOT is not set: .ci/run must build the llama.cpp root")
-        }
-        None => {
-            eprintln!("SKIP: CARBON_VM_TEST_LLAMA_ROOT is not set (scripts/test builds the root)");
-            None
-        }
-    }
+    provided("CARBON_VM_TEST_LLAMA_ROOT", "the llama.cpp root")
 }
 
 /// Writes an image catalog whose one (default) image is `name` from `source`, pinned by `sha256`

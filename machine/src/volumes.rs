@@ -235,7 +235,7 @@ mod tests {
         let v = parse(".", d.path()).unwrap();
         check_present(std::slice::from_ref(&v)).unwrap();
         drop(d);
-        let e = check_present(&[v.clone()]).unwrap_err();
+        let e = check_present(std::slice::from_ref(&v)).unwrap_err();
         assert!(
             matches!(e, VolumeError::Gone(ref p, _) if *p == v.host),
             "{e}"

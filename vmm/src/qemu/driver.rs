@@ -147,9 +147,12 @@ impl Driver for Qemu {
             let gpu = self.probe_gpu()?;
             let _ = self.gpu.set(gpu);
         }
-        if let Some(s) = vm.shares.first() {
-            let root = rustix::process::geteuid().is_root();
-            virtiofsd()?.args(&s.dir, root)?;
+        if !vm.shares.is_empty() {
+            // Every folder, before anything starts: the old virtiofsd cannot take some paths.
+            let (d, root) = (virtiofsd()?, rustix::process::geteuid().is_root());
+            for s in &vm.shares {
+                d.args(&s.dir, root)?;
+            }
         }
         Ok(())
     }

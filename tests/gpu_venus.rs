@@ -132,6 +132,20 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
         );
     }
 
+    // Headless: the GPU's DRM nodes are there, no framebuffer console on it (the image turns
+    // fbdev emulation off, so console text makes no virtio-gpu traffic beside Venus).
+    let nodes = ok(
+        &g.carbon_vm(&[
+            "ssh",
+            "gpu",
+            "--",
+            "ls /dev/dri; ls /dev | grep -c '^fb' || true",
+        ]),
+        "ssh ls /dev/dri",
+    );
+    assert!(nodes.contains("renderD128"), "{nodes}");
+    assert_eq!(nodes.lines().last(), Some("0"), "a framebuffer: {nodes}");
+
     // The compute workload, run from the shared folder with --device /dev/dri on the Venus device,
     // its product checked against the CPU.
     let out = ok(

@@ -4,6 +4,16 @@
 use super::Env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The longest a carbon-vm command may take here (a `start` under TCG on a loaded host takes a
+/// few minutes; carbon-vm's own limit to Ready is 15).
+const CARBON_VM_LIMIT: Duration = Duration::from_secs(20 * 60);
+/// The longest a podman command may take: a container's Vulkan run takes seconds to a minute or
+/// two under TCG. A guest whose virtio-gpu stopped answering (seen once in CI: QEMU's control
+/// queue stalled, the guest's tasks blocked in `virtio_gpu_vram_mmap`) fails here, with the
+/// console that shows it, instead of holding the run until CI's own limit.
+const PODMAN_LIMIT: Duration = Duration::from_secs(10 * 60);
 
 pub struct GpuEnv {
     pub env: Env,
@@ -32,17 +42,50 @@ impl GpuEnv {
     }
 
     pub fn carbon_vm(&self, args: &[&str]) -> Output {
-        self.inside(&assert_cmd::cargo::cargo_bin("carbon-vm"))
-            .args(args)
-            .output()
-            .unwrap()
+        let mut c = self.inside(&assert_cmd::cargo::cargo_bin("carbon-vm"));
+        c.args(args);
+        self.bounded(c, CARBON_VM_LIMIT)
     }
 
     pub fn podman(&self, args: &[&str]) -> Output {
-        self.inside(Path::new("/usr/bin/podman"))
-            .args(args)
+        let mut c = self.inside(Path::new("/usr/bin/podman"));
+        c.args(args);
+        self.bounded(c, PODMAN_LIMIT)
+    }
+
+    /// Runs `c` to its end or kills it at `limit`, then panics with the tails of the consoles of
+    /// this test's machines (the panic's unwinding removes them).
+    pub fn bounded(&self, c: Command, limit: Duration) -> Output {
+        let what = format!("{c:?}");
+        let o = assert_cmd::Command::from_std(c)
+            .timeout(limit)
             .output()
-            .unwrap()
+            .unwrap();
+        if o.status.code().is_none() && !o.status.success() {
+            let consoles: Vec<String> = super::listing(&self.env.home.path().join("machines"))
+                .iter()
+                .map(|m| {
+                    let log = self
+                        .env
+                        .home
+                        .path()
+                        .join("machines")
+                        .join(m)
+                        .join("console.log");
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    format!("--- {}:\n{}", log.display(), super::tail(&text, 6000))
+                })
+                .collect();
+            panic!(
+                "{what} was killed ({}; limit {} s)\n{}\n{}\n{}",
+                o.status,
+                limit.as_secs(),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                consoles.join("\n")
+            );
+        }
+        o
     }
 }
 

@@ -94,6 +94,11 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-gpu-devices.service"),
     ),
     (
+        "etc/modprobe.d/carbon-no-fbdev.conf",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/modprobe.d/carbon-no-fbdev.conf"),
+    ),
+    (
         "usr/lib/carbon-vm/gpu-devices",
         0o755,
         include_str!("../../../configs/guest/files/usr/lib/carbon-vm/gpu-devices"),

@@ -55,23 +55,18 @@ impl GpuEnv {
 
     /// Runs `c` to its end or kills it at `limit`, then panics with the tails of the consoles of
     /// this test's machines (the panic's unwinding removes them).
-    pub fn bounded(&self, c: Command, limit: Duration) -> Output {
+    fn bounded(&self, c: Command, limit: Duration) -> Output {
         let what = format!("{c:?}");
         let o = assert_cmd::Command::from_std(c)
             .timeout(limit)
             .output()
             .unwrap();
-        if o.status.code().is_none() && !o.status.success() {
-            let consoles: Vec<String> = super::listing(&self.env.home.path().join("machines"))
+        if o.status.code().is_none() {
+            let machines = self.env.home.path().join("machines");
+            let consoles: Vec<String> = super::listing(&machines)
                 .iter()
                 .map(|m| {
-                    let log = self
-                        .env
-                        .home
-                        .path()
-                        .join("machines")
-                        .join(m)
-                        .join("console.log");
+                    let log = machines.join(m).join("console.log");
                     let text = std::fs::read_to_string(&log).unwrap_or_default();
                     format!("--- {}:\n{}", log.display(), super::tail(&text, 6000))
                 })

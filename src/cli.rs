@@ -73,6 +73,8 @@ pub enum ImageCommand {
     Build(BuildArgs),
     /// Pack a root filesystem (kernel and initrd under ROOTFS/boot) into an image artifact.
     Pack(PackArgs),
+    /// Sign an image artifact's manifest (minisign), replacing any earlier signature.
+    Sign(SignArgs),
     /// Pull, verify and cache an image: http(s) URL, local path or oci://REGISTRY/REPO[:TAG|@sha256:DIGEST].
     Pull(PullArgs),
     /// Push an image artifact to an OCI registry.
@@ -98,6 +100,10 @@ pub struct BuildArgs {
     /// zstd compression level of the artifact.
     #[arg(long, default_value_t = 6)]
     pub zstd_level: i32,
+    /// Sign the manifest with this minisign secret key (an encrypted key's password:
+    /// CARBON_VM_SIGN_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +118,21 @@ pub struct PackArgs {
     pub name: String,
     #[arg(long, default_value_t = 6)]
     pub zstd_level: i32,
+    /// Sign the manifest with this minisign secret key (see `image build --sign-key`).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    /// The image artifact (`image build`/`image pack` output).
+    pub file: PathBuf,
+    /// The minisign secret key (an encrypted key's password: CARBON_VM_SIGN_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Where to write the signed artifact (default: FILE itself, replaced atomically).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -241,6 +262,10 @@ pub struct GpuCheckArgs {
         requires = "workload"
     )]
     pub workload_image: String,
+    /// Also fail unless every GPU blob the guest created since it started is a multiple of
+    /// 16 KiB, as a Mac host's Hypervisor.framework maps them (QEMU machines: QEMU traces them).
+    #[arg(long)]
+    pub mac_pages: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

@@ -21,6 +21,8 @@ pub const GPU_CHECK: u8 = 8;
 /// Another carbon-vm command is changing the machine.
 pub const BUSY: u8 = 9;
 
+const MAC_PAGES_HINT: &str = "a 16 KiB-page guest kernel rounds every blob (the aarch64 default image \
+     boots one); on a 4 KiB-page guest only a Mesa that aligns its allocations to 16 KiB does";
 const KRUNKIT_HINT: &str = "krunkit runs on macOS (`brew tap slp/krun && brew install krunkit`); \
     CARBON_VM_KRUNKIT names the krunkit to run";
 const CATALOG_HINT: &str = "CARBON_VM_CATALOG names the catalog file (docs/configuration.md)";
@@ -98,6 +100,19 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
         }
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return store_class(e);
+        }
+        if let Some(
+            guest_image::sign::SignError::Key(_)
+            | guest_image::sign::SignError::KeyRead(..)
+            | guest_image::sign::SignError::Layout(_),
+        ) = cause.downcast_ref::<guest_image::sign::SignError>()
+        {
+            return (
+                USAGE,
+                Some(
+                    "a key from `minisign -G -W` (or its password in CARBON_VM_SIGN_PASSWORD) and an artifact from `image build` or `image pack`",
+                ),
+            );
         }
         if cause.downcast_ref::<machine::spec::InvalidSpec>().is_some() {
             return (USAGE, None);
@@ -193,6 +208,12 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
             return (GPU_CHECK, Some(f.0.hint));
         }
         if cause
+            .downcast_ref::<crate::commands::machine::MacPagesFailed>()
+            .is_some()
+        {
+            return (GPU_CHECK, Some(MAC_PAGES_HINT));
+        }
+        if cause
             .downcast_ref::<crate::commands::machine::WorkloadFailed>()
             .is_some()
         {
@@ -205,6 +226,7 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
             }
             Some(
                 machine::create::CreateError::PodmanMachineDriver
+                | machine::create::CreateError::Arch { .. }
                 | machine::create::CreateError::Invalid(_),
             ) => return (USAGE, None),
             Some(machine::create::CreateError::NoSpace { .. }) => {

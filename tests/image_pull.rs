@@ -351,6 +351,136 @@ fn signed_manifests_verify_against_trusted_keys() {
     assert_eq!(v["signed"], true);
 }
 
+/// A throwaway minisign key pair: (secret key file, public key text).
+fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
+    // An empty password: an unencrypted key with its checksum, as `minisign -G -W` writes.
+    let kp = minisign::KeyPair::generate_encrypted_keypair(Some(String::new())).unwrap();
+    let sk = dir.join(format!("{name}.key"));
+    std::fs::write(&sk, kp.sk.to_box(None).unwrap().to_string()).unwrap();
+    (sk, kp.pk.to_box().unwrap().to_string())
+}
+
+#[test]
+fn pack_and_sign_write_signatures_that_pull_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sk, pk) = keypair(dir.path(), "release");
+    let (other_sk, _) = keypair(dir.path(), "other");
+    let env = Env::new();
+    let keys = env.home.path().join("config/trusted-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("release.pub"), &pk).unwrap();
+
+    // `image pack --sign-key`: signed at birth, pulled with no pin.
+    let root = dir.path().join("rootfs");
+    archive::synthetic_rootfs(&root, true);
+    let packed = dir.path().join("packed.tar.zst");
+    let v = env.json(&[
+        "image",
+        "pack",
+        root.to_str().unwrap(),
+        "-o",
+        packed.to_str().unwrap(),
+        "--name",
+        "mini",
+        "--sign-key",
+        sk.to_str().unwrap(),
+    ]);
+    assert_eq!(v["sha256"], common::sha256_file(&packed));
+    let parts = archive::read_artifact(&packed);
+    assert_eq!(parts[1].0, "manifest.json.minisig", "the second member");
+    assert_eq!(env.pull(packed.to_str().unwrap(), None)["signed"], true);
+
+    // `image sign` on an unsigned artifact: the rest of the file is copied, not recompressed.
+    let (art, unsigned_sha) = mini_image(dir.path());
+    let signed = dir.path().join("signed.tar.zst");
+    let v = env.json(&[
+        "image",
+        "sign",
+        art.to_str().unwrap(),
+        "--key",
+        sk.to_str().unwrap(),
+        "-o",
+        signed.to_str().unwrap(),
+    ]);
+    let signed_sha = v["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(signed_sha, common::sha256_file(&signed));
+    assert_ne!(signed_sha, unsigned_sha);
+    assert_eq!(
+        common::sha256_file(&art),
+        unsigned_sha,
+        "the input is left alone"
+    );
+    let members = |p: &Path| -> Vec<(String, Vec<u8>)> {
+        archive::read_artifact(p)
+            .into_iter()
+            .filter(|(n, _)| !n.ends_with(".minisig"))
+            .collect()
+    };
+    assert_eq!(
+        members(&signed),
+        members(&art),
+        "the same members, plus the signature"
+    );
+    let env2 = Env::new();
+    let keys2 = env2.home.path().join("config/trusted-keys");
+    std::fs::create_dir_all(&keys2).unwrap();
+    std::fs::write(keys2.join("release.pub"), &pk).unwrap();
+    assert_eq!(env2.pull(signed.to_str().unwrap(), None)["signed"], true);
+
+    // Re-signed in place by another key: the old signature is replaced, and no longer trusted.
+    env.json(&[
+        "image",
+        "sign",
+        signed.to_str().unwrap(),
+        "--key",
+        other_sk.to_str().unwrap(),
+    ]);
+    let sigs = archive::read_artifact(&signed)
+        .iter()
+        .filter(|(n, _)| n.ends_with(".minisig"))
+        .count();
+    assert_eq!(sigs, 1, "one signature member");
+    let env3 = Env::new();
+    let keys3 = env3.home.path().join("config/trusted-keys");
+    std::fs::create_dir_all(&keys3).unwrap();
+    std::fs::write(keys3.join("release.pub"), &pk).unwrap();
+    refused(
+        &env3,
+        signed.to_str().unwrap(),
+        None,
+        4,
+        "manifest signature rejected",
+    );
+
+    // A key that is not one, or an artifact that is not an image: exit 2, nothing written.
+    let before = common::sha256_file(&art);
+    let not_image = dir.path().join("not-an-image");
+    std::fs::write(&not_image, zstd_bytes(b"plain text, compressed")).unwrap();
+    for (file, key, needle) in [
+        (&art, &art, "is not a minisign secret key"),
+        (&not_image, &sk, "does not start with its manifest"),
+    ] {
+        let o = env
+            .cmd()
+            .args(["image", "sign"])
+            .arg(file)
+            .arg("--key")
+            .arg(key)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+    assert_eq!(common::sha256_file(&art), before);
+    let stray: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".carbon-"))
+        .collect();
+    assert!(stray.is_empty(), "scratch files left: {stray:?}");
+}
+
 #[test]
 fn concurrent_pulls_of_one_image_download_once() {
     let dir = tempfile::tempdir().unwrap();

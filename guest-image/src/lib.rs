@@ -13,6 +13,7 @@ pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod recipe;
+pub mod sign;
 pub mod source;
 pub mod space;
 mod sparse;

@@ -47,6 +47,10 @@ pub struct Boot {
 pub struct Bundles {
     pub kernel_version: String,
     pub mesa_version: String,
+    /// The guest kernel's page size in bytes, where the packer could read it: a Mac host needs
+    /// every GPU blob to be a multiple of 16384, which a 16 KiB-page guest guarantees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
     /// Absolute path, inside the root filesystem, of the Venus Vulkan ICD manifest.
     pub venus_icd: String,
     /// Absolute path, inside the root filesystem, of the library that ICD names.
@@ -221,6 +225,7 @@ pub(crate) mod tests {
             bundles: Bundles {
                 kernel_version: "6.12".into(),
                 mesa_version: "25.0".into(),
+                page_size: Some(4096),
                 venus_icd: venus::icd::VENUS_ICD_PATH.into(),
                 venus_library: "/usr/lib/x86_64-linux-gnu/libvulkan_virtio.so".into(),
                 container_images: vec![],

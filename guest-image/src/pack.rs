@@ -6,7 +6,9 @@
 
 use crate::digest::Sha256Digest;
 use crate::hashing::HashingWriter;
-use crate::manifest::{Boot, Bundles, ContainerImage, MANIFEST_NAME, Manifest, Member, SCHEMA};
+use crate::manifest::{
+    Boot, Bundles, ContainerImage, MANIFEST_NAME, Manifest, Member, SCHEMA, SIGNATURE_NAME,
+};
 use crate::progress::Progress;
 use crate::sparse::copy_sparse;
 use sha2::{Digest as _, Sha256};
@@ -45,6 +47,8 @@ pub enum PackError {
     MissingTool(&'static str, &'static str, #[source] io::Error),
     #[error("cannot write the partition table")]
     Gpt(#[source] gpt::GptError),
+    #[error(transparent)]
+    Sign(#[from] crate::sign::SignError),
     #[error("I/O error at {0}")]
     Io(PathBuf, #[source] io::Error),
 }
@@ -55,6 +59,8 @@ pub struct PackOptions {
     /// Timestamps and identifiers derive from this (SOURCE_DATE_EPOCH) so rebuilds match.
     pub epoch: u64,
     pub zstd_level: i32,
+    /// Signs the manifest (minisign): the signature is the artifact's second member.
+    pub sign: Option<crate::sign::SigningKey>,
 }
 
 /// Packs `rootfs` into the artifact `output` (written atomically); returns its sha256.
@@ -80,6 +86,7 @@ pub fn pack(
         .find(|c| rootfs.join(c.strip_prefix("/").unwrap_or(c)).exists())
         .ok_or_else(|| PackError::NoVenusLibrary(format!("{lib:?}")))?;
     let mesa_version = dpkg_version(rootfs, "mesa-vulkan-drivers")?;
+    let page_size = page_size(rootfs, &kernel_version, &opts.arch);
     let container_images = container_images(rootfs)?;
 
     let out_dir = parent_dir(output);
@@ -133,6 +140,7 @@ pub fn pack(
         bundles: Bundles {
             kernel_version,
             mesa_version,
+            page_size,
             venus_icd: venus::icd::VENUS_ICD_PATH.into(),
             venus_library: venus_library.display().to_string(),
             container_images,
@@ -147,21 +155,24 @@ pub fn pack(
         .prefix(".carbon-artifact-")
         .tempfile_in(out_dir)
         .map_err(io_err(out_dir))?;
-    let hashing = HashingWriter::new(BufWriter::with_capacity(MIB as usize, tmp_out.as_file()));
+    let mut hashing = HashingWriter::new(BufWriter::with_capacity(MIB as usize, tmp_out.as_file()));
+    // The manifest member is a zstd frame of its own: `image sign` reads it and inserts the
+    // signature member after it without recompressing the rest (zstd frames concatenate).
+    let head = crate::sign::member_frame(MANIFEST_NAME, &manifest_json, opts.epoch)
+        .map_err(io_err(output))?;
+    hashing.write_all(&head).map_err(io_err(output))?;
+    if let Some(key) = &opts.sign {
+        let sig = key.sign(&manifest_json)?;
+        let frame = crate::sign::member_frame(SIGNATURE_NAME, sig.as_bytes(), opts.epoch)
+            .map_err(io_err(output))?;
+        hashing.write_all(&frame).map_err(io_err(output))?;
+    }
     let mut zw =
         zstd::stream::write::Encoder::new(hashing, opts.zstd_level).map_err(io_err(output))?;
     zw.multithread(std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
         .map_err(io_err(output))?;
     zw.include_checksum(true).map_err(io_err(output))?;
     let mut tar = tar::Builder::new(zw);
-    append(
-        &mut tar,
-        MANIFEST_NAME,
-        manifest_json.len() as u64,
-        &manifest_json[..],
-        opts.epoch,
-    )
-    .map_err(io_err(output))?;
     for ((name, path), m) in members_src.iter().zip(&manifest.members) {
         let f = File::open(path).map_err(io_err(path))?;
         let reader = ProgressReader { inner: f, progress };
@@ -193,7 +204,7 @@ pub(crate) fn parent_dir(file: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
-fn append(
+pub(crate) fn append(
     tar: &mut tar::Builder<impl Write>,
     name: &str,
     size: u64,
@@ -234,6 +245,21 @@ fn find_kernel(rootfs: &Path) -> Result<(PathBuf, PathBuf, String), PackError> {
         initrd,
         version.clone(),
     ))
+}
+
+/// The kernel's page size, from its build configuration (`/boot/config-VERSION`); x86_64 has
+/// only 4 KiB pages. `None` when an aarch64 root carries no config.
+fn page_size(rootfs: &Path, kernel_version: &str, arch: &str) -> Option<u32> {
+    if arch == "x86_64" {
+        return Some(4096);
+    }
+    let config = fs::read_to_string(rootfs.join(format!("boot/config-{kernel_version}"))).ok()?;
+    config.lines().find_map(|l| match l {
+        "CONFIG_ARM64_4K_PAGES=y" => Some(4096),
+        "CONFIG_ARM64_16K_PAGES=y" => Some(16384),
+        "CONFIG_ARM64_64K_PAGES=y" => Some(65536),
+        _ => None,
+    })
 }
 
 /// The installed version of `package`, from the root's dpkg status file.

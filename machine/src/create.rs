@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use vmm::qemu::Arch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -22,6 +23,13 @@ pub enum CreateError {
     Driver(&'static str),
     #[error("the krunkit driver is not available on this host")]
     NoKrunkit(#[source] vmm::krunkit::ProbeError),
+    #[error("image {image} is for {arch}; the {driver} driver runs {runs} guests")]
+    Arch {
+        image: String,
+        arch: String,
+        driver: &'static str,
+        runs: &'static str,
+    },
     #[error("--podman-machine needs --driver krunkit (Podman's libkrun machines run on krunkit)")]
     PodmanMachineDriver,
     #[error("cannot expose the machine to Podman")]
@@ -121,6 +129,25 @@ fn reserve_podman_machine(
     })
 }
 
+/// The image's architecture, if the driver runs it: QEMU runs both (another architecture than
+/// the host's under TCG, slowly); krunkit runs aarch64 guests only (Apple Silicon).
+fn check_arch(driver: vmm::DriverKind, img: &CachedImage) -> Result<Arch, CreateError> {
+    let arch = Arch::from_name(&img.manifest.arch);
+    let runs = match driver {
+        vmm::DriverKind::Krunkit => "aarch64",
+        _ => "x86_64 and aarch64",
+    };
+    match arch {
+        Some(a) if driver != vmm::DriverKind::Krunkit || a == Arch::Aarch64 => Ok(a),
+        _ => Err(CreateError::Arch {
+            image: img.record.id.short(),
+            arch: img.manifest.arch.clone(),
+            driver: driver.name(),
+            runs,
+        }),
+    }
+}
+
 /// Refuses, before anything is pulled or written, CPUs and memory the driver cannot give here.
 pub fn check_resources(
     driver: vmm::DriverKind,
@@ -129,7 +156,7 @@ pub fn check_resources(
     gpu: bool,
     start: &crate::lifecycle::StartOptions,
 ) -> Result<(), CreateError> {
-    let limits = crate::lifecycle::driver_of(driver, None, start).limits(gpu);
+    let limits = crate::lifecycle::driver_of(driver, Arch::host(), None, start).limits(gpu);
     Ok(crate::spec::validate_resources(
         cpus, memory_mib, gpu, &limits,
     )?)
@@ -137,7 +164,7 @@ pub fn check_resources(
 
 /// Whether `driver` can share host folders on this host.
 pub fn can_share(driver: vmm::DriverKind, start: &crate::lifecycle::StartOptions) -> bool {
-    crate::lifecycle::driver_of(driver, None, start)
+    crate::lifecycle::driver_of(driver, Arch::host(), None, start)
         .limits(false)
         .shares
 }
@@ -154,6 +181,7 @@ pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateErro
         .into());
     }
     let img = o.image;
+    let arch = check_arch(o.driver, img)?;
     let image_disk = img.member_path(&img.manifest.boot.disk);
     let image_disk_len = std::fs::metadata(&image_disk)
         .map_err(|e| StoreError::Io(image_disk.clone(), e))?
@@ -184,6 +212,7 @@ pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateErro
     keygen(&scratch.path().join(KEY), o.name)?;
     let spec = spec_of(
         o,
+        arch,
         img.member_path(&img.manifest.boot.kernel),
         img.member_path(&img.manifest.boot.initrd),
         podman_machine,
@@ -217,6 +246,7 @@ pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateErro
 
 fn spec_of(
     o: &CreateOptions,
+    arch: Arch,
     kernel: PathBuf,
     initrd: PathBuf,
     podman_machine: Option<PodmanMachine>,
@@ -224,6 +254,7 @@ fn spec_of(
     Spec {
         name: o.name.into(),
         driver: o.driver,
+        arch: arch.name().into(),
         cpus: o.cpus,
         memory_mib: o.memory_mib,
         disk_gib: o.disk_gib,

@@ -43,6 +43,14 @@ pub fn check(
     Ok(check::diagnose(&out))
 }
 
+/// The GPU blobs the guest created since the machine started, against a Mac host's 16 KiB
+/// pages; `None` where the VMM does not trace them (only QEMU does).
+pub fn blob_audit(m: &MachineDir) -> Option<venus::blobs::BlobAudit> {
+    std::fs::read_to_string(m.path(crate::store::GPU_BLOB_LOG))
+        .ok()
+        .map(|log| venus::blobs::audit(&log))
+}
+
 /// Runs llama.cpp on the machine's Venus device and on the CPU in a container of `image`
 /// (`gpu check --workload llama`); call it once [`check`] passed.
 pub fn check_llama(

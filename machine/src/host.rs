@@ -1,6 +1,7 @@
 //! What the CLI asks of the host and of the layers below `machine`: the probes `doctor` and the
 //! settings run, and the error types the CLI's exit codes are chosen by.
 
+pub use venus::blobs::BlobAudit;
 pub use venus::check::{Missing as GpuMissing, Report as GpuReport};
 pub use venus::llama::{COMPLETION as LLAMA_COMPLETION, HINT as LLAMA_HINT, Report as LlamaReport};
 pub use venus::probe as gpu_probe;

@@ -97,6 +97,7 @@ fn vm(m: &MachineDir, spec: &Spec) -> Result<Vm, LifecycleError> {
         ready_socket: m.socket(READY_SOCKET),
         control_socket: m.socket(CONTROL_SOCKET),
         console_log: m.path(CONSOLE_LOG),
+        gpu_blob_log: m.path(GPU_BLOB_LOG),
         vmm_log: m.path(VMM_LOG),
         pidfile: m.path(VMM_PID),
         oem_strings: Vec::new(),
@@ -181,6 +182,8 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     m.write_json(RUN, &run)?;
     let ready = ReadyChannel::bind(&vm.ready_socket)?;
     let _ = fs::remove_file(&vm.console_log);
+    // The audit `gpu check` reports covers this boot only.
+    let _ = fs::remove_file(&vm.gpu_blob_log);
     d.launch(&vm)?;
     tracing::info!(machine = %spec.name, "vmm running");
     let host_key = ready

@@ -18,6 +18,8 @@ pub const KEY: &str = "id_ed25519";
 pub const KNOWN_HOSTS: &str = "known_hosts";
 pub const CONSOLE_LOG: &str = "console.log";
 pub const GVPROXY_LOG: &str = "gvproxy.log";
+/// The GPU blobs the guest created since the VM started (QEMU's trace; `gpu check` reads it).
+pub const GPU_BLOB_LOG: &str = "gpu-blobs.log";
 /// The VMM's pidfile (QEMU's `-pidfile`, krunkit's `--pidfile`) and its own output.
 pub const VMM_PID: &str = "vmm.pid";
 pub const VMM_LOG: &str = "vmm.log";
@@ -45,6 +47,9 @@ pub const PODMAN_SOCKET: &str = "podman.sock";
 pub struct Spec {
     pub name: String,
     pub driver: vmm::DriverKind,
+    /// The guest's architecture, the image's (machines made before this field ran the host's).
+    #[serde(default = "host_arch")]
+    pub arch: String,
     pub cpus: u8,
     pub memory_mib: u32,
     pub disk_gib: u32,
@@ -63,6 +68,10 @@ pub struct Spec {
     /// Host folders shared into the guest (machines made before volumes existed have none).
     #[serde(default)]
     pub volumes: Vec<crate::volumes::Volume>,
+}
+
+fn host_arch() -> String {
+    vmm::qemu::Arch::host().name().into()
 }
 
 /// What a machine exposed to Podman keeps fixed for its whole life, because Podman's machine

@@ -31,7 +31,9 @@ root_build() {
     mv "$part" "$root"
     local name=${root##*/}
     name=${name%-*}
-    find "$cache" -maxdepth 1 -name "$name-*" ! -name "${root##*/}" -exec rm -rf {} +
+    # Exactly NAME-KEY: another architecture's root (NAME-ARCH-KEY) is not superseded.
+    find "$cache" -maxdepth 1 -regextype posix-extended -regex ".*/$name-[0-9a-f]{16}(\.part)?" \
+        ! -name "${root##*/}" -exec rm -rf {} +
 }
 
 # root_run ROOT CMD...: runs CMD inside ROOT, in the current directory.

@@ -1,12 +1,15 @@
 //! `carbon-vm image ...`
 
-use crate::cli::{BuildArgs, IdArg, ImageCommand, ImageRmArgs, PackArgs, PullArgs, PushArgs};
+use crate::cli::{
+    BuildArgs, IdArg, ImageCommand, ImageRmArgs, PackArgs, PullArgs, PushArgs, SignArgs,
+};
 use crate::env_vars;
 use crate::home::Home;
 use crate::output::Printer;
 use anyhow::Context;
 use guest_image::pack::{PackOptions, pack};
 use guest_image::recipe::{self, RecipeOptions};
+use guest_image::sign::SigningKey;
 use guest_image::{Cache, CachedImage, PullOptions, Sha256Digest, Source, Trust};
 use machine::guest_image;
 use serde::Serialize;
@@ -16,6 +19,7 @@ pub fn run(cmd: ImageCommand, home: &Home, out: Printer) -> anyhow::Result<()> {
     match cmd {
         ImageCommand::Build(a) => build(a, out),
         ImageCommand::Pack(a) => pack_cmd(a, out),
+        ImageCommand::Sign(a) => sign_cmd(a, out),
         ImageCommand::Pull(a) => pull(a, home, out),
         ImageCommand::Push(a) => push(a, out),
         ImageCommand::Ls => ls(home, out),
@@ -58,9 +62,28 @@ fn build(a: BuildArgs, out: Printer) -> anyhow::Result<()> {
         mirror,
         epoch: epoch()?,
         zstd_level: a.zstd_level,
+        sign: signing_key(a.sign_key.as_deref())?,
     };
     let digest = recipe::build(&a.output, &opts, out.progress().as_ref())?;
     print_artifact(out, &a.output, digest);
+    Ok(())
+}
+
+/// `--sign-key FILE`: a minisign secret key; an encrypted one's password is in
+/// CARBON_VM_SIGN_PASSWORD.
+fn signing_key(path: Option<&Path>) -> anyhow::Result<Option<SigningKey>> {
+    let password = std::env::var(guest_image::sign::PASSWORD_VAR).ok();
+    Ok(path
+        .map(|p| SigningKey::from_file(p, password))
+        .transpose()?)
+}
+
+/// `image sign FILE --key SECRET [-o OUT]`.
+fn sign_cmd(a: SignArgs, out: Printer) -> anyhow::Result<()> {
+    let key = signing_key(Some(&a.key))?.expect("a key path");
+    let output = a.output.as_deref().unwrap_or(&a.file);
+    let digest = guest_image::sign::sign_artifact(&a.file, output, &key)?;
+    print_artifact(out, output, digest);
     Ok(())
 }
 
@@ -70,6 +93,7 @@ fn pack_cmd(a: PackArgs, out: Printer) -> anyhow::Result<()> {
         arch: a.arch,
         epoch: epoch()?,
         zstd_level: a.zstd_level,
+        sign: signing_key(a.sign_key.as_deref())?,
     };
     let digest = pack(&a.rootfs, &a.output, &opts, out.progress().as_ref())?;
     print_artifact(out, &a.output, digest);
@@ -89,6 +113,8 @@ struct ImageView<'a> {
     pulled: u64,
     kernel_version: &'a str,
     mesa_version: &'a str,
+    /// The guest kernel's page size; null when the image does not say.
+    page_size: Option<u32>,
     venus_icd: &'a str,
     venus_library: &'a str,
     container_images: Vec<&'a str>,
@@ -114,6 +140,7 @@ impl<'a> ImageView<'a> {
             pulled: i.record.pulled,
             kernel_version: &m.bundles.kernel_version,
             mesa_version: &m.bundles.mesa_version,
+            page_size: m.bundles.page_size,
             venus_icd: &m.bundles.venus_icd,
             venus_library: &m.bundles.venus_library,
             container_images: m

@@ -28,6 +28,8 @@ struct MachineView {
     #[serde(flatten)]
     state: State,
     driver: machine::DriverKind,
+    /// The guest's architecture (the image's).
+    arch: String,
     cpus: u8,
     memory_mib: u32,
     disk_gib: u32,
@@ -47,6 +49,7 @@ fn view(m: &machine::MachineDir, o: &lifecycle::StartOptions) -> anyhow::Result<
         name: spec.name,
         state,
         driver: spec.driver,
+        arch: spec.arch,
         cpus: spec.cpus,
         memory_mib: spec.memory_mib,
         disk_gib: spec.disk_gib,
@@ -324,7 +327,7 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
         String::new()
     };
     let start = settings::start_options()?;
-    let report = machine::gpu::check(&m, &start, &spec, &image, Scope::Container)?;
+    let mut report = machine::gpu::check(&m, &start, &spec, &image, Scope::Container)?;
     // The workload runs only on a machine whose Venus works.
     let workload = match (a.workload, &report.missing) {
         (Some(Workload::Llama), None) => {
@@ -332,6 +335,10 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
         }
         _ => None,
     };
+    // Read last, so the blobs of every Vulkan program above are in it.
+    if spec.gpu {
+        report.blobs = machine::gpu::blob_audit(&m);
+    }
     #[derive(Serialize)]
     struct Record<'a> {
         #[serde(flatten)]
@@ -344,7 +351,7 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
         workload: workload.as_ref(),
     };
     out.record(&record, || {
-        let venus = match &report.missing {
+        let mut venus = match &report.missing {
             None => format!(
                 "ok: {} ({}, Vulkan {}) in the VM and in a container",
                 report.device.as_deref().unwrap_or_default(),
@@ -353,6 +360,10 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
             ),
             Some(m) => format!("FAILED at {}: {}", m.link.name(), m.detail),
         };
+        if let Some(b) = &report.blobs {
+            venus.push('\n');
+            venus.push_str(&blob_line(b));
+        }
         match &workload {
             None => venus,
             Some(w) => match &w.failure {
@@ -369,6 +380,13 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
     if let Some(m) = report.missing {
         return Err(GpuCheckFailed(m).into());
     }
+    if a.mac_pages && !report.blobs.as_ref().is_some_and(|b| b.mac_ok) {
+        return Err(MacPagesFailed(report.blobs.map_or_else(
+            || "this machine's VMM records no GPU blob sizes (only QEMU does)".into(),
+            |b| blob_line(&b),
+        ))
+        .into());
+    }
     match workload.and_then(|w| w.failure) {
         Some(f) => Err(WorkloadFailed(f).into()),
         None => Ok(()),
@@ -379,6 +397,27 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
 #[derive(Debug, thiserror::Error)]
 #[error("Venus does not work in the machine: {} (link: {})", .0.detail, .0.link.name())]
 pub struct GpuCheckFailed(pub machine::host::GpuMissing);
+
+fn blob_line(b: &machine::host::BlobAudit) -> String {
+    if b.mac_ok {
+        format!(
+            "ok: all {} GPU blobs are 16 KiB multiples (largest {} bytes): a Mac host maps them",
+            b.blobs, b.max_size
+        )
+    } else if b.blobs == 0 {
+        "GPU blobs: none created yet".into()
+    } else {
+        format!(
+            "note: {} of {} GPU blobs are not 16 KiB multiples (sizes {:?}): Venus in this guest would fail on a Mac host",
+            b.unaligned, b.blobs, b.unaligned_sizes
+        )
+    }
+}
+
+/// `gpu check --mac-pages` saw blobs a Mac host could not map (or none).
+#[derive(Debug, thiserror::Error)]
+#[error("the guest's GPU memory would not map on a Mac host: {0}")]
+pub struct MacPagesFailed(pub String);
 
 /// `gpu check --workload` ran the workload and it failed.
 #[derive(Debug, thiserror::Error)]

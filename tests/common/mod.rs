@@ -180,6 +180,11 @@ pub fn default_image() -> Option<PathBuf> {
     provided("CARBON_VM_TEST_IMAGE", "the default image")
 }
 
+/// The aarch64 (Apple Silicon) default image (`scripts/guest-image aarch64`).
+pub fn aarch64_image() -> Option<PathBuf> {
+    provided("CARBON_VM_TEST_IMAGE_AARCH64", "the aarch64 default image")
+}
+
 /// `scripts/gpu-root`, to run commands in the Debian trixie root with the Venus host stack (QEMU
 /// 10, virglrenderer 1.1, Mesa), once the test run built it (CARBON_VM_TEST_GPU_ROOT).
 pub fn gpu_root() -> Option<PathBuf> {
@@ -190,6 +195,15 @@ pub fn gpu_root() -> Option<PathBuf> {
 /// The Debian sid root with llama.cpp and ggml's Vulkan backend (scripts/llama-root).
 pub fn llama_root() -> Option<PathBuf> {
     provided("CARBON_VM_TEST_LLAMA_ROOT", "the llama.cpp root")
+}
+
+/// The same root for aarch64 guests (`scripts/llama-root --arch aarch64`): Debian sid's stock
+/// Mesa, not the image's.
+pub fn aarch64_llama_root() -> Option<PathBuf> {
+    provided(
+        "CARBON_VM_TEST_LLAMA_ROOT_AARCH64",
+        "the aarch64 llama.cpp root",
+    )
 }
 
 /// Writes an image catalog whose one (default) image is `name` from `source`, pinned by `sha256`

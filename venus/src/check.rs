@@ -123,6 +123,9 @@ pub struct Report {
     pub vm_devices: Vec<Device>,
     pub container_devices: Vec<Device>,
     pub missing: Option<Missing>,
+    /// The guest's GPU blobs against a Mac host's 16 KiB pages, where the VMM traces them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blobs: Option<crate::blobs::BlobAudit>,
 }
 
 /// Splits the script's output at its `@@name` lines.
@@ -159,6 +162,7 @@ pub fn diagnose(output: &str) -> Report {
         vm_devices,
         container_devices,
         missing,
+        blobs: None,
     }
 }
 
@@ -251,6 +255,7 @@ pub fn no_gpu() -> Report {
             Link::NoGpu,
             "the machine was created without --gpu",
         )),
+        blobs: None,
     }
 }
 

@@ -9,8 +9,8 @@ pub use driver::Qemu;
 use std::path::{Path, PathBuf};
 use venus::probe::Display;
 
-/// The guest architecture QEMU emulates: the host's own (KVM needs it; TCG could emulate others,
-/// but images are built per architecture and a machine runs the host's).
+/// The guest architecture QEMU emulates: an image's. KVM runs only the host's own; another
+/// architecture is emulated by TCG (the aarch64 image on an x86_64 host, as CI proves it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     X86_64,
@@ -23,6 +23,22 @@ impl Arch {
             Arch::Aarch64
         } else {
             Arch::X86_64
+        }
+    }
+
+    /// The architecture an image names in its manifest (`x86_64`, `aarch64`).
+    pub fn from_name(name: &str) -> Option<Arch> {
+        match name {
+            "x86_64" => Some(Arch::X86_64),
+            "aarch64" => Some(Arch::Aarch64),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
         }
     }
 
@@ -100,6 +116,8 @@ pub struct Gpu {
     /// The host-memory window for Venus blobs (`venus::window::qemu_hostmem_bytes`).
     pub hostmem_bytes: u64,
     pub display: Display,
+    /// QEMU's trace of the blobs the guest creates (`venus::blobs::TRACE_EVENT`).
+    pub blob_log: PathBuf,
 }
 
 /// The virtio-serial port name the guest's carbon-ready unit writes to.
@@ -229,6 +247,13 @@ fn gpu_args(gpu: &Gpu) -> Vec<String> {
         ),
         "-display".into(),
         display,
+        // One line per blob: what a Mac host's 16 KiB mappings would make of this guest.
+        "-trace".into(),
+        format!(
+            "enable={},file={}",
+            venus::blobs::TRACE_EVENT,
+            opt(&gpu.blob_log)
+        ),
     ]
 }
 

@@ -173,6 +173,8 @@ pub struct RecipeOptions {
     pub mirror: String,
     pub epoch: u64,
     pub zstd_level: i32,
+    /// Signs the image's manifest.
+    pub sign: Option<crate::sign::SigningKey>,
 }
 
 fn debian_arch(arch: &str) -> Result<&'static str, RecipeError> {
@@ -188,7 +190,9 @@ fn package_list(text: &str, arch: &str) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|p| match (p, arch) {
-            ("linux-image-amd64", "arm64") => "linux-image-arm64",
+            // 16 KiB pages: the kernel rounds every virtio-gpu blob to 16 KiB, as the Mac's
+            // Hypervisor.framework requires of each mapping (docs/macos.md).
+            ("linux-image-amd64", "arm64") => "linux-image-arm64-16k",
             (p, _) => p,
         })
         .collect::<Vec<_>>()
@@ -282,6 +286,7 @@ pub fn build(
         arch: opts.arch.clone(),
         epoch: opts.epoch,
         zstd_level: opts.zstd_level,
+        sign: opts.sign.clone(),
     };
     Ok(pack(&rootfs, output, &pack_opts, progress)?)
 }

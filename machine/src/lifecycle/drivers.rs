@@ -4,6 +4,7 @@ use crate::store::Spec;
 use std::path::PathBuf;
 use std::time::Duration;
 use vmm::DriverKind;
+use vmm::qemu::Arch;
 
 /// How this host runs VMMs; the CLI chooses from its environment.
 #[derive(Debug, Clone)]
@@ -21,16 +22,21 @@ pub struct StartOptions {
 /// The driver of a machine. `create` refuses kinds with no implementation (libkrun), so a spec
 /// naming one is an older or edited file: QEMU is tried.
 pub fn driver(spec: &Spec, o: &StartOptions) -> Box<dyn vmm::Driver> {
+    // `create` checked the architecture; an edited spec's unknown one is the host's.
+    let arch = Arch::from_name(&spec.arch).unwrap_or(Arch::host());
     driver_of(
         spec.driver,
+        arch,
         spec.podman_machine.as_ref().map(|p| p.rest_port),
         o,
     )
 }
 
-/// The driver of `kind`; `rest_port`: krunkit serves its REST API there (for Podman).
+/// The driver of `kind` for an `arch` guest; `rest_port`: krunkit serves its REST API there
+/// (for Podman).
 pub fn driver_of(
     kind: DriverKind,
+    arch: Arch,
     rest_port: Option<u16>,
     o: &StartOptions,
 ) -> Box<dyn vmm::Driver> {
@@ -42,8 +48,6 @@ pub fn driver_of(
             },
             rest_port,
         }),
-        DriverKind::Qemu | DriverKind::Libkrun => {
-            Box::new(vmm::qemu::Qemu::new(vmm::qemu::Arch::host(), o.accel))
-        }
+        DriverKind::Qemu | DriverKind::Libkrun => Box::new(vmm::qemu::Qemu::new(arch, o.accel)),
     }
 }

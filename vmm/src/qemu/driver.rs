@@ -46,6 +46,7 @@ impl Qemu {
     fn accel(&self) -> Accel {
         *self.accel.get_or_init(|| match self.choice {
             AccelChoice::Use(a) => a,
+            AccelChoice::Auto if self.arch != Arch::host() => Accel::Tcg,
             AccelChoice::Auto => match crate::kvm::probe(self.arch) {
                 Ok(()) => Accel::Kvm,
                 Err(e) => {
@@ -61,7 +62,7 @@ impl Qemu {
     }
 
     /// The Venus device for a `--gpu` machine, from what this host's QEMU and display can do.
-    fn probe_gpu(&self) -> Result<Gpu, Error> {
+    fn probe_gpu(&self, vm: &Vm) -> Result<Gpu, Error> {
         use venus::probe;
         let qemu = probe::qemu(self.arch.qemu())?;
         probe::render_server()?;
@@ -69,6 +70,7 @@ impl Qemu {
         Ok(Gpu {
             hostmem_bytes: venus::window::qemu_hostmem_bytes(crate::platform::host_ram_bytes()),
             display,
+            blob_log: vm.gpu_blob_log.clone(),
         })
     }
 
@@ -144,7 +146,7 @@ impl Driver for Qemu {
 
     fn check_host(&self, vm: &Vm) -> Result<(), Error> {
         if vm.gpu && self.gpu.get().is_none() {
-            let gpu = self.probe_gpu()?;
+            let gpu = self.probe_gpu(vm)?;
             let _ = self.gpu.set(gpu);
         }
         if !vm.shares.is_empty() {

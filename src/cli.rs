@@ -142,11 +142,17 @@ pub struct PullArgs {
     /// is an OCI digest reference or the image is signed by a trusted key.
     #[arg(long)]
     pub sha256: Option<String>,
+    /// The architecture to take from a multi-arch OCI index (default: this host's).
+    #[arg(long, default_value = std::env::consts::ARCH)]
+    pub arch: String,
 }
 
 #[derive(Args, Debug)]
 pub struct PushArgs {
-    pub file: PathBuf,
+    /// Image artifacts: one is pushed as its manifest; several (one per architecture) as an OCI
+    /// image index of their manifests under one tag.
+    #[arg(required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
     /// oci://REGISTRY/REPO[:TAG]
     pub destination: String,
 }

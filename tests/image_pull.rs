@@ -622,3 +622,97 @@ fn oci_push_and_pull_by_tag_and_digest() {
     let v = env2.pull(&tag, Some(&sha));
     assert_eq!(v["id"], sha);
 }
+
+#[test]
+fn a_multi_arch_index_gives_each_architecture_its_own_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    archive::synthetic_rootfs(&root, true);
+    let env = Env::new();
+    let pack = |arch: &str| {
+        let out = dir.path().join(format!("mini-{arch}.tar.zst"));
+        let v = env.json(&[
+            "image",
+            "pack",
+            root.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--name",
+            "mini",
+            "--arch",
+            arch,
+        ]);
+        (out, v["sha256"].as_str().unwrap().to_owned())
+    };
+    let (x86, x86_sha) = pack("x86_64");
+    let (arm, arm_sha) = pack("aarch64");
+    let reg = servers::registry();
+    let tag = format!("oci://127.0.0.1:{}/carbon/multi:v1", reg.port);
+    let v = env.json(&[
+        "image",
+        "push",
+        x86.to_str().unwrap(),
+        arm.to_str().unwrap(),
+        &tag,
+    ]);
+    let by_index = v["reference"].as_str().unwrap().to_owned();
+    assert!(
+        by_index.ends_with(&format!("@sha256:{}", v["index"].as_str().unwrap())),
+        "{v}"
+    );
+    let archs: Vec<&str> = v["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["arch"].as_str().unwrap())
+        .collect();
+    assert_eq!(archs, ["x86_64", "aarch64"]);
+
+    // The index digest pins both; each architecture gets its own artifact.
+    for (arch, sha) in [("x86_64", &x86_sha), ("aarch64", &arm_sha)] {
+        let e = Env::new();
+        let p = e.json(&["image", "pull", &by_index, "--arch", arch]);
+        assert_eq!(
+            (p["arch"].as_str(), p["id"].as_str()),
+            (Some(arch), Some(sha.as_str()))
+        );
+    }
+    // By tag, pinned by the artifact digest; the host's architecture by default.
+    let host_sha = if std::env::consts::ARCH == "aarch64" {
+        &arm_sha
+    } else {
+        &x86_sha
+    };
+    let p = Env::new().json(&["image", "pull", &tag, "--sha256", host_sha]);
+    assert_eq!(p["id"].as_str(), Some(host_sha.as_str()));
+
+    // An architecture the index lacks, and a forged index digest: refused, nothing cached.
+    let e = Env::new();
+    let o = e
+        .cmd()
+        .args(["image", "pull", &by_index, "--arch", "riscv64"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("has no linux/riscv64 image; it has [linux/amd64, linux/arm64]"),
+        "{err}"
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(e.cache_listing().is_empty(), "nothing cached");
+    let forged = format!("{}{}", &by_index[..by_index.len() - 4], "0000");
+    refused(&Env::new(), &forged, None, 5, "");
+    // One index holds one artifact per architecture.
+    let o = env
+        .cmd()
+        .args(["image", "push"])
+        .arg(&x86)
+        .arg(&x86)
+        .arg(&tag)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("two artifacts are for x86_64"),
+        "{o:?}"
+    );
+}

@@ -31,6 +31,10 @@ pub struct Entry {
     pub source: Source,
     #[serde(default)]
     pub sha256: Option<Sha256Digest>,
+    /// The release key (a minisign public key, base64) the image must be signed by; with it, no
+    /// other key is trusted for this entry.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 fn source_from_text<'de, D: Deserializer<'de>>(d: D) -> Result<Source, D::Error> {
@@ -117,9 +121,23 @@ pub fn resolve(
             }
         }
     }
+    let own_key = entry
+        .key
+        .as_deref()
+        .map(|k| {
+            let mut t = Trust::default();
+            t.add_keys(k).map(|()| t)
+        })
+        .transpose()
+        .map_err(|e| CatalogError::Invalid {
+            origin: format!("entry {:?} ({})", entry.name, entry.arch),
+            reason: e.to_string(),
+        })?;
     let opts = PullOptions {
         pin: entry.sha256,
-        trust,
+        trust: own_key.as_ref().unwrap_or(trust),
+        require_signature: own_key.is_some(),
+        arch: &entry.arch,
         progress,
     };
     let pulled = pull(cache, &entry.source, &opts).map_err(|source| CatalogError::Pull {

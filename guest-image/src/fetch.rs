@@ -57,6 +57,10 @@ pub enum FetchError {
     ManifestJson(#[source] Untrusted),
     #[error("registry image has {0} layers; a carbon-vm image is a single-layer artifact")]
     LayerCount(usize),
+    #[error("registry index is not an OCI image index")]
+    IndexJson(#[source] Untrusted),
+    #[error("the registry index has no linux/{arch} image; it has {there}")]
+    NoPlatform { arch: String, there: String },
     #[error("registry layer digest {0:?} is not sha256")]
     LayerDigest(String),
     #[error("cannot start the async runtime")]
@@ -117,7 +121,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, FetchError> {
 }
 
 impl Transport {
-    pub fn resolve(source: &Source) -> Result<Transport, FetchError> {
+    /// `arch`: the image architecture to take where an OCI reference names a multi-arch index.
+    pub fn resolve(source: &Source, arch: &str) -> Result<Transport, FetchError> {
         let rt = runtime()?;
         let (kind, digest, size) = match source {
             Source::File(p) => {
@@ -135,7 +140,7 @@ impl Transport {
             }
             Source::Oci(reference) => {
                 let client = oci_client_for(reference.registry());
-                let layer = rt.block_on(resolve_oci_layer(&client, reference))?;
+                let layer = rt.block_on(resolve_oci_layer(&client, reference, arch))?;
                 let digest = layer
                     .digest
                     .parse()
@@ -209,12 +214,14 @@ impl Transport {
     }
 }
 
-async fn resolve_oci_layer(
+/// The registry's manifest for `reference`, checked against the digest the reference names.
+async fn manifest_bytes(
     client: &oci_client::Client,
     reference: &oci_client::Reference,
-) -> Result<OciDescriptor, FetchError> {
+    types: &[&str],
+) -> Result<Bytes, FetchError> {
     let (raw, _) = client
-        .pull_manifest_raw(reference, &RegistryAuth::Anonymous, &OCI_MANIFEST_TYPES)
+        .pull_manifest_raw(reference, &RegistryAuth::Anonymous, types)
         .await
         .map_err(registry_error)?;
     if let Some(want) = reference.digest() {
@@ -226,6 +233,31 @@ async fn resolve_oci_layer(
                 got,
             });
         }
+    }
+    Ok(raw)
+}
+
+async fn resolve_oci_layer(
+    client: &oci_client::Client,
+    reference: &oci_client::Reference,
+    arch: &str,
+) -> Result<OciDescriptor, FetchError> {
+    let types = [&OCI_MANIFEST_TYPES[..], &[crate::index::INDEX_TYPE]].concat();
+    let mut raw = manifest_bytes(client, reference, &types).await?;
+    if crate::index::is_index(&raw) {
+        let index: crate::index::Index =
+            serde_json::from_slice(&raw).map_err(|e| FetchError::IndexJson(Untrusted::of(e)))?;
+        let entry = index.select(arch).map_err(|there| FetchError::NoPlatform {
+            arch: arch.to_owned(),
+            there,
+        })?;
+        // By the digest the index names: the index's own digest then pins this manifest too.
+        let by_digest = oci_client::Reference::with_digest(
+            reference.registry().to_owned(),
+            reference.repository().to_owned(),
+            entry.digest.clone(),
+        );
+        raw = manifest_bytes(client, &by_digest, &OCI_MANIFEST_TYPES).await?;
     }
     let manifest: OciImageManifest =
         serde_json::from_slice(&raw).map_err(|e| FetchError::ManifestJson(Untrusted::of(e)))?;

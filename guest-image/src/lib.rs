@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod digest;
 pub mod fetch;
 mod hashing;
+pub mod index;
 pub mod inspect;
 pub mod manifest;
 pub mod pack;

@@ -54,6 +54,11 @@ pub struct PullOptions<'a> {
     /// The artifact's sha256 as the user (or the catalog) pinned it.
     pub pin: Option<Sha256Digest>,
     pub trust: &'a Trust,
+    /// Require a trusted signature even where a pin or digest reference vouches for the bytes
+    /// (a catalog entry that names its release key).
+    pub require_signature: bool,
+    /// The architecture to take from a multi-arch OCI index.
+    pub arch: &'a str,
     pub progress: Arc<dyn Progress>,
 }
 
@@ -69,7 +74,8 @@ pub fn pull(cache: &Cache, source: &Source, opts: &PullOptions) -> Result<Pulled
         image: source.to_string(),
         failure,
     };
-    let mut transport = Transport::resolve(source).map_err(|e| fail(PullFailure::Fetch(e)))?;
+    let mut transport =
+        Transport::resolve(source, opts.arch).map_err(|e| fail(PullFailure::Fetch(e)))?;
     let expected = match (opts.pin, transport.digest) {
         (Some(pin), Some(d)) if pin != d => {
             return Err(fail(PullFailure::PinMismatch {
@@ -81,7 +87,8 @@ pub fn pull(cache: &Cache, source: &Source, opts: &PullOptions) -> Result<Pulled
     };
     // Only a user pin or a digest reference vouches for the bytes; otherwise the manifest must
     // carry a trusted signature.
-    let require_signature = opts.pin.is_none() && !source.digest_pinned();
+    let require_signature =
+        opts.require_signature || (opts.pin.is_none() && !source.digest_pinned());
     if require_signature && opts.trust.is_empty() {
         return Err(fail(PullFailure::Unpinned));
     }

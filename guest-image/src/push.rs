@@ -1,8 +1,12 @@
-//! `image push FILE oci://REF`: publish an artifact as a single-layer OCI artifact, the form
+//! `image push FILE... oci://REF`: publish an artifact as a single-layer OCI artifact, the form
 //! `pull` reads. The layer's digest is the artifact's sha256, so one pin serves both transports.
+//! Several artifacts (one per architecture) go under one tag as an OCI image index
+//! ([`crate::index`]).
 
 use crate::digest::Sha256Digest;
 use crate::fetch::{FetchError, oci_client_for, runtime};
+use crate::index::{INDEX_TYPE, oci_arch};
+use crate::manifest::{MANIFEST_NAME, MAX_METADATA_BYTES, Manifest};
 use crate::untrusted::Untrusted;
 use futures_util::StreamExt;
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
@@ -23,6 +27,102 @@ pub enum PushError {
     Registry(#[from] FetchError),
     #[error("registry refused the upload")]
     Upload(#[source] Untrusted),
+    #[error("{0} is not a carbon-vm image artifact (its first member must be manifest.json)")]
+    NotImage(PathBuf),
+    #[error("two artifacts are for {0}: an index holds one per architecture")]
+    SameArch(String),
+    #[error("{0}: the image's architecture {1:?} has no OCI platform name")]
+    UnknownArch(PathBuf, String),
+}
+
+/// One artifact in the registry.
+pub struct Pushed {
+    pub arch: String,
+    pub sha256: Sha256Digest,
+    pub manifest: Sha256Digest,
+}
+
+/// Pushes `files` to `reference`: one artifact as its manifest, several as an index of their
+/// manifests (each pushed by digest). Returns the artifacts and the digest the tag now names.
+pub fn push_all(
+    files: &[PathBuf],
+    reference: &oci_client::Reference,
+) -> Result<(Vec<Pushed>, Sha256Digest), PushError> {
+    if let [file] = files {
+        let (sha256, manifest) = push(file, reference)?;
+        let arch = manifest_of(file)?.arch;
+        return Ok((
+            vec![Pushed {
+                arch,
+                sha256,
+                manifest,
+            }],
+            manifest,
+        ));
+    }
+    let mut pushed: Vec<Pushed> = Vec::new();
+    let mut entries = Vec::new();
+    for file in files {
+        let arch = manifest_of(file)?.arch;
+        let platform =
+            oci_arch(&arch).ok_or_else(|| PushError::UnknownArch(file.clone(), arch.clone()))?;
+        if pushed.iter().any(|p| p.arch == arch) {
+            return Err(PushError::SameArch(arch));
+        }
+        let (sha256, manifest, size) = push_manifest(file, reference, false)?;
+        entries.push(crate::index::Entry {
+            media_type: OCI_IMAGE_MEDIA_TYPE.into(),
+            digest: manifest.oci(),
+            size,
+            platform: Some(crate::index::Platform {
+                architecture: platform.into(),
+                os: "linux".into(),
+            }),
+        });
+        pushed.push(Pushed {
+            arch,
+            sha256,
+            manifest,
+        });
+    }
+    let index = crate::index::Index {
+        schema_version: 2,
+        media_type: Some(INDEX_TYPE.into()),
+        artifact_type: Some(ARTIFACT_TYPE.into()),
+        manifests: entries,
+    };
+    let body = serde_json::to_vec(&index).expect("index serializes");
+    let digest = Sha256Digest::of(&body);
+    runtime()?.block_on(async {
+        oci_client_for(reference.registry())
+            .push_manifest_raw(reference, body, INDEX_TYPE.parse().expect("media type"))
+            .await
+            .map_err(|e| PushError::Upload(Untrusted::of(e)))
+    })?;
+    Ok((pushed, digest))
+}
+
+/// The manifest an artifact starts with (read without unpacking the rest).
+fn manifest_of(file: &Path) -> Result<Manifest, PushError> {
+    let not_image = || PushError::NotImage(file.to_owned());
+    let f = File::open(file).map_err(|e| PushError::Read(file.into(), e))?;
+    let decoder =
+        zstd::stream::read::Decoder::new(f).map_err(|e| PushError::Read(file.into(), e))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut entries = archive.entries().map_err(|_| not_image())?;
+    let mut first = entries
+        .next()
+        .ok_or_else(not_image)?
+        .map_err(|_| not_image())?;
+    if first.path().ok().as_deref() != Some(Path::new(MANIFEST_NAME)) {
+        return Err(not_image());
+    }
+    let mut json = Vec::new();
+    (&mut first)
+        .take(MAX_METADATA_BYTES)
+        .read_to_end(&mut json)
+        .map_err(|_| not_image())?;
+    serde_json::from_slice(&json).map_err(|_| not_image())
 }
 
 /// Pushes `file` to `reference`; returns (artifact digest, manifest digest).
@@ -30,6 +130,17 @@ pub fn push(
     file: &Path,
     reference: &oci_client::Reference,
 ) -> Result<(Sha256Digest, Sha256Digest), PushError> {
+    let (artifact, manifest, _) = push_manifest(file, reference, true)?;
+    Ok((artifact, manifest))
+}
+
+/// Pushes the artifact's blobs and manifest; `tagged`: under the reference's tag, else by digest
+/// only. Returns (artifact digest, manifest digest, manifest size).
+fn push_manifest(
+    file: &Path,
+    reference: &oci_client::Reference,
+    tagged: bool,
+) -> Result<(Sha256Digest, Sha256Digest, i64), PushError> {
     let rerr = |e| PushError::Read(file.into(), e);
     let mut f = File::open(file).map_err(rerr)?;
     let size = f.metadata().map_err(rerr)?.len();
@@ -60,6 +171,16 @@ pub fn push(
         annotations: Some(BTreeMap::new()),
     };
     let body = serde_json::to_vec(&manifest).expect("manifest serializes");
+    let manifest_digest = Sha256Digest::of(&body);
+    let target = if tagged {
+        reference.clone()
+    } else {
+        oci_client::Reference::with_digest(
+            reference.registry().to_owned(),
+            reference.repository().to_owned(),
+            manifest_digest.oci(),
+        )
+    };
     let path = file.to_owned();
     rt.block_on(async {
         let chunks = file_stream(path).map_err(rerr)?;
@@ -74,7 +195,7 @@ pub fn push(
             .map_err(|e| PushError::Upload(Untrusted::of(e)))?;
         client
             .push_manifest_raw(
-                reference,
+                &target,
                 body.clone(),
                 OCI_IMAGE_MEDIA_TYPE.parse().expect("media type"),
             )
@@ -82,7 +203,7 @@ pub fn push(
             .map_err(|e| PushError::Upload(Untrusted::of(e)))?;
         Ok::<_, PushError>(())
     })?;
-    Ok((digest, Sha256Digest::of(&body)))
+    Ok((digest, manifest_digest, body.len() as i64))
 }
 
 fn file_stream(

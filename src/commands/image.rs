@@ -178,6 +178,8 @@ fn pull(a: PullArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let opts = PullOptions {
         pin,
         trust: &trust,
+        require_signature: false,
+        arch: &a.arch,
         progress: out.progress(),
     };
     let pulled = guest_image::pull(&cache, &source, &opts)?;
@@ -197,27 +199,54 @@ fn push(a: PushArgs, out: Printer) -> anyhow::Result<()> {
     let Source::Oci(reference) = a.destination.parse()? else {
         anyhow::bail!("push needs an oci://REGISTRY/REPO[:TAG] destination");
     };
-    let (artifact, manifest) = guest_image::push::push(&a.file, &reference)?;
+    let (pushed, top) = guest_image::push::push_all(&a.files, &reference)?;
     let pinned = format!(
         "oci://{}/{}@{}",
         reference.registry(),
         reference.repository(),
-        manifest.oci()
+        top.oci()
     );
     #[derive(Serialize)]
-    struct Pushed {
+    struct Artifact<'a> {
+        arch: &'a str,
         sha256: Sha256Digest,
         manifest: Sha256Digest,
-        reference: String,
     }
-    out.record(
-        &Pushed {
-            sha256: artifact,
-            manifest,
-            reference: pinned.clone(),
-        },
-        || format!("{artifact}  {pinned}"),
-    );
+    #[derive(Serialize)]
+    struct Pushed<'a> {
+        /// The one artifact's digest (a single push), as before indexes.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256: Option<Sha256Digest>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        manifest: Option<Sha256Digest>,
+        /// The index's digest (several artifacts).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        index: Option<Sha256Digest>,
+        reference: String,
+        artifacts: Vec<Artifact<'a>>,
+    }
+    let single = (pushed.len() == 1).then(|| &pushed[0]);
+    let record = Pushed {
+        sha256: single.map(|p| p.sha256),
+        manifest: single.map(|p| p.manifest),
+        index: (single.is_none()).then_some(top),
+        reference: pinned.clone(),
+        artifacts: pushed
+            .iter()
+            .map(|p| Artifact {
+                arch: &p.arch,
+                sha256: p.sha256,
+                manifest: p.manifest,
+            })
+            .collect(),
+    };
+    out.record(&record, || {
+        pushed
+            .iter()
+            .map(|p| format!("{}  {} {}", p.sha256, p.arch, pinned))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     Ok(())
 }
 

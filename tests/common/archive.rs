@@ -143,7 +143,8 @@ pub fn zstd_bytes(data: &[u8]) -> Vec<u8> {
 }
 
 /// A root filesystem with just what `image pack` needs: kernel, initrd, the Venus ICD and its
-/// library, systemd-boot, a dpkg status entry for Mesa, and a bundled container archive.
+/// library, systemd-boot, a dpkg status entry for Mesa, and a bundled container archive; the
+/// loader and library of both architectures, so it packs with `--arch x86_64` or `aarch64`.
 pub fn synthetic_rootfs(root: &Path, with_venus: bool) {
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("boot/vmlinuz-6.12.0-test", b"fake kernel".to_vec()),
@@ -153,7 +154,15 @@ pub fn synthetic_rootfs(root: &Path, with_venus: bool) {
             b"fake loader".to_vec(),
         ),
         (
+            "usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
+            b"fake loader".to_vec(),
+        ),
+        (
             "usr/lib/x86_64-linux-gnu/libvulkan_virtio.so",
+            vec![0x7f; 8192],
+        ),
+        (
+            "usr/lib/aarch64-linux-gnu/libvulkan_virtio.so",
             vec![0x7f; 8192],
         ),
         (

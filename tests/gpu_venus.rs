@@ -172,6 +172,29 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
     assert_eq!(run["driver_id"], "DRIVER_ID_MESA_VENUS");
     assert!(run["gflops"].as_f64().unwrap() > 0.0);
 
+    // The Mac's 16 KiB page check bites on this 4 KiB-page guest (tests/gpu_aarch64.rs passes
+    // it): Venus works here, but its ring (131268 bytes, page-rounded to 135168) and small
+    // buffers would not map on a Mac host.
+    let o = g.carbon_vm(&["--json", "gpu", "check", "gpu", "--mac-pages"]);
+    assert_eq!(o.status.code(), Some(8), "{o:?}");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["ok"], true, "Venus itself works: {r:#}");
+    let b = &r["blobs"];
+    assert_eq!(b["mac_ok"], false, "{b:#}");
+    assert!(b["unaligned"].as_u64().unwrap() > 0, "{b:#}");
+    assert!(
+        b["unaligned_sizes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s.as_u64().unwrap() % 4096 == 0),
+        "page-rounded by the 4 KiB guest: {b:#}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("would not map on a Mac host"),
+        "{o:?}"
+    );
+
     // The connection carbon-vm registered from inside the root (its podman is 5) serves the host's
     // own podman client too (4 on bookworm): both read the containers.conf entry.
     let host_podman = || {

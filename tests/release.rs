@@ -43,8 +43,15 @@ fn release_publishes_both_architectures_and_create_takes_this_hosts() {
     let archs: Vec<&str> = images.iter().map(|i| i["arch"].as_str().unwrap()).collect();
     assert_eq!(archs, ["x86_64", "aarch64"], "{catalog:#}");
     let source = images[0]["source"].as_str().unwrap();
-    assert!(source.starts_with(&format!("oci://{repo}@sha256:")), "{source}");
-    assert!(images.iter().all(|i| i["source"] == source && i["key"] == pub_b64.as_str()));
+    assert!(
+        source.starts_with(&format!("oci://{repo}@sha256:")),
+        "{source}"
+    );
+    assert!(
+        images
+            .iter()
+            .all(|i| i["source"] == source && i["key"] == pub_b64.as_str())
+    );
     // Signed copies: their digests are not the unsigned inputs'.
     for (i, input) in images.iter().zip([&x86, &arm]) {
         assert_ne!(i["sha256"].as_str().unwrap(), common::sha256_file(input));
@@ -76,7 +83,10 @@ fn release_publishes_both_architectures_and_create_takes_this_hosts() {
     assert_eq!(ls[0]["signed"], true, "verified against the catalog's key");
 
     // The other architecture from the same index, by its artifact digest.
-    let other = images.iter().find(|i| i["arch"] != std::env::consts::ARCH).unwrap();
+    let other = images
+        .iter()
+        .find(|i| i["arch"] != std::env::consts::ARCH)
+        .unwrap();
     let v = env.json(&[
         "image",
         "pull",
@@ -108,6 +118,10 @@ fn release_publishes_both_architectures_and_create_takes_this_hosts() {
         assert_eq!(o.status.code(), Some(4), "{field}: {err}");
         assert!(err.contains(needle), "{field}: {err}");
         assert!(env.cache_listing().is_empty(), "{field}: cached");
-        assert_eq!(env.json(&["list"]), serde_json::json!([]), "{field}: a machine");
+        assert_eq!(
+            env.json(&["list"]),
+            serde_json::json!([]),
+            "{field}: a machine"
+        );
     }
 }

@@ -113,6 +113,18 @@ pub fn oci_client_for(registry: &str) -> oci_client::Client {
     })
 }
 
+/// Registry credentials: `CARBON_VM_REGISTRY_USER` and `CARBON_VM_REGISTRY_PASSWORD` (a token for
+/// ghcr.io) where both are set, else anonymous.
+pub fn registry_auth() -> RegistryAuth {
+    match (
+        std::env::var("CARBON_VM_REGISTRY_USER"),
+        std::env::var("CARBON_VM_REGISTRY_PASSWORD"),
+    ) {
+        (Ok(user), Ok(password)) => RegistryAuth::Basic(user, password),
+        _ => RegistryAuth::Anonymous,
+    }
+}
+
 pub fn runtime() -> Result<tokio::runtime::Runtime, FetchError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -221,7 +233,7 @@ async fn manifest_bytes(
     types: &[&str],
 ) -> Result<Bytes, FetchError> {
     let (raw, _) = client
-        .pull_manifest_raw(reference, &RegistryAuth::Anonymous, types)
+        .pull_manifest_raw(reference, &registry_auth(), types)
         .await
         .map_err(registry_error)?;
     if let Some(want) = reference.digest() {

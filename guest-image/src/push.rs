@@ -4,11 +4,12 @@
 //! ([`crate::index`]).
 
 use crate::digest::Sha256Digest;
-use crate::fetch::{FetchError, oci_client_for, runtime};
+use crate::fetch::{FetchError, oci_client_for, registry_auth, runtime};
 use crate::index::{INDEX_TYPE, oci_arch};
 use crate::manifest::{MANIFEST_NAME, MAX_METADATA_BYTES, Manifest};
 use crate::untrusted::Untrusted;
 use futures_util::StreamExt;
+use oci_client::RegistryOperation;
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -94,7 +95,12 @@ pub fn push_all(
     let body = serde_json::to_vec(&index).expect("index serializes");
     let digest = Sha256Digest::of(&body);
     runtime()?.block_on(async {
-        oci_client_for(reference.registry())
+        let client = oci_client_for(reference.registry());
+        client
+            .auth(reference, &registry_auth(), RegistryOperation::Push)
+            .await
+            .map_err(|e| PushError::Upload(Untrusted::of(e)))?;
+        client
             .push_manifest_raw(reference, body, INDEX_TYPE.parse().expect("media type"))
             .await
             .map_err(|e| PushError::Upload(Untrusted::of(e)))
@@ -183,6 +189,10 @@ fn push_manifest(
     };
     let path = file.to_owned();
     rt.block_on(async {
+        client
+            .auth(&target, &registry_auth(), RegistryOperation::Push)
+            .await
+            .map_err(|e| PushError::Upload(Untrusted::of(e)))?;
         let chunks = file_stream(path).map_err(rerr)?;
         client
             .push_blob_stream(reference, chunks, &digest.oci(), Some(size))

@@ -121,6 +121,12 @@ pub struct PackArgs {
     /// Sign the manifest with this minisign secret key (see `image build --sign-key`).
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Mesa's version, for a root with neither a dpkg nor an rpm database (read from it otherwise).
+    #[arg(long)]
+    pub mesa_version: Option<String>,
+    /// systemd-boot's EFI binary (systemd-bootx64.efi/-aa64.efi), for a root that has none.
+    #[arg(long, value_name = "FILE")]
+    pub bootloader: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

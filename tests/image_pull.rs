@@ -111,6 +111,53 @@ fn pack_pull_ls_verify_rm_round_trip() {
 }
 
 #[test]
+fn pack_takes_a_root_without_dpkg_or_systemd_boot_given_what_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    archive::synthetic_rootfs(&root, true);
+    std::fs::remove_dir_all(root.join("var/lib/dpkg")).unwrap();
+    let boot = root.join("usr/lib/systemd/boot");
+    let loader = dir.path().join("systemd-bootx64.efi");
+    std::fs::rename(boot.join("efi/systemd-bootx64.efi"), &loader).unwrap();
+    std::fs::remove_dir_all(&boot).unwrap();
+    let out = dir.path().join("x.tar.zst");
+    let env = Env::new();
+    let pack = |extra: &[&str]| {
+        env.cmd()
+            .args(["--json", "image", "pack", "--arch", "x86_64"])
+            .arg(&root)
+            .arg("-o")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Each missing piece is named with the flag that supplies it, and nothing is written.
+    for (extra, needle) in [
+        (&[][..], "pass --mesa-version"),
+        (
+            &["--mesa-version", "25.1.4-1.fc42"][..],
+            "--bootloader FILE",
+        ),
+    ] {
+        let o = pack(extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle), "{err}");
+        assert!(!out.exists());
+    }
+    let o = pack(&[
+        "--mesa-version",
+        "25.1.4-1.fc42",
+        "--bootloader",
+        loader.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let sha = common::sha256_file(&out);
+    let v = env.pull(out.to_str().unwrap(), Some(&sha));
+    assert_eq!(v["mesa_version"], "25.1.4-1.fc42");
+}
+
+#[test]
 fn pack_refuses_a_root_without_venus_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("rootfs");

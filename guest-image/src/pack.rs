@@ -1,4 +1,6 @@
-//! `image pack ROOTFS -o FILE`: turn a Debian-shaped root filesystem into a carbon-vm artifact.
+//! `image pack ROOTFS -o FILE`: turn a root filesystem into a carbon-vm artifact. Mesa's version
+//! comes from the root's package database (dpkg, or rpm for Fedora-style roots) unless given;
+//! systemd-boot from the root unless a loader is given.
 //!
 //! The disk is a GPT with an EFI system partition (systemd-boot, the kernel and initrd: what
 //! krunkit's EFI firmware boots) and an ext4 root made by `mkfs.ext4 -d` (no loop devices, no
@@ -35,12 +37,20 @@ pub enum PackError {
     Icd(#[source] venus::icd::IcdError),
     #[error("the library the Venus ICD names is not in the root filesystem: {0:?}")]
     NoVenusLibrary(String),
-    #[error("{0} is missing (install systemd-boot-efi: the EFI partition needs it)")]
+    #[error(
+        "{0} is missing (install systemd-boot-efi or systemd-boot-unsigned in the root, or pass --bootloader FILE)"
+    )]
     NoBootloader(PathBuf),
     #[error("cannot read the package database in {0}")]
     Dpkg(PathBuf, #[source] io::Error),
-    #[error("package {0} is not installed in the root filesystem")]
+    #[error(
+        "package {0} is not installed in the root filesystem (a root without its package database: pass --mesa-version)"
+    )]
     NoPackage(&'static str),
+    #[error(
+        "{0} has neither a dpkg nor an rpm database: pass --mesa-version VERSION (and --bootloader FILE without systemd-boot)"
+    )]
+    NoPackageDb(PathBuf),
     #[error("`{0}` failed: {1}")]
     Tool(String, String),
     #[error("cannot run `{0}` (install {1})")]
@@ -61,6 +71,10 @@ pub struct PackOptions {
     pub zstd_level: i32,
     /// Signs the manifest (minisign): the signature is the artifact's second member.
     pub sign: Option<crate::sign::SigningKey>,
+    /// Mesa's version, for a root whose package database cannot be read.
+    pub mesa_version: Option<String>,
+    /// systemd-boot's EFI binary, for a root that has none.
+    pub bootloader: Option<PathBuf>,
 }
 
 /// Packs `rootfs` into the artifact `output` (written atomically); returns its sha256.
@@ -85,7 +99,10 @@ pub fn pack(
         .into_iter()
         .find(|c| rootfs.join(c.strip_prefix("/").unwrap_or(c)).exists())
         .ok_or_else(|| PackError::NoVenusLibrary(format!("{lib:?}")))?;
-    let mesa_version = dpkg_version(rootfs, "mesa-vulkan-drivers")?;
+    let mesa_version = match &opts.mesa_version {
+        Some(v) => v.clone(),
+        None => package_version(rootfs, "mesa-vulkan-drivers")?,
+    };
     let page_size = page_size(rootfs, &kernel_version, &opts.arch);
     let container_images = container_images(rootfs)?;
 
@@ -262,6 +279,30 @@ fn page_size(rootfs: &Path, kernel_version: &str, arch: &str) -> Option<u32> {
     })
 }
 
+/// The installed version of `package` (`VERSION-RELEASE`), from the root's dpkg status file or
+/// its rpm database (Fedora: /usr/lib/sysimage/rpm, older: /var/lib/rpm; read by the host's rpm).
+fn package_version(rootfs: &Path, package: &'static str) -> Result<String, PackError> {
+    if rootfs.join("var/lib/dpkg/status").is_file() {
+        return dpkg_version(rootfs, package);
+    }
+    if !["usr/lib/sysimage/rpm", "var/lib/rpm"]
+        .iter()
+        .any(|d| rootfs.join(d).is_dir())
+    {
+        return Err(PackError::NoPackageDb(rootfs.into()));
+    }
+    let out = Command::new("rpm")
+        .arg("--root")
+        .arg(rootfs)
+        .args(["-q", "--qf", "%{VERSION}-%{RELEASE}", package])
+        .output()
+        .map_err(|e| PackError::MissingTool("rpm", "rpm", e))?;
+    if !out.status.success() {
+        return Err(PackError::NoPackage(package));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// The installed version of `package`, from the root's dpkg status file.
 fn dpkg_version(rootfs: &Path, package: &'static str) -> Result<String, PackError> {
     let path = rootfs.join("var/lib/dpkg/status");
@@ -374,7 +415,10 @@ fn make_esp(
         "aarch64" => ("systemd-bootaa64.efi", "BOOTAA64.EFI"),
         _ => ("systemd-bootx64.efi", "BOOTX64.EFI"),
     };
-    let loader = rootfs.join("usr/lib/systemd/boot/efi").join(efi_name);
+    let loader = opts
+        .bootloader
+        .clone()
+        .unwrap_or_else(|| rootfs.join("usr/lib/systemd/boot/efi").join(efi_name));
     if !loader.is_file() {
         return Err(PackError::NoBootloader(loader));
     }

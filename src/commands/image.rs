@@ -94,6 +94,8 @@ fn pack_cmd(a: PackArgs, out: Printer) -> anyhow::Result<()> {
         epoch: epoch()?,
         zstd_level: a.zstd_level,
         sign: signing_key(a.sign_key.as_deref())?,
+        mesa_version: a.mesa_version,
+        bootloader: a.bootloader,
     };
     let digest = pack(&a.rootfs, &a.output, &opts, out.progress().as_ref())?;
     print_artifact(out, &a.output, digest);

@@ -287,6 +287,8 @@ pub fn build(
         epoch: opts.epoch,
         zstd_level: opts.zstd_level,
         sign: opts.sign.clone(),
+        mesa_version: None,
+        bootloader: None,
     };
     Ok(pack(&rootfs, output, &pack_opts, progress)?)
 }

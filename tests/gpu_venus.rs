@@ -180,6 +180,7 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["ok"], true, "Venus itself works: {r:#}");
     let b = &r["blobs"];
+    eprintln!("x86_64 guest blobs: {b}");
     assert_eq!(b["mac_ok"], false, "{b:#}");
     assert!(b["unaligned"].as_u64().unwrap() > 0, "{b:#}");
     assert!(

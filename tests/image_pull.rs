@@ -155,6 +155,44 @@ fn pack_takes_a_root_without_dpkg_or_systemd_boot_given_what_it_cannot_read() {
     let sha = common::sha256_file(&out);
     let v = env.pull(out.to_str().unwrap(), Some(&sha));
     assert_eq!(v["mesa_version"], "25.1.4-1.fc42");
+    std::fs::remove_file(&out).unwrap();
+
+    // A Fedora-style root: Mesa's version from its rpm database (/usr/lib/sysimage/rpm), read by
+    // the host's rpm (a real package, built and registered here with rpmbuild and rpm).
+    let top = dir.path().join("rpmbuild");
+    let spec = dir.path().join("mesa.spec");
+    std::fs::write(
+        &spec,
+        "Name: mesa-vulkan-drivers\nVersion: 25.1.9\nRelease: 2.fc43\nSummary: test\n\
+         License: MIT\nBuildArch: noarch\n%description\ntest\n%files\n",
+    )
+    .unwrap();
+    let run = |c: &mut std::process::Command| {
+        let o = c.output().expect("rpm and rpmbuild (scripts/install-deps)");
+        assert!(o.status.success(), "{c:?}: {o:?}");
+    };
+    run(std::process::Command::new("rpmbuild")
+        .args(["-bb", "--quiet", "--define"])
+        .arg(format!("_topdir {}", top.display()))
+        .arg(&spec));
+    let rpm = top.join("RPMS/noarch/mesa-vulkan-drivers-25.1.9-2.fc43.noarch.rpm");
+    let db = [
+        "--root",
+        root.to_str().unwrap(),
+        "--dbpath",
+        "/usr/lib/sysimage/rpm",
+    ];
+    std::fs::create_dir_all(root.join("usr/lib/sysimage/rpm")).unwrap();
+    run(std::process::Command::new("rpm").args(db).arg("--initdb"));
+    run(std::process::Command::new("rpm")
+        .args(db)
+        .args(["-i", "--nodeps", "--justdb", "--noscripts"])
+        .arg(&rpm));
+    let o = pack(&["--bootloader", loader.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let sha = common::sha256_file(&out);
+    let v = env.pull(out.to_str().unwrap(), Some(&sha));
+    assert_eq!(v["mesa_version"], "25.1.9-2.fc43");
 }
 
 #[test]

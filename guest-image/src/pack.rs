@@ -285,15 +285,18 @@ fn package_version(rootfs: &Path, package: &'static str) -> Result<String, PackE
     if rootfs.join("var/lib/dpkg/status").is_file() {
         return dpkg_version(rootfs, package);
     }
-    if !["usr/lib/sysimage/rpm", "var/lib/rpm"]
-        .iter()
-        .any(|d| rootfs.join(d).is_dir())
-    {
+    let Some(db) = ["usr/lib/sysimage/rpm", "var/lib/rpm"]
+        .into_iter()
+        .find(|d| rootfs.join(d).is_dir())
+    else {
         return Err(PackError::NoPackageDb(rootfs.into()));
-    }
+    };
+    // The database path is the root's own: the host's rpm may default to another (Debian's).
     let out = Command::new("rpm")
         .arg("--root")
         .arg(rootfs)
+        .arg("--dbpath")
+        .arg(format!("/{db}"))
         .args(["-q", "--qf", "%{VERSION}-%{RELEASE}", package])
         .output()
         .map_err(|e| PackError::MissingTool("rpm", "rpm", e))?;

@@ -7,10 +7,11 @@ use crate::vulkaninfo::{self, Device};
 use serde::Serialize;
 use std::collections::HashMap;
 
-/// The guest-side probe: `sh -s -- IMAGE vm|container`. The container gets no explicit
+/// The guest-side probe: `sh -s -- IMAGE vm|container`. The GPU is found on the virtio bus (device
+/// ID 16), so over PCI (QEMU) and MMIO (libkrun, krunkit) alike. The container gets no explicit
 /// `--device`: the guest's containers.conf must give it /dev/dri by default.
 pub const GUEST_SCRIPT: &str = r#"
-echo @@pci; grep -lx 0x1050 /sys/bus/pci/devices/*/device 2>/dev/null
+echo @@virtio-gpu; grep -lx 0x0010 /sys/bus/virtio/devices/*/device 2>/dev/null
 echo @@render; stat -c '%n %a' /dev/dri/renderD* 2>/dev/null
 echo @@icd; ls /usr/share/vulkan/icd.d/ 2>&1
 echo @@vm; vulkaninfo --summary 2>&1
@@ -183,10 +184,10 @@ fn find_missing(
     container: &[Device],
 ) -> Option<Missing> {
     let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("").trim();
-    if get("pci").is_empty() {
+    if get("virtio-gpu").is_empty() {
         return Some(Missing::new(
             Link::QemuDevice,
-            "the guest has no virtio-gpu PCI device",
+            "the guest has no virtio-gpu device (PCI or MMIO)",
         ));
     }
     let render = get("render");
@@ -271,7 +272,7 @@ mod tests {
         let mut s = sections(GOOD);
         s.insert(name.into(), body.into());
         [
-            "pci",
+            "virtio-gpu",
             "render",
             "icd",
             "vm",
@@ -309,7 +310,7 @@ mod tests {
             format!("{}{}", &vm[..start], &vm[end..])
         };
         let cases = [
-            (with_section("pci", ""), Link::QemuDevice),
+            (with_section("virtio-gpu", ""), Link::QemuDevice),
             (with_section("render", ""), Link::GuestKernelDriver),
             (
                 with_section("render", "/dev/dri/renderD128 600\n"),
@@ -339,7 +340,7 @@ mod tests {
     fn the_vm_scope_stops_before_the_container() {
         let mut s = sections(GOOD);
         s.retain(|k, _| !k.starts_with("container"));
-        let vm_only: String = ["pci", "render", "icd", "vm"]
+        let vm_only: String = ["virtio-gpu", "render", "icd", "vm"]
             .iter()
             .map(|k| format!("@@{k}\n{}", s[*k]))
             .collect();

@@ -113,10 +113,10 @@ pub fn sign_artifact(
         return Err(layout());
     }
     let mut rest = manifest_len;
-    if let Some(n) = frame_len(&head[rest..]) {
-        if frame_member(&head[rest..rest + n]).is_some_and(|(name, _)| name == SIGNATURE_NAME) {
-            rest += n;
-        }
+    if let Some(n) = frame_len(&head[rest..])
+        && frame_member(&head[rest..rest + n]).is_some_and(|(name, _)| name == SIGNATURE_NAME)
+    {
+        rest += n;
     }
     let signature = key.sign(&manifest)?;
     let sig_frame =

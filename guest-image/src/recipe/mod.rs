@@ -256,10 +256,12 @@ pub fn build(
         // The bundled container image goes into the guest's container storage now, by the guest's
         // own podman and storage configuration, so that no machine loads it on first boot. The
         // root is bound onto itself in a private mount namespace: podman unpacks layers after
-        // making / a private mount, which needs / to be a mount point.
+        // making / a private mount, which needs / to be a mount point. Its /dev/shm is a fresh
+        // tmpfs: the host's may hold a podman's lock segment (libpod_lock) of another size or
+        // architecture, which this podman then fails to open.
         format!(
-            "unshare -m sh -ec 'mount --rbind \"$1\" \"$1\"; PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
-             chroot \"$1\" podman --events-backend=none --cgroup-manager=cgroupfs load -q \
+            "unshare -m sh -ec 'mount --rbind \"$1\" \"$1\"; mkdir -p \"$1/dev/shm\"; \
+             mount -t tmpfs tmpfs \"$1/dev/shm\"; PODMAN_IGNORE_CGROUPSV1_WARNING=1 chroot \"$1\" podman --events-backend=none --cgroup-manager=cgroupfs load -q \
              -i /{CONTAINER_DIR}/venus.oci.tar' sh \"$1\""
         ),
         // The initrd again, with the module list from modules.d/carbon (the packages made a

@@ -445,31 +445,45 @@ fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
     (sk, kp.pk.to_box().unwrap().to_string())
 }
 
+/// A home whose trusted keys are `pk` (a minisign `.pub` text).
+fn env_trusting(pk: &str) -> Env {
+    let env = Env::new();
+    let keys = env.home.path().join("config/trusted-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("release.pub"), pk).unwrap();
+    env
+}
+
+/// `image pack ROOT -o OUT --name mini EXTRA...`; returns its record.
+fn pack_mini(env: &Env, root: &Path, out: &Path, extra: &[&str]) -> Value {
+    let args = [
+        &[
+            "image",
+            "pack",
+            root.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--name",
+            "mini",
+        ][..],
+        extra,
+    ]
+    .concat();
+    env.json(&args)
+}
+
 #[test]
 fn pack_and_sign_write_signatures_that_pull_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let (sk, pk) = keypair(dir.path(), "release");
     let (other_sk, _) = keypair(dir.path(), "other");
-    let env = Env::new();
-    let keys = env.home.path().join("config/trusted-keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    std::fs::write(keys.join("release.pub"), &pk).unwrap();
+    let env = env_trusting(&pk);
 
     // `image pack --sign-key`: signed at birth, pulled with no pin.
     let root = dir.path().join("rootfs");
     archive::synthetic_rootfs(&root, true);
     let packed = dir.path().join("packed.tar.zst");
-    let v = env.json(&[
-        "image",
-        "pack",
-        root.to_str().unwrap(),
-        "-o",
-        packed.to_str().unwrap(),
-        "--name",
-        "mini",
-        "--sign-key",
-        sk.to_str().unwrap(),
-    ]);
+    let v = pack_mini(&env, &root, &packed, &["--sign-key", sk.to_str().unwrap()]);
     assert_eq!(v["sha256"], common::sha256_file(&packed));
     let parts = archive::read_artifact(&packed);
     assert_eq!(parts[1].0, "manifest.json.minisig", "the second member");
@@ -506,11 +520,10 @@ fn pack_and_sign_write_signatures_that_pull_verifies() {
         members(&art),
         "the same members, plus the signature"
     );
-    let env2 = Env::new();
-    let keys2 = env2.home.path().join("config/trusted-keys");
-    std::fs::create_dir_all(&keys2).unwrap();
-    std::fs::write(keys2.join("release.pub"), &pk).unwrap();
-    assert_eq!(env2.pull(signed.to_str().unwrap(), None)["signed"], true);
+    assert_eq!(
+        env_trusting(&pk).pull(signed.to_str().unwrap(), None)["signed"],
+        true
+    );
 
     // Re-signed in place by another key: the old signature is replaced, and no longer trusted.
     env.json(&[
@@ -525,12 +538,8 @@ fn pack_and_sign_write_signatures_that_pull_verifies() {
         .filter(|(n, _)| n.ends_with(".minisig"))
         .count();
     assert_eq!(sigs, 1, "one signature member");
-    let env3 = Env::new();
-    let keys3 = env3.home.path().join("config/trusted-keys");
-    std::fs::create_dir_all(&keys3).unwrap();
-    std::fs::write(keys3.join("release.pub"), &pk).unwrap();
     refused(
-        &env3,
+        &env_trusting(&pk),
         signed.to_str().unwrap(),
         None,
         4,
@@ -716,17 +725,7 @@ fn a_multi_arch_index_gives_each_architecture_its_own_image() {
     let env = Env::new();
     let pack = |arch: &str| {
         let out = dir.path().join(format!("mini-{arch}.tar.zst"));
-        let v = env.json(&[
-            "image",
-            "pack",
-            root.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--name",
-            "mini",
-            "--arch",
-            arch,
-        ]);
+        let v = pack_mini(&env, &root, &out, &["--arch", arch]);
         (out, v["sha256"].as_str().unwrap().to_owned())
     };
     let (x86, x86_sha) = pack("x86_64");

@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn https_clients_build() {
         let url = "https://example.org/guest.tar.zst".parse().unwrap();
-        Transport::resolve(&Source::Http(url)).unwrap();
+        Transport::resolve(&Source::Http(url), "x86_64").unwrap();
         oci_client_for("registry.example.org");
     }
 }

@@ -354,6 +354,7 @@ mod tests {
         c.gpu = Some(Gpu {
             hostmem_bytes: 8 << 30,
             display: Display::SdlOffscreen,
+            blob_log: "/m/dev,1/gpu-blobs.log".into(),
         });
         let argv = command_line(&c);
         let p = pairs(&argv);
@@ -369,12 +370,18 @@ mod tests {
         assert!(has("-machine", "memory-backend=mem"));
         assert!(has("-display", "sdl,gl=on") && !has("-display", "none"));
         assert_eq!(environment(&c), [("SDL_VIDEODRIVER", "offscreen")]);
+        // Every blob the guest creates is logged, for the Mac page audit (commas escaped).
+        assert!(has(
+            "-trace",
+            "enable=virtio_gpu_cmd_res_create_blob,file=/m/dev,,1/gpu-blobs.log"
+        ));
 
         c.gpu = Some(Gpu {
             hostmem_bytes: 1 << 30,
             display: Display::EglHeadless {
                 render_node: "/dev/dri/renderD128".into(),
             },
+            blob_log: "/m/dev/gpu-blobs.log".into(),
         });
         let p = pairs(&command_line(&c));
         assert!(p.contains(&(

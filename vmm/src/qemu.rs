@@ -165,7 +165,12 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
         "-append".into(),
         // A guest kernel panic reboots at once, and -no-reboot turns that into QEMU exiting: the
         // start fails in seconds with the panic in the console tail, instead of waiting for Ready.
-        format!("{} console={} panic=-1", c.cmdline, c.arch.console()),
+        format!(
+            "{} console={} panic=-1{}",
+            c.cmdline,
+            c.arch.console(),
+            cmdline_credentials(c)
+        ),
         "-no-reboot".into(),
         "-drive".into(),
         format!("{}if=virtio,format=raw,discard=unmap", marker(&c.disk)),
@@ -228,6 +233,32 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
         a.push(format!("type=11,value={}", s.replace(',', ",,")));
     }
     a
+}
+
+/// On aarch64 a directly booted kernel has no firmware, so no SMBIOS tables and no OEM strings:
+/// the same systemd credentials go on the kernel command line. They are public (root's SSH
+/// public key, the hostname, the shared folders' mounts): /proc/cmdline is readable by anyone
+/// in the guest, which is why the command line is not used where SMBIOS works.
+fn cmdline_credentials(c: &QemuConfig) -> String {
+    use base64::Engine;
+    if c.arch != Arch::Aarch64 {
+        return String::new();
+    }
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    c.oem_strings
+        .iter()
+        .filter_map(|s| {
+            if let Some((name, v)) = s
+                .strip_prefix("io.systemd.credential.binary:")
+                .and_then(|r| r.split_once('='))
+            {
+                Some(format!(" systemd.set_credential_binary={name}:{v}"))
+            } else {
+                let (name, v) = s.strip_prefix("io.systemd.credential:")?.split_once('=')?;
+                Some(format!(" systemd.set_credential_binary={name}:{}", b64(v)))
+            }
+        })
+        .collect()
 }
 
 /// Venus needs blob resources mapped through `hostmem` (and the shared RAM above);
@@ -445,6 +476,30 @@ mod tests {
     }
 
     #[test]
+    fn aarch64_gets_its_credentials_on_the_kernel_command_line() {
+        let mut c = config();
+        c.oem_strings = vec![
+            "io.systemd.credential:system.hostname=dev".into(),
+            "io.systemd.credential.binary:fstab.extra=Zm9v".into(),
+        ];
+        let append = |c: &QemuConfig| {
+            let argv = command_line(c);
+            let i = argv.iter().position(|a| a == "-append").unwrap();
+            argv[i + 1].clone()
+        };
+        assert!(!append(&c).contains("set_credential"), "x86_64: SMBIOS");
+        c.arch = Arch::Aarch64;
+        let line = append(&c);
+        assert!(
+            line.ends_with(
+                " systemd.set_credential_binary=system.hostname:ZGV2 \
+                 systemd.set_credential_binary=fstab.extra:Zm9v"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn aarch64_gets_the_virt_machine_and_its_serial_console() {
         let mut c = config();
         c.arch = Arch::Aarch64;
@@ -454,10 +509,8 @@ mod tests {
             p.contains(&("-accel".into(), "tcg".into())),
             "multi-threaded TCG on aarch64"
         );
-        assert!(p.contains(&(
-            "-append".into(),
-            "root=PARTUUID=x rw console=ttyAMA0 panic=-1".into()
-        )));
+        assert!(p.iter().any(|(k, v)| k == "-append"
+            && v.starts_with("root=PARTUUID=x rw console=ttyAMA0 panic=-1 ")));
         assert_eq!(Arch::Aarch64.qemu(), "qemu-system-aarch64");
     }
 

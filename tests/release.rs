@@ -82,7 +82,11 @@ fn release_publishes_both_architectures_and_create_takes_this_hosts() {
     assert_eq!(ls[0]["arch"], std::env::consts::ARCH);
     assert_eq!(ls[0]["signed"], true, "verified against the catalog's key");
 
-    // The other architecture from the same index, by its artifact digest.
+    // The other architecture from the same index, by its artifact digest (its signature must
+    // verify too: the release key becomes one of this user's trusted keys).
+    let keys = env.home.path().join("config/trusted-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(dir.path().join("release.key.pub"), keys.join("release.pub")).unwrap();
     let other = images
         .iter()
         .find(|i| i["arch"] != std::env::consts::ARCH)
@@ -96,7 +100,7 @@ fn release_publishes_both_architectures_and_create_takes_this_hosts() {
         "--sha256",
         other["sha256"].as_str().unwrap(),
     ]);
-    assert_eq!(v["arch"], other["arch"]);
+    assert_eq!((&v["arch"], &v["signed"]), (&other["arch"], &true.into()));
 
     // A catalog naming another key, or another artifact digest: refused before anything stays.
     for (field, value, needle) in [

@@ -154,7 +154,7 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         if tunnel::pid(m).is_none() {
             tunnel::start(m, run.ssh_port)?;
         }
-        wait_podman(m, o.podman_timeout.unwrap_or(o.start_timeout))?;
+        wait_podman(m, run.ssh_port, o.podman_timeout.unwrap_or(o.start_timeout))?;
         return Ok(run);
     }
     teardown(m, d.as_ref(), &vm)?;
@@ -204,7 +204,7 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     let podman_timeout = o
         .podman_timeout
         .unwrap_or_else(|| o.start_timeout.saturating_sub(started.elapsed()));
-    wait_podman(m, podman_timeout)?;
+    wait_podman(m, run.ssh_port, podman_timeout)?;
     tracing::info!(machine = %spec.name, "podman api answers");
     guard.disarm();
     Ok(run)
@@ -416,9 +416,26 @@ fn credentials(m: &MachineDir, spec: &Spec) -> Result<Vec<String>, LifecycleErro
 }
 
 /// The Podman API answers `GET /_ping` with `OK` through the tunnel's socket.
-fn wait_podman(m: &MachineDir, timeout: Duration) -> Result<(), LifecycleError> {
+/// How often a tunnel whose connection broke before SSH began is opened again during a start.
+const TUNNEL_RETRIES: u32 = 5;
+
+/// Whether the tunnel's log says its TCP connection broke before SSH began (gvproxy resets the
+/// host side when its dial of a starved TCG guest fails), not that SSH itself refused us.
+fn connection_broke(log: &str) -> bool {
+    [
+        "kex_exchange_identification",
+        "Connection reset by peer",
+        "Connection closed by",
+        "Connection refused",
+    ]
+    .iter()
+    .any(|s| log.contains(s))
+}
+
+fn wait_podman(m: &MachineDir, ssh_port: u16, timeout: Duration) -> Result<(), LifecycleError> {
     let sock = m.socket(PODMAN_SOCKET);
     let deadline = Instant::now() + timeout;
+    let mut retries = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let answer = UnixStream::connect(&sock).and_then(|mut s| {
@@ -440,9 +457,17 @@ fn wait_podman(m: &MachineDir, timeout: Duration) -> Result<(), LifecycleError> 
             return Err(LifecycleError::Interrupted);
         }
         if tunnel::pid(m).is_none() {
+            let log = tail(&m.path(FORWARD_LOG), 2000);
+            if retries < TUNNEL_RETRIES && connection_broke(&log) && Instant::now() < deadline {
+                retries += 1;
+                tracing::info!(retries, log = %log.trim(), "tunnel connection broke: again");
+                std::thread::sleep(Duration::from_secs(1));
+                tunnel::start(m, ssh_port)?;
+                continue;
+            }
             return Err(LifecycleError::Exited(
                 "ssh (the Podman socket tunnel)",
-                tail(&m.path(FORWARD_LOG), 2000),
+                log,
             ));
         }
         if Instant::now() > deadline {
@@ -487,5 +512,21 @@ mod tests {
         assert_eq!(super::tail(&p, 100), "aé€z");
         std::fs::write(&p, "one\n\x1b[31mred\n").unwrap();
         assert_eq!(super::tail(&p, 100), "one\n\\u{1b}[31mred");
+    }
+
+    #[test]
+    fn only_a_broken_connection_opens_the_tunnel_again() {
+        for log in [
+            "kex_exchange_identification: read: Connection reset by peer",
+            "ssh: connect to host 127.0.0.1 port 41234: Connection refused",
+        ] {
+            assert!(super::connection_broke(log), "{log}");
+        }
+        for log in [
+            "root@127.0.0.1: Permission denied (publickey).",
+            "Host key verification failed.",
+        ] {
+            assert!(!super::connection_broke(log), "{log}");
+        }
     }
 }

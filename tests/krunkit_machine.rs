@@ -79,9 +79,11 @@ impl Krunkit {
         let xdg = env.home.path().join("xdg");
         let dir = env.home.path().join("image");
         std::fs::create_dir(&dir).unwrap();
-        let (art, sha) = common::pack_mini(&dir);
+        // krunkit runs Apple Silicon guests: the catalog's entry is an aarch64 image.
+        let (art, sha) = common::pack_mini_for(&dir, "aarch64");
         env.pull(art.to_str().unwrap(), Some(&sha));
-        let catalog = common::write_catalog(&dir, "mini", art.to_str().unwrap(), Some(&sha));
+        let catalog =
+            common::write_catalog_for(&dir, "mini", "aarch64", art.to_str().unwrap(), Some(&sha));
         Krunkit {
             env,
             xdg,
@@ -419,4 +421,34 @@ fn podman_machine_file() {
     k.ok(&["rm", "dev"]);
     assert!(!podman_file(&k, "dev").exists());
     assert!(theirs.exists());
+}
+
+#[test]
+fn krunkit_refuses_an_image_of_another_architecture() {
+    let k = Krunkit::new(None);
+    let dir = k.env.home.path().join("x86");
+    std::fs::create_dir(&dir).unwrap();
+    let (art, sha) = common::pack_mini_for(&dir, "x86_64");
+    k.env.pull(art.to_str().unwrap(), Some(&sha));
+    let o = k.run(&[
+        "create",
+        "pc",
+        "--driver",
+        "krunkit",
+        "--disk-size",
+        "1",
+        "--image",
+        &sha[..12],
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is for x86_64; the krunkit driver runs aarch64 guests"),
+        "{err}"
+    );
+    assert_eq!(
+        k.run(&["--json", "list"]).stdout,
+        b"[]\n",
+        "nothing created"
+    );
 }

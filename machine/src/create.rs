@@ -129,6 +129,15 @@ fn reserve_podman_machine(
     })
 }
 
+/// The architecture of the catalog image a machine of `driver` gets: krunkit runs Apple Silicon
+/// guests; QEMU the host's own.
+pub fn guest_arch(driver: vmm::DriverKind) -> Arch {
+    match driver {
+        vmm::DriverKind::Krunkit => Arch::Aarch64,
+        _ => Arch::host(),
+    }
+}
+
 /// The image's architecture, if the driver runs it: QEMU runs both (another architecture than
 /// the host's under TCG, slowly); krunkit runs aarch64 guests only (Apple Silicon).
 fn check_arch(driver: vmm::DriverKind, img: &CachedImage) -> Result<Arch, CreateError> {

@@ -138,7 +138,12 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
     machine::create::check_resources(driver, a.cpus, a.memory, a.gpu, &start)?;
     let volumes = volumes(&a, machine::create::can_share(driver, &start), out)?;
     machine::volumes::validate(&volumes)?;
-    let image = image_for(a.image.as_deref(), home, out)?;
+    let image = image_for(
+        a.image.as_deref(),
+        machine::create::guest_arch(driver).name(),
+        home,
+        out,
+    )?;
     let st = store(home);
     let m = create(
         &st,
@@ -173,7 +178,12 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
 
 /// `--image`: a cached image's ID, else a name in the image catalog; without it, the catalog's
 /// default. A catalog image that is not cached is pulled (and verified) first.
-fn image_for(wanted: Option<&str>, home: &Home, out: Printer) -> anyhow::Result<CachedImage> {
+fn image_for(
+    wanted: Option<&str>,
+    arch: &str,
+    home: &Home,
+    out: Printer,
+) -> anyhow::Result<CachedImage> {
     let cache = Cache::open(&home.images)?;
     // A cached ID needs no catalog.
     let not_cached = match wanted.map(|w| cache.get(w)) {
@@ -188,7 +198,7 @@ fn image_for(wanted: Option<&str>, home: &Home, out: Printer) -> anyhow::Result<
         (_, Some(e)) => return Err(e.into()),
         _ => &catalog.default,
     };
-    let entry = catalog.entry(name, std::env::consts::ARCH)?;
+    let entry = catalog.entry(name, arch)?;
     let trust = Trust::with_pinned(&home.trusted_key_texts()?)?;
     Ok(catalog::resolve(&cache, entry, &trust, out.progress())?)
 }

@@ -209,9 +209,20 @@ pub fn aarch64_llama_root() -> Option<PathBuf> {
 /// Writes an image catalog whose one (default) image is `name` from `source`, pinned by `sha256`
 /// when given; returns its path, for CARBON_VM_CATALOG.
 pub fn write_catalog(dir: &Path, name: &str, source: &str, sha256: Option<&str>) -> PathBuf {
+    write_catalog_for(dir, name, std::env::consts::ARCH, source, sha256)
+}
+
+/// [`write_catalog`] with an entry for `arch`.
+pub fn write_catalog_for(
+    dir: &Path,
+    name: &str,
+    arch: &str,
+    source: &str,
+    sha256: Option<&str>,
+) -> PathBuf {
     let mut entry = serde_json::json!({
         "name": name,
-        "arch": std::env::consts::ARCH,
+        "arch": arch,
         "source": source,
     });
     if let Some(sha) = sha256 {
@@ -225,6 +236,11 @@ pub fn write_catalog(dir: &Path, name: &str, source: &str, sha256: Option<&str>)
 
 /// Packs a small but real image from a synthetic root (see archive::synthetic_rootfs).
 pub fn pack_mini(dir: &Path) -> (PathBuf, String) {
+    pack_mini_for(dir, std::env::consts::ARCH)
+}
+
+/// [`pack_mini`] for `arch` (krunkit runs aarch64 images only).
+pub fn pack_mini_for(dir: &Path, arch: &str) -> (PathBuf, String) {
     let root = dir.join("rootfs");
     archive::synthetic_rootfs(&root, true);
     let out = dir.join("mini.tar.zst");
@@ -235,7 +251,7 @@ pub fn pack_mini(dir: &Path) -> (PathBuf, String) {
         .arg(&root)
         .arg("-o")
         .arg(&out)
-        .args(["--name", "mini"])
+        .args(["--name", "mini", "--arch", arch])
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .assert()
         .success()

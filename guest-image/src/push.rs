@@ -49,27 +49,29 @@ pub fn push_all(
     files: &[PathBuf],
     reference: &oci_client::Reference,
 ) -> Result<(Vec<Pushed>, Sha256Digest), PushError> {
-    if let [file] = files {
-        let (sha256, manifest) = push(file, reference)?;
-        let arch = manifest_of(file)?.arch;
-        return Ok((
-            vec![Pushed {
-                arch,
-                sha256,
-                manifest,
-            }],
-            manifest,
-        ));
-    }
-    let mut pushed: Vec<Pushed> = Vec::new();
-    let mut entries = Vec::new();
+    // Every artifact is read and checked before anything is uploaded.
+    let mut archs: Vec<(String, &'static str)> = Vec::new();
     for file in files {
         let arch = manifest_of(file)?.arch;
         let platform =
             oci_arch(&arch).ok_or_else(|| PushError::UnknownArch(file.clone(), arch.clone()))?;
-        if pushed.iter().any(|p| p.arch == arch) {
+        if archs.iter().any(|(a, _)| *a == arch) {
             return Err(PushError::SameArch(arch));
         }
+        archs.push((arch, platform));
+    }
+    if let ([file], [(arch, _)]) = (files, &archs[..]) {
+        let (sha256, manifest, _) = push_manifest(file, reference, true)?;
+        let pushed = Pushed {
+            arch: arch.clone(),
+            sha256,
+            manifest,
+        };
+        return Ok((vec![pushed], manifest));
+    }
+    let mut pushed: Vec<Pushed> = Vec::new();
+    let mut entries = Vec::new();
+    for (file, (arch, platform)) in files.iter().zip(archs) {
         let (sha256, manifest, size) = push_manifest(file, reference, false)?;
         entries.push(crate::index::Entry {
             media_type: OCI_IMAGE_MEDIA_TYPE.into(),
@@ -129,15 +131,6 @@ fn manifest_of(file: &Path) -> Result<Manifest, PushError> {
         .read_to_end(&mut json)
         .map_err(|_| not_image())?;
     serde_json::from_slice(&json).map_err(|_| not_image())
-}
-
-/// Pushes `file` to `reference`; returns (artifact digest, manifest digest).
-pub fn push(
-    file: &Path,
-    reference: &oci_client::Reference,
-) -> Result<(Sha256Digest, Sha256Digest), PushError> {
-    let (artifact, manifest, _) = push_manifest(file, reference, true)?;
-    Ok((artifact, manifest))
 }
 
 /// Pushes the artifact's blobs and manifest; `tagged`: under the reference's tag, else by digest

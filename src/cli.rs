@@ -206,8 +206,8 @@ pub struct CreateArgs {
     /// Make this machine Podman's default connection.
     #[arg(long)]
     pub default: bool,
-    /// Also list it among Podman 5's machines, as a libkrun machine (macOS; needs --driver
-    /// krunkit and podman 5.2 to 5.6).
+    /// Also list it among Podman's machines, as a libkrun machine (macOS; needs --driver
+    /// krunkit and podman 5.2 to 6.1).
     #[arg(long)]
     pub podman_machine: bool,
     /// Share a host folder with the guest, at GUEST (default: the same path); repeatable.
@@ -275,7 +275,8 @@ pub struct GpuCheckArgs {
     )]
     pub workload_image: String,
     /// Also fail unless every GPU blob the guest created since it started is a multiple of
-    /// 16 KiB, as a Mac host's Hypervisor.framework maps them (QEMU machines: QEMU traces them).
+    /// 16 KiB, as a Mac host's Hypervisor.framework maps them (QEMU machines: QEMU traces them;
+    /// on krunkit the Mac enforces it, so a passing check passes it).
     #[arg(long)]
     pub mac_pages: bool,
 }

@@ -15,6 +15,9 @@ pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
 pub const ACCEL: &str = "CARBON_VM_ACCEL";
 /// The krunkit executable (default: `krunkit` from PATH).
 pub const KRUNKIT: &str = "CARBON_VM_KRUNKIT";
+/// The gvproxy executable (default: `gvproxy` from PATH), e.g. the one Podman's installer keeps
+/// in /opt/podman/bin.
+pub const GVPROXY: &str = "CARBON_VM_GVPROXY";
 /// Seconds `start` waits for the guest's Ready signal once the VMM runs (default 900: a first boot
 /// under TCG on a small host takes minutes).
 pub const START_TIMEOUT: &str = "CARBON_VM_START_TIMEOUT";

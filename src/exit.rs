@@ -154,6 +154,8 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                     HOST,
                     Some("`carbon-vm doctor` shows what the host's Venus stack lacks"),
                 ),
+                // The error's text has the remedy (CARBON_VM_ACCEL=tcg).
+                L::Vmm(VmmError::KvmFailed(_)) => (HOST, None),
                 L::Vmm(VmmError::Missing(..) | VmmError::Share(_)) | L::Missing(..) => (
                     HOST,
                     Some("`carbon-vm doctor` lists what this host is missing"),

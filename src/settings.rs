@@ -20,11 +20,21 @@ fn accel() -> anyhow::Result<AccelChoice> {
     }
 }
 
+/// The program `var` names, else `name` from PATH.
+fn program(var: &str, name: &str) -> PathBuf {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| name.into(), PathBuf::from)
+}
+
 /// The krunkit to run: `CARBON_VM_KRUNKIT`, else `krunkit` from PATH.
 pub fn krunkit() -> PathBuf {
-    std::env::var_os(env_vars::KRUNKIT)
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| "krunkit".into(), PathBuf::from)
+    program(env_vars::KRUNKIT, "krunkit")
+}
+
+/// The gvproxy to run: `CARBON_VM_GVPROXY`, else `gvproxy` from PATH.
+pub fn gvproxy() -> PathBuf {
+    program(env_vars::GVPROXY, "gvproxy")
 }
 
 /// Podman's config home, where it keeps its machine files (`machine::podman::config_home`).
@@ -69,6 +79,7 @@ pub fn start_options() -> anyhow::Result<machine::lifecycle::StartOptions> {
     Ok(machine::lifecycle::StartOptions {
         accel: accel()?,
         krunkit: krunkit(),
+        gvproxy: gvproxy(),
         start_timeout: seconds(env_vars::START_TIMEOUT)?
             .unwrap_or(machine::lifecycle::START_TIMEOUT),
         podman_timeout: seconds(env_vars::PODMAN_TIMEOUT)?,

@@ -35,7 +35,7 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
     // Venus, both on the guest's shared memory).
     let work = tempfile::tempdir_in(g.env.home.path()).unwrap();
     std::fs::copy(
-        common::workspace_bin("carbon-vk-compute"),
+        common::workspace_bin("carbon-vk-compute", "carbon-vk-compute"),
         work.path().join("carbon-vk-compute"),
     )
     .unwrap();

@@ -238,9 +238,10 @@ pub(crate) fn append(
     tar.append_data(&mut h, name, data)
 }
 
-fn find_kernel(rootfs: &Path) -> Result<(PathBuf, PathBuf, String), PackError> {
-    let boot = rootfs.join("boot");
-    let entries = fs::read_dir(&boot).map_err(|_| PackError::Kernel(rootfs.into()))?;
+/// The version of the one kernel in `rootfs/boot` (`vmlinuz-VERSION`).
+pub(crate) fn kernel_version(rootfs: &Path) -> Result<String, PackError> {
+    let entries =
+        fs::read_dir(rootfs.join("boot")).map_err(|_| PackError::Kernel(rootfs.into()))?;
     let versions: Vec<String> = entries
         .flatten()
         .filter_map(|e| {
@@ -250,18 +251,20 @@ fn find_kernel(rootfs: &Path) -> Result<(PathBuf, PathBuf, String), PackError> {
                 .map(str::to_owned)
         })
         .collect();
-    let [version] = versions.as_slice() else {
-        return Err(PackError::Kernel(rootfs.into()));
-    };
+    match versions.as_slice() {
+        [version] => Ok(version.clone()),
+        _ => Err(PackError::Kernel(rootfs.into())),
+    }
+}
+
+fn find_kernel(rootfs: &Path) -> Result<(PathBuf, PathBuf, String), PackError> {
+    let version = kernel_version(rootfs)?;
+    let boot = rootfs.join("boot");
     let initrd = boot.join(format!("initrd.img-{version}"));
     if !initrd.is_file() {
         return Err(PackError::Kernel(rootfs.into()));
     }
-    Ok((
-        boot.join(format!("vmlinuz-{version}")),
-        initrd,
-        version.clone(),
-    ))
+    Ok((boot.join(format!("vmlinuz-{version}")), initrd, version))
 }
 
 /// The kernel's page size, from its build configuration (`/boot/config-VERSION`); x86_64 has

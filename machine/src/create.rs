@@ -101,7 +101,7 @@ pub fn check_podman_machine(
         return Err(CreateError::PodmanMachineDriver);
     }
     let version = podman_version()?;
-    podman_machine::check_podman_version(&version)?;
+    podman_machine::schema_of(&version)?;
     Ok(version)
 }
 

@@ -24,7 +24,8 @@ pub enum Scope {
     Container,
 }
 
-/// Runs the check in the (running) machine; a machine without a GPU fails it without asking.
+/// Runs the check in the (running) machine; a machine without a GPU fails it without asking
+/// (a krunkit machine has one, `--gpu` or not).
 pub fn check(
     m: &MachineDir,
     o: &StartOptions,
@@ -32,7 +33,7 @@ pub fn check(
     image: &str,
     scope: Scope,
 ) -> Result<Report, GpuError> {
-    if !spec.gpu {
+    if !spec.gpu && !spec.driver.always_gpu() {
         return Ok(check::no_gpu());
     }
     let scope_arg = match scope {

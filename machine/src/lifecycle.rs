@@ -176,7 +176,7 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         vm: &vm,
     };
     let run = Run {
-        ssh_port: gvproxy::start(m, &d.network(&vm), spec.podman_machine.as_ref())?,
+        ssh_port: gvproxy::start(m, &o.gvproxy, &d.network(&vm), spec.podman_machine.as_ref())?,
         accel: d.accelerator().into(),
     };
     m.write_json(RUN, &run)?;

@@ -52,6 +52,16 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
+/// A program as carbon-vm runs it: a path as it is, a bare name from PATH.
+fn locate(program: &Path) -> Option<PathBuf> {
+    match program.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            is_executable(program).then(|| program.to_owned())
+        }
+        _ => which(program.to_str()?),
+    }
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     p.metadata()
@@ -65,7 +75,11 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
         .iter()
         .filter(|(tool, ..)| host == machine::DriverKind::Qemu || !tool.starts_with("qemu-"))
         .map(|&(tool, needed_for, fix)| {
-            let found = which(tool);
+            // gvproxy is whichever CARBON_VM_GVPROXY names.
+            let found = match tool {
+                "gvproxy" => locate(&crate::settings::gvproxy()),
+                _ => which(tool),
+            };
             Check {
                 requirement: tool,
                 needed_for,

@@ -331,7 +331,8 @@ fn check_image(home: &Home, spec: &store::Spec) -> anyhow::Result<String> {
 pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = store(home).open(&a.name)?;
     let spec = m.spec()?;
-    let image = if spec.gpu {
+    let gpu = spec.gpu || spec.driver.always_gpu();
+    let image = if gpu {
         check_image(home, &spec)?
     } else {
         String::new()
@@ -346,7 +347,7 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
         _ => None,
     };
     // Read last, so the blobs of every Vulkan program above are in it.
-    if spec.gpu {
+    if gpu {
         report.blobs = machine::gpu::blob_audit(&m);
     }
     #[derive(Serialize)]
@@ -390,7 +391,9 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
     if let Some(m) = report.missing {
         return Err(GpuCheckFailed(m).into());
     }
-    if a.mac_pages && !report.blobs.as_ref().is_some_and(|b| b.mac_ok) {
+    // On a host that maps in 16 KiB pages itself, a Venus that works keeps to them.
+    let mac_ok = spec.driver.maps_16k_pages() || report.blobs.as_ref().is_some_and(|b| b.mac_ok);
+    if a.mac_pages && !mac_ok {
         return Err(MacPagesFailed(report.blobs.map_or_else(
             || "this machine's VMM records no GPU blob sizes (only QEMU does)".into(),
             |b| blob_line(&b),

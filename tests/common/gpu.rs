@@ -20,13 +20,26 @@ pub struct GpuEnv {
     /// scripts/gpu-root.
     pub root: PathBuf,
     pub xdg: PathBuf,
+    /// More environment for what runs inside.
+    vars: Vec<(String, PathBuf)>,
 }
 
 impl GpuEnv {
     pub fn new(root: PathBuf) -> GpuEnv {
         let env = Env::new();
         let xdg = env.home.path().join("xdg");
-        GpuEnv { env, root, xdg }
+        GpuEnv {
+            env,
+            root,
+            xdg,
+            vars: Vec::new(),
+        }
+    }
+
+    /// Sets `var` for every command run inside.
+    pub fn with_var(mut self, var: &str, value: impl Into<PathBuf>) -> GpuEnv {
+        self.vars.push((var.into(), value.into()));
+        self
     }
 
     /// A command run inside the GPU host root, with the test's own state and Podman config.
@@ -37,7 +50,8 @@ impl GpuEnv {
             .env("CARBON_VM_HOME", self.env.home.path())
             .env("XDG_CONFIG_HOME", &self.xdg)
             .env("CONTAINERS_CONF", super::podman_conf(&self.xdg))
-            .env_remove("CARBON_VM_LOG");
+            .env_remove("CARBON_VM_LOG")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
         c
     }
 

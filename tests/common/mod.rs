@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod gpu;
+pub mod podman_start;
 pub mod servers;
 pub mod tmpfs;
 
@@ -35,9 +36,9 @@ impl Drop for Env {
     }
 }
 
-/// The executable of another workspace package (Cargo gives tests only their own package's):
-/// built by cargo, a no-op after a workspace build, and named by its JSON messages.
-pub fn workspace_bin(package: &str) -> PathBuf {
+/// The executable `bin` of another workspace package (Cargo gives tests only their own
+/// package's): built by cargo, a no-op after a workspace build, and named by its JSON messages.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let out = std::process::Command::new(env!("CARGO"))
         .args(["build", "-p", package, "--message-format=json"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -51,9 +52,9 @@ pub fn workspace_bin(package: &str) -> PathBuf {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["target"]["name"] == package && v["executable"].is_string())
+        .find(|v| v["target"]["name"] == bin && v["executable"].is_string())
         .map(|v| PathBuf::from(v["executable"].as_str().unwrap()))
-        .unwrap_or_else(|| panic!("cargo names no executable for {package}"))
+        .unwrap_or_else(|| panic!("cargo names no executable {bin} of {package}"))
 }
 
 /// The containers.conf a test's podman clients and carbon-vm share, under the test's own config
@@ -87,6 +88,7 @@ impl Env {
             )
             .env_remove("CARBON_VM_LOG")
             .env_remove("CARBON_VM_KRUNKIT")
+            .env_remove("CARBON_VM_GVPROXY")
             .env_remove("CARBON_VM_CATALOG");
         c
     }
@@ -101,6 +103,7 @@ impl Env {
             )
             .env_remove("CARBON_VM_LOG")
             .env_remove("CARBON_VM_KRUNKIT")
+            .env_remove("CARBON_VM_GVPROXY")
             .env_remove("CARBON_VM_CATALOG");
         c
     }

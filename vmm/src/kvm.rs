@@ -1,8 +1,11 @@
 //! Whether QEMU can run guests with KVM on this host. A `/dev/kvm` that opens is no proof: nested
-//! or sandboxed KVMs can refuse what a guest needs (on the development machine `-cpu host` aborts
-//! QEMU on an MSR it cannot set), so the probe boots a few instructions of firmware with exactly
-//! the accelerator, machine and CPU model a machine gets, and expects the exit code the firmware
-//! asks QEMU for.
+//! or sandboxed KVMs can refuse what a guest needs (on one development machine `-cpu host`
+//! aborted QEMU on an MSR it cannot set), so the probe boots a few instructions of firmware with
+//! exactly the accelerator, machine and CPU model a machine gets, and expects the exit code the
+//! firmware asks QEMU for. That firmware runs on PVM too, the paravirtual KVM of some cloud
+//! sandboxes (module `kvm_pvm`, no VT-x or AMD-V underneath), which runs only guest kernels built
+//! for it: an ordinary kernel stops at its first instruction PVM cannot emulate ("KVM internal
+//! error", the VM paused for good). So a KVM that is PVM alone is refused before the probe.
 
 use std::io::{self, Read};
 use std::path::Path;
@@ -30,6 +33,17 @@ pub enum KvmUnusable {
     Timeout(Duration),
     #[error("the KVM probe runs on x86_64 hosts only (set CARBON_VM_ACCEL=kvm to use KVM here)")]
     NoProbe,
+    #[error("this host's KVM is PVM (kvm_pvm), which runs only guest kernels built for it")]
+    Pvm,
+}
+
+/// Where the kernel lists its loaded modules.
+const SYS_MODULE: &str = "/sys/module";
+
+/// Whether the KVM under `sys_module` is PVM alone (no hardware KVM module beside it).
+fn pvm_only(sys_module: &Path) -> bool {
+    let loaded = |m: &str| sys_module.join(m).is_dir();
+    loaded("kvm_pvm") && !loaded("kvm_intel") && !loaded("kvm_amd")
 }
 
 /// Real-mode firmware: `mov al, EXIT_VALUE; out EXIT_PORT, al`, then halt forever.
@@ -68,6 +82,9 @@ fn probe_args(firmware: &Path) -> Vec<String> {
 pub fn probe(arch: crate::qemu::Arch) -> Result<(), KvmUnusable> {
     if arch != crate::qemu::Arch::X86_64 {
         return Err(KvmUnusable::NoProbe);
+    }
+    if pvm_only(Path::new(SYS_MODULE)) {
+        return Err(KvmUnusable::Pvm);
     }
     let qemu = arch.qemu();
     std::fs::File::options()
@@ -127,6 +144,24 @@ mod tests {
             &[0xb0, 0x31, 0xe6, 0xf4]
         );
         assert_eq!(EXPECTED_STATUS, 99);
+    }
+
+    #[test]
+    fn a_kvm_that_is_pvm_alone_is_refused() {
+        let sys = tempfile::tempdir().unwrap();
+        let load = |m: &str| std::fs::create_dir(sys.path().join(m)).unwrap();
+        assert!(
+            !pvm_only(sys.path()),
+            "no KVM at all is the probe's to find"
+        );
+        load("kvm");
+        load("kvm_pvm");
+        assert!(pvm_only(sys.path()));
+        load("kvm_intel");
+        assert!(
+            !pvm_only(sys.path()),
+            "hardware KVM beside PVM runs ordinary guests"
+        );
     }
 
     #[test]

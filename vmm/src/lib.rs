@@ -36,6 +36,18 @@ impl DriverKind {
         }
     }
 
+    /// Whether every machine of this driver has a Venus GPU, asked for or not: krunkit always
+    /// gives the guest one and cannot turn it off.
+    pub fn always_gpu(self) -> bool {
+        matches!(self, DriverKind::Krunkit)
+    }
+
+    /// Whether the host maps guest memory in 16 KiB pages itself: krunkit runs on Apple
+    /// Silicon, where a GPU blob of another size fails its mapping, and with it Venus.
+    pub fn maps_16k_pages(self) -> bool {
+        matches!(self, DriverKind::Krunkit)
+    }
+
     /// The driver a machine gets when `--driver` is not given.
     pub fn host_default() -> DriverKind {
         if cfg!(target_os = "macos") {
@@ -186,6 +198,11 @@ pub enum Error {
     KrunkitStop(#[from] krunkit::StopError),
     #[error("krunkit's REST API fails")]
     Rest(#[from] krunkit::rest::RestError),
+    #[error(
+        "the guest stopped: QEMU says {0:?}; this host's KVM cannot run it (CARBON_VM_ACCEL=tcg \
+         runs it without KVM)"
+    )]
+    KvmFailed(String),
     #[error("the guest did not power down within {0:?} (use --force)")]
     NoPowerdown(Duration),
     #[error("the VMM (pid {0}) is still running after SIGKILL")]

@@ -1,6 +1,8 @@
 //! `image build`: the recipe for the default guest. Two mmdebstrap runs from Debian trixie (the
-//! guest root and a small Venus container image that ships inside it), then `pack`.
+//! guest root and a small Venus container image that ships inside it), the initrd (initrd.rs),
+//! then `pack`.
 
+mod initrd;
 mod oci_archive;
 
 use crate::digest::Sha256Digest;
@@ -57,21 +59,6 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!(
             "../../../configs/guest/files/etc/systemd/system/systemd-networkd-wait-online.service.d/carbon.conf"
         ),
-    ),
-    (
-        "etc/initramfs-tools/conf.d/carbon.conf",
-        0o644,
-        include_str!("../../../configs/guest/files/etc/initramfs-tools/conf.d/carbon.conf"),
-    ),
-    (
-        "etc/initramfs-tools/hooks/carbon-no-hwdb",
-        0o755,
-        include_str!("../../../configs/guest/files/etc/initramfs-tools/hooks/carbon-no-hwdb"),
-    ),
-    (
-        "usr/share/initramfs-tools/modules.d/carbon",
-        0o644,
-        include_str!("../../../configs/guest/files/usr/share/initramfs-tools/modules.d/carbon"),
     ),
     (
         "etc/systemd/system/carbon-ready.service",
@@ -144,6 +131,8 @@ const MASK_UNITS: &str = "e2scrub_all.timer e2scrub_reap.service fstrim.timer ap
 /// Started at boot though nothing needs them there: netavark's DHCP proxy (its socket stays
 /// enabled and starts it for a macvlan DHCP network) and a getty on a screen machines lack.
 const DISABLE_UNITS: &str = "netavark-dhcp-proxy.service getty@tty1.service";
+/// Made a no-op while the packages install (see `build`).
+const UPDATE_INITRAMFS: &str = "/usr/sbin/update-initramfs";
 /// Documentation and manuals are left out of both roots; licences stay.
 const DPKG_EXCLUDES: [&str; 4] = [
     "path-exclude=/usr/share/man/*",
@@ -162,6 +151,8 @@ pub enum RecipeError {
     Mmdebstrap(&'static str, std::process::ExitStatus),
     #[error("cannot write the Venus container image")]
     ContainerImage(#[source] io::Error),
+    #[error("cannot make the initrd")]
+    Initrd(#[from] initrd::InitrdError),
     #[error(transparent)]
     Pack(#[from] PackError),
     #[error("I/O error at {0}")]
@@ -187,8 +178,8 @@ fn debian_arch(arch: &str) -> Result<&'static str, RecipeError> {
 
 fn package_list(text: &str, arch: &str) -> String {
     text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
         .map(|p| match (p, arch) {
             // 16 KiB pages: the kernel rounds every virtio-gpu blob to 16 KiB, as the Mac's
             // Hypervisor.framework requires of each mapping (docs/macos.md).
@@ -218,14 +209,21 @@ pub fn build(
 
     progress.begin("container image (mmdebstrap)", None);
     let container_tar = work.path().join("venus-rootfs.tar");
-    mmdebstrap(
-        opts,
-        deb_arch,
-        &package_list(CONTAINER_PACKAGES, deb_arch),
-        &container_tar,
-        &[],
-        "Venus container image",
-    )?;
+    // Extracted, not installed: no maintainer script runs (for another architecture's image
+    // they would run emulated, for minutes), and what a Vulkan program needs is files alone
+    // (the dynamic loader finds Debian's libraries without a cache). The accounts are base-passwd's.
+    let accounts = [
+        "cp \"$1\"/usr/share/base-passwd/passwd.master \"$1\"/etc/passwd".to_owned(),
+        "cp \"$1\"/usr/share/base-passwd/group.master \"$1\"/etc/group".to_owned(),
+    ];
+    Root {
+        what: "Venus container image",
+        variant: "extract",
+        packages: package_list(CONTAINER_PACKAGES, deb_arch),
+        essential_hooks: &[],
+        customize_hooks: &accounts,
+    }
+    .build(opts, deb_arch, &container_tar)?;
 
     let overlay = work.path().join("overlay");
     for (path, mode, text) in GUEST_FILES {
@@ -264,23 +262,40 @@ pub fn build(
              mount -t tmpfs tmpfs \"$1/dev/shm\"; PODMAN_IGNORE_CGROUPSV1_WARNING=1 chroot \"$1\" podman --events-backend=none --cgroup-manager=cgroupfs load -q \
              -i /{CONTAINER_DIR}/venus.oci.tar' sh \"$1\""
         ),
-        // The initrd again, with the module list from modules.d/carbon (the packages made a
-        // generic one before the guest files were there).
-        "chroot \"$1\" update-initramfs -u -k all".to_owned(),
+        // initramfs-tools back as Debian ships it (the essential hook made it a no-op while the
+        // packages installed: the recipe makes the initrd itself, below).
+        format!("rm \"$1\"{UPDATE_INITRAMFS}"),
+        format!("chroot \"$1\" dpkg-divert --quiet --local --rename --remove {UPDATE_INITRAMFS}"),
         // /etc and /var are up to date with /usr: no ldconfig, hwdb or catalog rebuild at boot
         // (ConditionNeedsUpdate); a package upgrade in the guest touches /usr and brings them back.
         "touch -r \"$1\"/usr \"$1\"/etc/.updated \"$1\"/var/.updated".to_owned(),
-        // Host keys are made per machine on first boot; machine-id likewise.
-        "rm -f \"$1\"/etc/ssh/ssh_host_*".to_owned(),
+        // Host keys are made per machine on first boot; machine-id likewise. The hostname is
+        // each machine's (its `system.hostname` credential), not the build host's that
+        // mmdebstrap copied.
+        "rm -f \"$1\"/etc/ssh/ssh_host_* \"$1\"/etc/hostname".to_owned(),
         "echo uninitialized > \"$1\"/etc/machine-id".to_owned(),
     ];
-    mmdebstrap(
-        opts,
-        deb_arch,
-        &package_list(GUEST_PACKAGES, deb_arch),
+    // Before the packages that run it: update-initramfs does nothing (the linux-image and
+    // initramfs-tools scripts call it; under emulation, for another architecture, it takes
+    // minutes).
+    let essential = [format!(
+        "chroot \"$1\" dpkg-divert --quiet --local --rename --add {UPDATE_INITRAMFS} && \
+         ln -s /bin/true \"$1\"{UPDATE_INITRAMFS}"
+    )];
+    Root {
+        what: "guest root filesystem",
+        variant: "apt",
+        packages: package_list(GUEST_PACKAGES, deb_arch),
+        essential_hooks: &essential,
+        customize_hooks: &hooks,
+    }
+    .build(opts, deb_arch, &rootfs)?;
+    progress.begin("initrd", None);
+    let kernel_version = crate::pack::kernel_version(&rootfs)?;
+    initrd::build(
         &rootfs,
-        &hooks,
-        "guest root filesystem",
+        &kernel_version,
+        &rootfs.join(format!("boot/initrd.img-{kernel_version}")),
     )?;
 
     let pack_opts = PackOptions {
@@ -295,30 +310,63 @@ pub fn build(
     Ok(pack(&rootfs, output, &pack_opts, progress)?)
 }
 
-fn mmdebstrap(
-    opts: &RecipeOptions,
-    deb_arch: &str,
-    packages: &str,
-    target: &Path,
-    hooks: &[String],
+/// One mmdebstrap run.
+struct Root<'a> {
     what: &'static str,
-) -> Result<(), RecipeError> {
-    let mut cmd = Command::new("mmdebstrap");
-    cmd.args(["--variant=apt", "--quiet"])
-        .arg(format!("--architectures={deb_arch}"))
-        .arg(format!("--include={packages}"))
-        .env("SOURCE_DATE_EPOCH", opts.epoch.to_string())
-        .stdin(Stdio::null());
-    for x in DPKG_EXCLUDES {
-        cmd.arg(format!("--dpkgopt={x}"));
+    /// mmdebstrap's `--variant`.
+    variant: &'static str,
+    /// Comma-separated.
+    packages: String,
+    /// Run once the essential packages are installed, before the others.
+    essential_hooks: &'a [String],
+    /// Run once every package is installed.
+    customize_hooks: &'a [String],
+}
+
+impl Root<'_> {
+    fn build(
+        &self,
+        opts: &RecipeOptions,
+        deb_arch: &str,
+        target: &Path,
+    ) -> Result<(), RecipeError> {
+        let mut cmd = Command::new("mmdebstrap");
+        cmd.arg(format!("--variant={}", self.variant))
+            .arg("--quiet")
+            .arg(format!("--architectures={deb_arch}"))
+            .arg(format!("--include={}", self.packages))
+            .env("SOURCE_DATE_EPOCH", opts.epoch.to_string())
+            .stdin(Stdio::null());
+        for x in DPKG_EXCLUDES {
+            cmd.arg(format!("--dpkgopt={x}"));
+        }
+        for h in self.essential_hooks {
+            cmd.arg(format!("--essential-hook={h}"));
+        }
+        for h in self.customize_hooks {
+            cmd.arg(format!("--customize-hook={h}"));
+        }
+        cmd.arg(SUITE).arg(target).arg(&opts.mirror);
+        let status = cmd.status().map_err(RecipeError::NoMmdebstrap)?;
+        if !status.success() {
+            return Err(RecipeError::Mmdebstrap(self.what, status));
+        }
+        Ok(())
     }
-    for h in hooks {
-        cmd.arg(format!("--customize-hook={h}"));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn package_lists_drop_comments_and_take_the_16k_kernel_for_arm64() {
+        let text = "# a list\nlinux-image-amd64\nbusybox-static   # the initrd's\n\npodman\n";
+        assert_eq!(
+            super::package_list(text, "amd64"),
+            "linux-image-amd64,busybox-static,podman"
+        );
+        assert_eq!(
+            super::package_list(text, "arm64"),
+            "linux-image-arm64-16k,busybox-static,podman"
+        );
     }
-    cmd.arg(SUITE).arg(target).arg(&opts.mirror);
-    let status = cmd.status().map_err(RecipeError::NoMmdebstrap)?;
-    if !status.success() {
-        return Err(RecipeError::Mmdebstrap(what, status));
-    }
-    Ok(())
 }

@@ -12,6 +12,8 @@ pub struct StartOptions {
     pub accel: vmm::qemu::AccelChoice,
     /// The krunkit executable (a name looked up in PATH, or a path).
     pub krunkit: PathBuf,
+    /// The gvproxy executable, likewise.
+    pub gvproxy: PathBuf,
     /// From launching the VMM to the guest's Ready (default [`super::START_TIMEOUT`]).
     pub start_timeout: Duration,
     /// How long to wait for the Podman API once the guest is Ready; by default what is left of

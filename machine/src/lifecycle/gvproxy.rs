@@ -4,6 +4,7 @@
 use super::{LifecycleError, tail};
 use crate::store::{GVPROXY_LOG, GVPROXY_PID, MachineDir, NET_SOCKET, PodmanMachine};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vmm::gvproxy::{GvproxyConfig, Listen};
@@ -17,6 +18,7 @@ const PORT_TRIES: usize = 5;
 /// the choice and gvproxy's bind is retried with another.
 pub(super) fn start(
     m: &MachineDir,
+    gvproxy: &Path,
     listen: &Listen,
     podman_machine: Option<&PodmanMachine>,
 ) -> Result<u16, LifecycleError> {
@@ -27,7 +29,7 @@ pub(super) fn start(
             Some(p) => p.ssh_port,
             None => free_port()?,
         };
-        match spawn(m, listen, ssh_port) {
+        match spawn(m, gvproxy, listen, ssh_port) {
             Err(LifecycleError::PortTaken(..))
                 if podman_machine.is_none() && tries < PORT_TRIES =>
             {
@@ -46,7 +48,12 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 /// Starts gvproxy and waits for its VMM-side socket.
-fn spawn(m: &MachineDir, listen: &Listen, ssh_port: u16) -> Result<(), LifecycleError> {
+fn spawn(
+    m: &MachineDir,
+    gvproxy: &Path,
+    listen: &Listen,
+    ssh_port: u16,
+) -> Result<(), LifecycleError> {
     let args = vmm::gvproxy::command_line(&GvproxyConfig {
         listen: listen.clone(),
         ssh_port,
@@ -54,7 +61,7 @@ fn spawn(m: &MachineDir, listen: &Listen, ssh_port: u16) -> Result<(), Lifecycle
         log: m.path(GVPROXY_LOG),
     });
     let _ = std::fs::remove_file(m.path(GVPROXY_LOG));
-    let mut gv = Command::new("gvproxy")
+    let mut gv = Command::new(gvproxy)
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -1,13 +1,11 @@
-//! `--device KIND,key=value,...` as krunkit parses it (src/virtio.rs, src/cmdline.rs), and the
-//! little the stand-in does with each device.
+//! `--device KIND,key=value,...` as krunkit parses it (src/virtio.rs, src/cmdline.rs), and what
+//! libkrun sets up for each device before the guest runs.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
 
 /// The first datagram krunkit sends gvproxy in vfkit mode.
 const VFKIT_MAGIC: &[u8] = b"VFKT";
@@ -16,6 +14,8 @@ const VFKIT_MAGIC: &[u8] = b"VFKT";
 pub enum Device {
     Blk {
         path: PathBuf,
+        /// `raw` or `qcow2`.
+        format: String,
     },
     Rng,
     Serial {
@@ -29,10 +29,44 @@ pub enum Device {
     Net {
         socket: Option<PathBuf>,
         vfkit_magic: bool,
+        mac: String,
     },
-    Fs,
+    Fs {
+        dir: PathBuf,
+        tag: String,
+    },
     /// virtio-gpu and virtio-input are parsed and ignored.
     Ignored,
+}
+
+impl Device {
+    /// The device as krunkit accepted it (`KRUNKIT_STANDIN_CHECK`).
+    pub fn describe(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Device::Blk { path, format } => {
+                json!({"kind": "virtio-blk", "path": path, "format": format})
+            }
+            Device::Rng => json!({"kind": "virtio-rng"}),
+            Device::Serial { log } => json!({"kind": "virtio-serial", "log": log}),
+            Device::Vsock {
+                port,
+                socket,
+                connect,
+            } => {
+                json!({"kind": "virtio-vsock", "port": port, "socket": socket, "connect": connect})
+            }
+            Device::Net {
+                socket,
+                vfkit_magic,
+                mac,
+            } => {
+                json!({"kind": "virtio-net", "socket": socket, "vfkit_magic": vfkit_magic, "mac": mac})
+            }
+            Device::Fs { dir, tag } => json!({"kind": "virtio-fs", "dir": dir, "tag": tag}),
+            Device::Ignored => json!({"kind": "ignored"}),
+        }
+    }
 }
 
 /// krunkit's `key[=value],...` parsing: no escaping, each key once.
@@ -112,16 +146,18 @@ impl FromStr for Device {
             "virtio-blk" => {
                 let mut a = Args::new("virtio-blk", rest, &["path"])?;
                 let path = a.take("path").unwrap_or_default().into();
-                if let Some(f) = a.take("format")
-                    && !matches!(f.to_lowercase().as_str(), "raw" | "qcow2")
-                {
+                let format = a
+                    .take("format")
+                    .unwrap_or_else(|| "raw".into())
+                    .to_lowercase();
+                if !matches!(format.as_str(), "raw" | "qcow2") {
                     return Err("unsupported disk image format".into());
                 }
                 for k in ["serial", "id", "sync"] {
                     a.take(k);
                 }
                 a.done()?;
-                Ok(Device::Blk { path })
+                Ok(Device::Blk { path, format })
             }
             // krunkit ignores anything after "virtio-rng".
             "virtio-rng" => Ok(Device::Rng),
@@ -157,15 +193,15 @@ impl FromStr for Device {
             "virtio-net" => parse_net(rest),
             "virtio-fs" => {
                 let mut a = Args::new("virtio-fs", rest, &["sharedDir", "mountTag"])?;
-                a.take("sharedDir");
-                a.take("mountTag");
+                let dir = a.take("sharedDir").unwrap_or_default().into();
+                let tag = a.take("mountTag").unwrap_or_default();
                 if let Some(p) = a.take("permissionSemantics")
                     && !matches!(p.to_lowercase().as_str(), "complete" | "simplified")
                 {
                     return Err("unsupported permission semantics".into());
                 }
                 a.done()?;
-                Ok(Device::Fs)
+                Ok(Device::Fs { dir, tag })
             }
             "virtio-gpu" => {
                 let mut a = Args::new("virtio-gpu", rest, &["height", "width"])?;
@@ -215,6 +251,7 @@ fn parse_net(rest: &str) -> Result<Device, String> {
         (Some(p), None) => Device::Net {
             socket: Some(p.into()),
             vfkit_magic: true,
+            mac,
         },
         (None, Some(t)) => {
             let gram = match t.as_str() {
@@ -246,6 +283,7 @@ fn parse_net(rest: &str) -> Result<Device, String> {
             Device::Net {
                 socket: path.filter(|_| gram).map(PathBuf::from),
                 vfkit_magic,
+                mac,
             }
         }
     };
@@ -291,27 +329,55 @@ pub fn check_set(devices: &[Device]) -> Result<(), String> {
     Ok(())
 }
 
-/// Sets the devices up as libkrun would before the guest runs; returns the console.
-pub fn attach(devices: &[Device]) -> Result<Option<File>, String> {
-    let mut console = None;
+/// The devices as libkrun has set them up, for the VM.
+pub struct Attached {
+    /// Disks in order (the first is the root disk the firmware boots) and their formats.
+    pub disks: Vec<(PathBuf, String)>,
+    pub rng: bool,
+    /// The virtio console's log file.
+    pub console: Option<PathBuf>,
+    /// The network's datagram socket (connected to gvproxy), and the guest's MAC address.
+    pub net: Option<(OwnedFd, String)>,
+    /// Guest-to-host vsock ports and the host sockets they reach.
+    pub vsock_listen: Vec<(u32, PathBuf)>,
+    /// Host-to-guest vsock ports and krunkit's listeners for them.
+    pub vsock_connect: Vec<(u32, UnixListener)>,
+    /// Shared directories and their virtio-fs tags.
+    pub shares: Vec<(PathBuf, String)>,
+    /// SMBIOS type 11 strings.
+    pub oem_strings: Vec<String>,
+}
+
+/// Sets the devices up as libkrun does before the guest runs.
+pub fn attach(devices: Vec<Device>, oem_strings: Vec<String>) -> Result<Attached, String> {
+    let mut a = Attached {
+        disks: Vec::new(),
+        rng: false,
+        console: None,
+        net: None,
+        vsock_listen: Vec::new(),
+        vsock_connect: Vec::new(),
+        shares: Vec::new(),
+        oem_strings,
+    };
     for d in devices {
         match d {
-            Device::Blk { path } => {
-                File::options()
+            Device::Blk { path, format } => {
+                std::fs::File::options()
                     .read(true)
                     .write(true)
-                    .open(path)
+                    .open(&path)
                     .map_err(|e| {
                         format!("unable to set virtio-blk disk for {}: {e}", path.display())
                     })?;
+                a.disks.push((path, format));
             }
+            Device::Rng => a.rng = true,
             Device::Serial { log } => {
-                let f = File::options()
-                    .create(true)
-                    .append(true)
-                    .open(log)
+                // libkrun truncates the console log at start.
+                std::fs::File::create(&log)
                     .map_err(|e| format!("unable to open console log {}: {e}", log.display()))?;
-                console = Some(f);
+                a.console = Some(log);
             }
             Device::Vsock {
                 socket,
@@ -319,17 +385,23 @@ pub fn attach(devices: &[Device]) -> Result<Option<File>, String> {
                 port,
             } => {
                 // libkrun creates the host-side listener and refuses an existing file.
-                let l = UnixListener::bind(socket).map_err(|e| {
+                let l = UnixListener::bind(&socket).map_err(|e| {
                     format!(
                         "unable to add vsock port {port} for path {}: {e}",
                         socket.display()
                     )
                 })?;
-                std::thread::spawn(move || for _ in l.incoming() {});
+                a.vsock_connect.push((port, l));
             }
+            Device::Vsock {
+                socket,
+                connect: false,
+                port,
+            } => a.vsock_listen.push((port, socket)),
             Device::Net {
                 socket: Some(path),
                 vfkit_magic,
+                mac,
             } => {
                 // libkrun binds its end next to gvproxy's socket (net/unixgram.rs): gvproxy
                 // answers to that address and refuses an unnamed peer.
@@ -337,50 +409,23 @@ pub fn attach(devices: &[Device]) -> Result<Option<File>, String> {
                 let _ = std::fs::remove_file(&local);
                 let s = UnixDatagram::bind(&local)
                     .map_err(|e| format!("virtio-net unable to bind {}: {e}", local.display()))?;
-                s.connect(path).map_err(|e| {
+                s.connect(&path).map_err(|e| {
                     format!("virtio-net unable to connect to {}: {e}", path.display())
                 })?;
-                if *vfkit_magic {
+                if vfkit_magic {
                     s.send(VFKIT_MAGIC).map_err(|e| e.to_string())?;
                 }
+                a.net = Some((OwnedFd::from(s), mac));
             }
-            _ => {}
+            Device::Net { socket: None, .. } => {
+                return Err(
+                    "the stand-in attaches virtio-net to a unixgram path only (no fd, no unixstream)"
+                        .into(),
+                );
+            }
+            Device::Fs { dir, tag } => a.shares.push((dir, tag)),
+            Device::Ignored => {}
         }
     }
-    Ok(console)
-}
-
-/// The simulated guest: boots, then says Ready on each Ready channel. libkrun connects to the
-/// host's socket when the guest connects; the guest's unit retries until the host listens.
-pub fn guest_boots(boot: Duration, mut console: Option<File>, ready: &[PathBuf]) {
-    let mut log = |line: &str| {
-        if let Some(c) = console.as_mut() {
-            let _ = writeln!(c, "{line}");
-        }
-    };
-    log("krunkit-standin: EFI firmware (simulated)");
-    std::thread::sleep(boot);
-    log("krunkit-standin: guest booted");
-    for socket in ready {
-        if say_ready(socket) {
-            log("krunkit-standin: Ready sent");
-        } else {
-            log("krunkit-standin: nobody listens on the Ready socket");
-        }
-    }
-}
-
-fn say_ready(socket: &Path) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = UnixStream::connect(socket) {
-            return s
-                .write_all(
-                    b"Ready ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKrunkitStandin krunkit-standin\n",
-                )
-                .is_ok();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+    Ok(a)
 }

@@ -1,5 +1,6 @@
 //! A STAND-IN for krunkit, for tests on Linux, where krunkit (macOS, Hypervisor.framework)
-//! cannot run. It is not a VMM: no guest runs.
+//! cannot run: krunkit's command line and REST API in front, the machine krunkit would give the
+//! guest behind them, run by QEMU (vm.rs says how, and where it must differ).
 //!
 //! It follows krunkit's documented contract (docs/usage.md and the argument parsing and REST
 //! server in src/ of github.com/libkrun/krunkit, 1.3.x):
@@ -12,40 +13,45 @@
 //! - the REST API on `--restful-uri` (`unix://`, `tcp://`, or `none://`, the default): `GET
 //!   /vm/state` answers `{"state":"VirtualMachineStateRunning","canStart":false,...}`;
 //!   `POST /vm/state` with `{"state":"Stop"}` answers `VirtualMachineStateStopping`, reports
-//!   Stopping while the "guest" powers off, then exits; `{"state":"HardStop"}` exits at once;
-//! - virtio-vsock `listen` mode (the default): the "guest" connects out and krunkit connects to
+//!   Stopping while the guest powers off, and exits with the VM; `{"state":"HardStop"}` ends
+//!   the VM at once;
+//! - virtio-vsock `listen` mode (the default): the guest connects out and krunkit connects to
 //!   the host's unix socket, so the host must listen there; `connect` mode: krunkit creates a
-//!   listening unix socket (refusing an existing file), and never removes either;
-//! - virtio-net `unixSocketPath`: one datagram with the vfkit magic to gvproxy's socket;
-//! - virtio-serial: the console log file.
+//!   listening unix socket (refusing an existing file) and passes each connection to the guest's
+//!   port; it never removes either;
+//! - virtio-net `unixSocketPath`: a datagram socket bound next to gvproxy's, the vfkit magic
+//!   sent first, then one frame per datagram;
+//! - virtio-serial: the guest's console (hvc0), written to the log file; virtio-fs, virtio-rng,
+//!   `--oem-string` (SMBIOS type 11), and the Venus GPU krunkit always adds;
+//! - the Mac's 16 KiB pages: a GPU blob a Mac could not map ends the VM (vm.rs).
 //!
-//! The simulated guest boots, then sends `Ready ssh-ed25519 <key> krunkit-standin` on each
-//! listen-mode vsock device on port 1025, retrying while the host is not listening yet. It
-//! writes its boot and, on a graceful `Stop`, its power-off to the virtio-serial console.
+//! What it does not emulate: the pre-1.3 REST protocol, `--timesync` (accepted), `--log-file`
+//! levels, virtio-net over an fd or a stream socket.
 //!
-//! What it does not emulate: any guest (disk contents are not read, EFI does not run), networking
-//! beyond the vfkit magic, virtio-fs, the GPU, the pre-1.3 REST protocol, `--log-file` levels.
+//! It needs what the VM runs on: QEMU >= 9.2 with virglrenderer (Venus), EDK2 for aarch64
+//! (`qemu-efi-aarch64`), vhost-device-vsock, virtiofsd: scripts/gpu-root has them.
 //!
-//! `KRUNKIT_STANDIN_GUEST=hang` simulates a guest that never reaches Ready and ignores `Stop`
-//! (krunkit still exits on `HardStop` and on signals).
+//! `KRUNKIT_STANDIN_CHECK=1` stops after krunkit's own checks of the command line and prints
+//! what it accepted (JSON), for tests of command lines other programs build (Podman's).
 
 mod devices;
 mod rest;
+#[cfg(target_os = "linux")]
+mod vm;
+#[cfg(not(target_os = "linux"))]
+#[path = "vm_elsewhere.rs"]
+mod vm;
+#[cfg(target_os = "linux")]
+mod vsock;
 
 use clap::Parser;
 use devices::Device;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
-use std::time::Duration;
 
 /// krunkit refuses more guest memory than this (MiB).
 const MAX_MEMORY_MIB: u32 = 61440;
-const READY_PORT: u32 = 1025;
-/// How long the simulated guest takes to boot, and to power off after `Stop`.
-const BOOT: Duration = Duration::from_millis(300);
-const POWER_OFF: Duration = Duration::from_millis(300);
 
 /// krunkit's options (src/cmdline.rs).
 #[derive(Parser)]
@@ -111,11 +117,16 @@ fn parse_timesync(s: &str) -> Result<u32, String> {
         .map_err(|e| format!("invalid timesync port: {e}"))
 }
 
-/// What ends the VM.
-pub enum Shutdown {
-    /// The guest was asked to power off.
+/// What the stand-in's main loop hears.
+pub enum Event {
+    /// REST `Stop`: the guest is asked to power off.
     Stop,
+    /// REST `HardStop`.
     HardStop,
+    /// The VM's process exited (the guest powered off, or it failed).
+    Exited(std::process::ExitStatus),
+    /// A GPU blob whose size a Mac could not map.
+    Unmappable(u64),
 }
 
 fn main() -> ExitCode {
@@ -136,48 +147,56 @@ fn run(args: Args) -> Result<(), String> {
             args.memory
         ));
     }
-    let devices = args.devices;
-    devices::check_set(&devices)?;
+    devices::check_set(&args.devices)?;
+    if std::env::var_os("KRUNKIT_STANDIN_CHECK").is_some() {
+        let accepted = serde_json::json!({
+            "devices": args.devices.iter().map(Device::describe).collect::<Vec<_>>(),
+            "restful_uri": args.restful_uri.as_ref().map(rest::Uri::describe),
+            "timesync_port": args.timesync,
+            "nested": args.nested,
+        });
+        println!("{accepted}");
+        return Ok(());
+    }
     let rest = args.restful_uri.unwrap_or(rest::Uri::None);
-    let hang = std::env::var("KRUNKIT_STANDIN_GUEST").as_deref() == Ok("hang");
-
     // What libkrun does while configuring the VM: open the disks, attach the network, create
     // the connect-mode vsock listeners, open the console.
-    let console = devices::attach(&devices)?;
-    // The guest's last words on a graceful stop, after the boot messages.
-    let mut power_off_log = console.as_ref().and_then(|c| c.try_clone().ok());
+    let attached = devices::attach(args.devices, args.oem_strings)?;
+    let (tx, rx) = mpsc::channel();
+    let vm = vm::boot(attached, args.cpus, args.memory, tx.clone())?;
     if let Some(p) = &args.pidfile {
         std::fs::write(p, std::process::id().to_string())
             .map_err(|e| format!("unable to write pidfile {}: {e}", p.display()))?;
     }
-    let (tx, rx) = mpsc::channel();
-    // `tx` lives as long as main: without a REST API only a signal ends the VM.
+    // `tx` lives as long as main: without a REST API only the VM's end (or a signal) ends it.
     rest::serve(rest, tx.clone())?;
-    if !hang {
-        let ready: Vec<PathBuf> = devices
-            .iter()
-            .filter_map(|d| match d {
-                Device::Vsock {
-                    port: READY_PORT,
-                    socket,
-                    connect: false,
-                } => Some(socket.clone()),
-                _ => None,
-            })
-            .collect();
-        std::thread::spawn(move || devices::guest_boots(BOOT, console, &ready));
-    }
+    let mut pressed = false;
     loop {
         match rx.recv() {
-            Ok(Shutdown::HardStop) | Err(_) => return Ok(()),
-            Ok(Shutdown::Stop) if !hang => {
-                std::thread::sleep(POWER_OFF);
-                if let Some(c) = power_off_log.as_mut() {
-                    let _ = writeln!(c, "krunkit-standin: guest powered off");
-                }
+            Ok(Event::Exited(status)) if !status.success() => {
+                return Err(format!(
+                    "the VM ended: QEMU {status} (its messages are above)"
+                ));
+            }
+            Ok(Event::Exited(_)) | Err(_) => return Ok(()),
+            Ok(Event::HardStop) => {
+                vm.kill();
                 return Ok(());
             }
-            Ok(Shutdown::Stop) => {} // the guest ignores the power button
+            Ok(Event::Stop) if !pressed => {
+                pressed = true;
+                vm.power_button()?;
+            }
+            Ok(Event::Stop) => {}
+            Ok(Event::Unmappable(size)) => {
+                vm.kill();
+                // What libkrun logs when hv_vm_map refuses a mapping (krunkit#114).
+                return Err(format!(
+                    "map_memory: err -85377021: a GPU blob of {size} bytes is not a multiple of \
+                     the host's {} byte pages (hv_vm_map refuses it on a Mac)",
+                    vm::MAC_PAGE
+                ));
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! krunkit's REST API (1.3 protocol, src/status): one request per connection, answered and
 //! closed.
 
-use crate::Shutdown;
+use crate::Event;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -43,8 +43,19 @@ impl std::str::FromStr for Uri {
     }
 }
 
+impl Uri {
+    /// What the stand-in would serve, as a URI.
+    pub fn describe(&self) -> String {
+        match self {
+            Uri::Tcp(addr) => format!("tcp://{addr}"),
+            Uri::Unix(path) => format!("unix://{path}"),
+            Uri::None => "none://".into(),
+        }
+    }
+}
+
 /// Starts serving `uri` in the background; shutdown requests go to `tx`.
-pub fn serve(uri: Uri, tx: Sender<Shutdown>) -> Result<(), String> {
+pub fn serve(uri: Uri, tx: Sender<Event>) -> Result<(), String> {
     match uri {
         Uri::None => {}
         Uri::Tcp(addr) => {
@@ -93,15 +104,48 @@ fn respond(s: &mut impl Write, status: &str, body: &str) {
     );
 }
 
-fn handle(mut s: impl Read + Write, tx: &Sender<Shutdown>) {
-    let mut buf = [0u8; 4096];
-    let n = match s.read(&mut buf) {
-        Ok(0) | Err(_) => return,
-        Ok(n) => n,
+/// Reads one request: its head, then as much body as its Content-Length says (a client may
+/// send them in separate writes, as Go's does).
+fn read_request(s: &mut impl Read) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return (!buf.is_empty()).then_some(buf);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(head)) => {
+                let len = content_length(req.headers);
+                if buf.len() >= head + len {
+                    return Some(buf);
+                }
+            }
+            Ok(httparse::Status::Partial) if buf.len() < 65536 => {}
+            _ => return Some(buf),
+        }
+    }
+}
+
+fn content_length(headers: &[httparse::Header]) -> usize {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn handle(mut s: impl Read + Write, tx: &Sender<Event>) {
+    let Some(buf) = read_request(&mut s) else {
+        return;
     };
+    let n = buf.len();
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(head)) = req.parse(&buf[..n]) else {
+    let Ok(httparse::Status::Complete(head)) = req.parse(&buf) else {
         return respond(&mut s, "400 Bad Request", "");
     };
     let path = req.path.unwrap_or_default();
@@ -119,19 +163,14 @@ fn handle(mut s: impl Read + Write, tx: &Sender<Shutdown>) {
             respond(&mut s, "200 OK", &body);
         }
         Some("POST") => {
-            let len = req
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
-                .unwrap_or(0);
+            let len = content_length(req.headers);
             let body = &buf[head..(head + len).min(n)];
             let state = serde_json::from_slice::<serde_json::Value>(body)
                 .ok()
                 .and_then(|v| v["state"].as_str().map(str::to_owned));
             let change = match state.as_deref() {
-                Some("Stop") => Shutdown::Stop,
-                Some("HardStop") => Shutdown::HardStop,
+                Some("Stop") => Event::Stop,
+                Some("HardStop") => Event::HardStop,
                 Some(other) => {
                     let e = json!({ "error": format!("unsupported state change: {other}") });
                     return respond(&mut s, "400 Bad Request", &e.to_string());

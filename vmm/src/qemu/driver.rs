@@ -13,6 +13,8 @@ use std::time::Duration;
 /// How long a guest may take to power down before `stop` gives up (and says to use --force).
 const POWERDOWN_TIMEOUT: Duration = Duration::from_secs(180);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// What QEMU prints when KVM cannot go on running the guest.
+const KVM_FAILED: &str = "KVM internal error";
 
 pub struct Qemu {
     pub arch: Arch,
@@ -183,8 +185,18 @@ impl Driver for Qemu {
         launched
     }
 
+    /// A QEMU that runs a guest KVM gave up on (it pauses the VM and says so on stderr) is a
+    /// VM that will never answer: an error, not "running".
     fn running(&self, vm: &Vm) -> Result<bool, Error> {
-        Ok(self.pid(vm).is_some())
+        if self.pid(vm).is_none() {
+            return Ok(false);
+        }
+        let log = std::fs::read(&vm.vmm_log).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        match log.lines().find(|l| l.starts_with(KVM_FAILED)) {
+            Some(line) => Err(Error::KvmFailed(line.trim().into())),
+            None => Ok(true),
+        }
     }
 
     fn stop(&self, vm: &Vm, mode: StopMode) -> Result<(), Error> {

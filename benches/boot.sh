@@ -167,7 +167,9 @@ for ((i = 1; i <= rounds; i++)); do
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     efi_args machine "$work/machine.raw"
     machine=("${efi[@]}"
-             -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=net,romfile=
+             # QEMU's user network laid out as gvproxy's, whose addresses the guest sets itself.
+             -netdev "user,id=net,net=192.168.127.0/24,host=192.168.127.1,hostfwd=tcp:127.0.0.1:$port-192.168.127.2:22"
+             -device virtio-net-pci,netdev=net,mac=5a:94:ef:e4:0c:ee,romfile=
              -smbios "type=11,value=io.systemd.credential:ssh.authorized_keys.root=$pubkey"
              -smbios "type=11,value=io.systemd.credential:system.hostname=bench")
     for label in efi-first efi-warm; do

@@ -163,7 +163,7 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                 L::Exited("gvproxy", _) => (
                     FAILURE,
                     Some(
-                        "gvproxy.log in the machine's dir (`carbon-vm inspect` shows it) says more; krunkit machines need a gvproxy that listens in vfkit mode (macOS builds do; Linux releases up to 0.8.8 do not)",
+                        "gvproxy.log in the machine's dir (`carbon-vm inspect` shows it) says more; krunkit machines need a gvproxy that listens in vfkit mode (macOS builds do; on Linux, 0.8.9 and later; CARBON_VM_GVPROXY names another)",
                     ),
                 ),
                 L::NotReady(..) | L::Exited(..) | L::Vmm(VmmError::Exited(..)) => (

@@ -22,15 +22,7 @@ fn aarch64_gpu_machine_runs_venus_with_every_blob_a_16k_multiple() {
         return;
     };
     let g = GpuEnv::new(root);
-    let v = g
-        .env
-        .pull(image.to_str().unwrap(), Some(&common::sha256_file(&image)));
-    assert_eq!(
-        (&v["arch"], &v["page_size"]),
-        (&"aarch64".into(), &16384.into()),
-        "{v}"
-    );
-    let id = v["short_id"].as_str().unwrap();
+    let id = &g.pull_aarch64(&image);
     let shared = format!("{}:/opt/carbon-llama-root", llama.display());
     let o = g.carbon_vm(&[
         "--json",

@@ -518,15 +518,7 @@ fn the_mac_rehearsal_boots_runs_venus_containers_and_answers_podman() {
             common::workspace_bin("krunkit-standin", "gvproxy-vfkit"),
         );
     }
-    let v = g
-        .env
-        .pull(image.to_str().unwrap(), Some(&common::sha256_file(&image)));
-    assert_eq!(
-        (&v["arch"], &v["page_size"]),
-        (&"aarch64".into(), &16384.into()),
-        "{v}"
-    );
-    let id = v["short_id"].as_str().unwrap();
+    let id = &g.pull_aarch64(&image);
     let shared = tempfile::tempdir_in(g.env.home.path()).unwrap();
     std::fs::write(shared.path().join("hello"), "from the host\n").unwrap();
     let volume = format!("{}:/host", shared.path().display());
@@ -689,9 +681,18 @@ fn the_mac_rehearsal_boots_runs_venus_containers_and_answers_podman() {
         "{}",
         common::tail(&console, 2000)
     );
-    // carbon-vm sees what Podman did.
+    // carbon-vm sees what Podman did, and its own network, left running, goes with `stop`.
     let list: Value = serde_json::from_str(&ok(&g.carbon_vm(&["--json", "list"]), "list")).unwrap();
     assert_eq!(list[0]["state"], "stopped", "{list:#}");
+    assert!(
+        alive(gvproxy),
+        "carbon-vm's gvproxy outlives a stop it did not make"
+    );
+    ok(
+        &g.carbon_vm(&["stop", name]),
+        "stop of a machine Podman stopped",
+    );
+    assert!(gone(gvproxy));
 
     // Start again (what carbon-vm left running of the old run is cleaned up), then stop, rm.
     ok(&g.carbon_vm(&["start", name]), "start again");

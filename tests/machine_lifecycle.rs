@@ -124,14 +124,27 @@ fn create_start_podman_ssh_stop_start_rm() {
         img["kernel_version"].as_str().unwrap()
     );
 
+    // The image's kernel; the machine's own hostname (its credential, not the image builder's);
+    // the network as gvproxy serves it: the guest's fixed address and names from its DNS.
     let o = cv()
-        .args(["ssh", "dev", "--", "uname", "-r"])
+        .args([
+            "ssh",
+            "dev",
+            "--",
+            "uname -r; hostname; ip -4 -o addr show scope global | awk '{print $4}'; \
+             getent hosts host.containers.internal",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim(),
-        img["kernel_version"].as_str().unwrap()
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], img["kernel_version"].as_str().unwrap(), "{out}");
+    assert_eq!(lines[1], "dev", "{out}");
+    assert!(lines.contains(&"192.168.127.2/24"), "{out}");
+    assert!(
+        lines.last().unwrap().starts_with("192.168.127.254 "),
+        "{out}"
     );
     // The guest's units form no ordering cycle: systemd breaks one by dropping a start job (once
     // podman.socket's), which whichever job it picks makes a flaky machine.

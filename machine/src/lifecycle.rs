@@ -255,11 +255,17 @@ impl Drop for Teardown<'_> {
 /// forgets the run (its pinned key included: the next guest proves itself again).
 fn teardown(m: &MachineDir, d: &dyn Driver, vm: &Vm) -> Result<(), LifecycleError> {
     d.stop(vm, StopMode::Force)?;
+    end_run(m, d, vm);
+    let _ = fs::remove_file(m.path(KNOWN_HOSTS));
+    Ok(())
+}
+
+/// What outlives a VMM that ended without carbon-vm (Podman's `machine stop`, a crash): the
+/// tunnel and gvproxy, killed; then the run is forgotten.
+fn end_run(m: &MachineDir, d: &dyn Driver, vm: &Vm) {
     tunnel::kill(m);
     gvproxy::kill(m, &d.network(vm));
     forget_run(m, d, vm);
-    let _ = fs::remove_file(m.path(KNOWN_HOSTS));
-    Ok(())
 }
 
 /// Pidfiles, sockets and the runtime directory of a run that has ended.
@@ -321,7 +327,7 @@ pub fn remove(
     }
     let spec = m.spec()?;
     let d = driver(&spec, o);
-    forget_run(m, d.as_ref(), &vm(m, &spec)?);
+    end_run(m, d.as_ref(), &vm(m, &spec)?);
     crate::podman::remove_connection(&m.name)?;
     if let Some(pm) = &spec.podman_machine {
         crate::podman_machine::remove(&pm.file, &m.path(DISK))?;

@@ -36,6 +36,20 @@ impl GpuEnv {
         }
     }
 
+    /// Pulls the aarch64 default image (pinned by its digest), checks it is the Apple Silicon
+    /// one (16 KiB pages), and returns its short id.
+    pub fn pull_aarch64(&self, image: &Path) -> String {
+        let v = self
+            .env
+            .pull(image.to_str().unwrap(), Some(&super::sha256_file(image)));
+        assert_eq!(
+            (&v["arch"], &v["page_size"]),
+            (&"aarch64".into(), &16384.into()),
+            "{v}"
+        );
+        v["short_id"].as_str().unwrap().to_owned()
+    }
+
     /// Sets `var` for every command run inside.
     pub fn with_var(mut self, var: &str, value: impl Into<PathBuf>) -> GpuEnv {
         self.vars.push((var.into(), value.into()));

@@ -27,11 +27,6 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/fstab"),
     ),
     (
-        "etc/systemd/network/80-carbon.network",
-        0o644,
-        include_str!("../../../configs/guest/files/etc/systemd/network/80-carbon.network"),
-    ),
-    (
         "etc/repart.d/50-root.conf",
         0o644,
         include_str!("../../../configs/guest/files/etc/repart.d/50-root.conf"),
@@ -52,13 +47,6 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         "etc/ssh/sshd_config.d/10-carbon-hostkey.conf",
         0o644,
         include_str!("../../../configs/guest/files/etc/ssh/sshd_config.d/10-carbon-hostkey.conf"),
-    ),
-    (
-        "etc/systemd/system/systemd-networkd-wait-online.service.d/carbon.conf",
-        0o644,
-        include_str!(
-            "../../../configs/guest/files/etc/systemd/system/systemd-networkd-wait-online.service.d/carbon.conf"
-        ),
     ),
     (
         "etc/systemd/system/carbon-ready.service",
@@ -96,6 +84,21 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/containers/podman-machine"),
     ),
     (
+        "etc/systemd/system/carbon-network.service",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-network.service"),
+    ),
+    (
+        "usr/lib/carbon-vm/network",
+        0o755,
+        include_str!("../../../configs/guest/files/usr/lib/carbon-vm/network"),
+    ),
+    (
+        "etc/resolv.conf",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/resolv.conf"),
+    ),
+    (
         "etc/hosts",
         0o644,
         include_str!("../../../configs/guest/files/etc/hosts"),
@@ -116,18 +119,23 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/usr/lib/carbon-vm/forwarder"),
     ),
 ];
-const ENABLE_UNITS: &str = "systemd-networkd.service systemd-resolved.service ssh.service \
-    podman.socket carbon-forwarder.socket carbon-ssh-hostkeys.service carbon-gpu-devices.service \
+const ENABLE_UNITS: &str = "carbon-network.service ssh.service podman.socket \
+    carbon-forwarder.socket carbon-ssh-hostkeys.service carbon-gpu-devices.service \
     carbon-ready.service";
 /// Units a machine never needs: periodic maintenance of a disk and package state that a machine
 /// rebuilt from a new image replaces anyway (e2scrub, fstrim, apt and dpkg timers); Debian's
 /// first-boot `ssh-keygen -A` (carbon-ssh-hostkeys makes the one key sshd uses; RSA alone takes
 /// seconds under TCG); module loads for what a machine has not (device mapper, loop, configfs,
-/// EFI pstore) or loads on use (drm with virtio_gpu, fuse on opening /dev/fuse).
+/// EFI pstore), loads on use (drm with virtio_gpu, fuse on opening /dev/fuse) or is not asked
+/// for (modules-load.d is empty); what configures networkd from the kernel command line and udev
+/// from credentials (neither is used: carbon-network.service); logins on the consoles (a
+/// machine's root has no password: `carbon-vm ssh` is the way in).
 const MASK_UNITS: &str = "e2scrub_all.timer e2scrub_reap.service fstrim.timer apt-daily.timer \
     apt-daily-upgrade.timer dpkg-db-backup.timer sshd-keygen.service modprobe@dm_mod.service \
     modprobe@loop.service modprobe@configfs.service modprobe@efi_pstore.service \
-    modprobe@drm.service modprobe@fuse.service";
+    modprobe@drm.service modprobe@fuse.service systemd-modules-load.service \
+    systemd-network-generator.service systemd-udev-load-credentials.service \
+    serial-getty@ttyS0.service serial-getty@hvc0.service";
 /// Started at boot though nothing needs them there: netavark's DHCP proxy (its socket stays
 /// enabled and starts it for a macvlan DHCP network) and a getty on a screen machines lack.
 const DISABLE_UNITS: &str = "netavark-dhcp-proxy.service getty@tty1.service";
@@ -211,10 +219,13 @@ pub fn build(
     let container_tar = work.path().join("venus-rootfs.tar");
     // Extracted, not installed: no maintainer script runs (for another architecture's image
     // they would run emulated, for minutes), and what a Vulkan program needs is files alone
-    // (the dynamic loader finds Debian's libraries without a cache). The accounts are base-passwd's.
+    // (the dynamic loader finds Debian's libraries without a cache). The accounts are
+    // base-passwd's.
     let accounts = [
         "cp \"$1\"/usr/share/base-passwd/passwd.master \"$1\"/etc/passwd".to_owned(),
         "cp \"$1\"/usr/share/base-passwd/group.master \"$1\"/etc/group".to_owned(),
+        // The build host's, copied by mmdebstrap; podman gives each container its own.
+        "rm -f \"$1\"/etc/resolv.conf \"$1\"/etc/hostname".to_owned(),
     ];
     Root {
         what: "Venus container image",
@@ -251,6 +262,8 @@ pub fn build(
         format!("chroot \"$1\" systemctl enable {ENABLE_UNITS}"),
         format!("chroot \"$1\" systemctl mask {MASK_UNITS}"),
         format!("chroot \"$1\" systemctl disable {DISABLE_UNITS}"),
+        // The NIC keeps its kernel name, eth0 (carbon-network.service configures it by name).
+        "ln -sf /dev/null \"$1\"/etc/systemd/network/99-default.link".to_owned(),
         // The bundled container image goes into the guest's container storage now, by the guest's
         // own podman and storage configuration, so that no machine loads it on first boot. The
         // root is bound onto itself in a private mount namespace: podman unpacks layers after
@@ -357,6 +370,31 @@ impl Root<'_> {
 
 #[cfg(test)]
 mod tests {
+    /// Every file of configs/guest/files goes into the guest, and nothing else does.
+    #[test]
+    fn guest_files_are_the_config_directory() {
+        fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().display().to_string());
+                }
+            }
+        }
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/guest/files");
+        let mut on_disk = Vec::new();
+        walk(&base, &base, &mut on_disk);
+        on_disk.sort();
+        let mut listed: Vec<String> = super::GUEST_FILES
+            .iter()
+            .map(|(p, ..)| (*p).to_owned())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, on_disk);
+    }
+
     #[test]
     fn package_lists_drop_comments_and_take_the_16k_kernel_for_arm64() {
         let text = "# a list\nlinux-image-amd64\nbusybox-static   # the initrd's\n\npodman\n";

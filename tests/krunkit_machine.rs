@@ -507,7 +507,27 @@ fn the_mac_rehearsal_boots_runs_venus_containers_and_answers_podman() {
     let (Some(image), Some(root)) = (common::aarch64_image(), common::gpu_root()) else {
         return;
     };
-    let mut g = common::gpu::GpuEnv::new(root).with_var("CARBON_VM_KRUNKIT", standin());
+    // krunkit as carbon-vm runs it, plus a connect-mode vsock port (the host reaches a listener
+    // in the guest), which carbon-vm itself does not use. krunkit never removes that socket.
+    let extra = tempfile::tempdir_in("/tmp").unwrap();
+    let to_guest = extra.path().join("to-guest.sock");
+    let krunkit = extra.path().join("krunkit");
+    std::fs::write(
+        &krunkit,
+        format!(
+            "#!/bin/sh\nrm -f '{sock}'\nexec '{standin}' \"$@\" --device \
+             'virtio-vsock,port=5000,socketURL={sock},connect'\n",
+            sock = to_guest.display(),
+            standin = standin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &krunkit,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut g = common::gpu::GpuEnv::new(root).with_var("CARBON_VM_KRUNKIT", &krunkit);
     if !gvproxy_has_vfkit() {
         eprintln!(
             "NOTE: this host's gvproxy cannot listen in vfkit mode (Linux builds before 0.8.9): \
@@ -619,6 +639,31 @@ fn the_mac_rehearsal_boots_runs_venus_containers_and_answers_podman() {
         lines[7], "1",
         "the kernel came up through EFI firmware: {guest}"
     );
+
+    // The host reaches a guest listener through krunkit's connect-mode socket.
+    ok(
+        &g.carbon_vm(&[
+            "ssh",
+            name,
+            "--",
+            "nohup socat VSOCK-LISTEN:5000 SYSTEM:'echo hello from the guest' \
+             >/dev/null 2>&1 &",
+        ]),
+        "a vsock listener in the guest",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let greeting = loop {
+        // Until socat listens, the guest refuses and krunkit closes the connection.
+        let mut line = String::new();
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&to_guest) {
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line);
+        }
+        if !line.is_empty() || Instant::now() > deadline {
+            break line;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(greeting, "hello from the guest\n");
 
     // The GPU: Venus in the VM and the bundled container, every blob a 16 KiB multiple (the
     // stand-in ends the VM otherwise).

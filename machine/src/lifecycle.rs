@@ -428,14 +428,17 @@ const TUNNEL_RETRIES: u32 = 5;
 /// Whether the tunnel's log says its TCP connection broke before SSH began (gvproxy resets the
 /// host side when its dial of a starved TCG guest fails), not that SSH itself refused us.
 fn connection_broke(log: &str) -> bool {
-    [
-        "kex_exchange_identification",
-        "Connection reset by peer",
-        "Connection closed by",
-        "Connection refused",
-    ]
-    .iter()
-    .any(|s| log.contains(s))
+    // ssh names every failure of its own (auth, host key, config); one that exits without a
+    // word was ended from outside, or lost its connection before it could say so.
+    log.trim().is_empty()
+        || [
+            "kex_exchange_identification",
+            "Connection reset by peer",
+            "Connection closed by",
+            "Connection refused",
+        ]
+        .iter()
+        .any(|s| log.contains(s))
 }
 
 fn wait_podman(m: &MachineDir, ssh_port: u16, timeout: Duration) -> Result<(), LifecycleError> {
@@ -471,6 +474,11 @@ fn wait_podman(m: &MachineDir, ssh_port: u16, timeout: Duration) -> Result<(), L
                 tunnel::start(m, ssh_port)?;
                 continue;
             }
+            let log = if log.trim().is_empty() {
+                "it wrote nothing (ended by a signal?)".into()
+            } else {
+                log
+            };
             return Err(LifecycleError::Exited(
                 "ssh (the Podman socket tunnel)",
                 log,

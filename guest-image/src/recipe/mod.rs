@@ -89,6 +89,13 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-network.service"),
     ),
     (
+        "etc/systemd/system/sys-subsystem-net-devices-eth0.device.d/carbon.conf",
+        0o644,
+        include_str!(
+            "../../../configs/guest/files/etc/systemd/system/sys-subsystem-net-devices-eth0.device.d/carbon.conf"
+        ),
+    ),
+    (
         "usr/lib/carbon-vm/network",
         0o755,
         include_str!("../../../configs/guest/files/usr/lib/carbon-vm/network"),

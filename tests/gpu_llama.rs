@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::gpu::{GpuEnv, ok};
+use common::gpu::{GpuEnv, ok, passed_on_venus};
 use machine::host::LLAMA_COMPLETION;
 use serde_json::Value;
 use std::path::Path;
@@ -83,16 +83,8 @@ fn two_gpu_machines_decode_with_llama_cpp_on_venus_as_the_cpu_and_the_host_do() 
             "--workload-image",
             workload_image,
         ];
-        let r: Value = serde_json::from_str(&ok(&g.carbon_vm(&args), "gpu check")).unwrap();
+        let r = passed_on_venus(&g.carbon_vm(&args), &format!("gpu check of {name}"));
         let w = &r["workload"];
-        assert!(r["ok"] == true && w["ok"] == true, "{name}: {r:#}");
-        assert!(
-            w["device"]
-                .as_str()
-                .unwrap()
-                .starts_with("Virtio-GPU Venus ("),
-            "{w:#}"
-        );
         let (n, of) = w["layers"].as_str().unwrap().split_once('/').unwrap();
         assert!(n == of && n.parse::<u32>().unwrap() > 0, "{w:#}");
         let text = w["vulkan_text"].as_str().unwrap().to_owned();

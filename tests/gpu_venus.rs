@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::gpu::{GpuEnv, ok};
+use common::gpu::{GpuEnv, ok, passed_on_venus};
 use serde_json::Value;
 use std::process::Command;
 
@@ -103,14 +103,11 @@ fn gpu_machine_runs_vulkan_compute_in_a_container_through_venus() {
     assert!(!stderr.contains("warning"), "start warned: {stderr}");
 
     // gpu check: Venus in the VM and in the bundled container.
-    let check: Value = serde_json::from_str(&ok(
+    let check = passed_on_venus(
         &g.carbon_vm(&["--json", "gpu", "check", "gpu"]),
         "gpu check",
-    ))
-    .unwrap();
-    assert_eq!(check["ok"], true, "{check:#}");
+    );
     let device = check["device"].as_str().unwrap();
-    assert!(device.starts_with("Virtio-GPU Venus ("), "{device}");
     // Any host Vulkan device will do (lavapipe here, a real GPU elsewhere): Venus names it.
     let inner = device
         .strip_prefix("Virtio-GPU Venus (")

@@ -112,6 +112,21 @@ impl GpuEnv {
     }
 }
 
+/// The report of a `--json gpu check` that passed on Venus (its workload's too, if it ran one).
+pub fn passed_on_venus(o: &Output, what: &str) -> serde_json::Value {
+    let r: serde_json::Value = serde_json::from_str(&ok(o, what)).unwrap();
+    let on_venus = |v: &serde_json::Value| {
+        v["ok"] == true
+            && v["device"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("Virtio-GPU Venus ("))
+    };
+    assert!(on_venus(&r), "{what}: {r:#}");
+    let w = &r["workload"];
+    assert!(w.is_null() || on_venus(w), "{what}: {r:#}");
+    r
+}
+
 /// `o`'s stdout, once it succeeded; else a panic naming `what` with both outputs.
 pub fn ok(o: &Output, what: &str) -> String {
     assert!(

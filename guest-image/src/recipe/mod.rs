@@ -239,7 +239,7 @@ pub fn build(
         variant: "extract",
         packages: package_list(CONTAINER_PACKAGES, deb_arch),
         essential_hooks: &[],
-        customize_hooks: &accounts,
+        final_hooks: &accounts,
     }
     .build(opts, deb_arch, &container_tar)?;
 
@@ -307,7 +307,7 @@ pub fn build(
         variant: "apt",
         packages: package_list(GUEST_PACKAGES, deb_arch),
         essential_hooks: &essential,
-        customize_hooks: &hooks,
+        final_hooks: &hooks,
     }
     .build(opts, deb_arch, &rootfs)?;
     progress.begin("initrd", None);
@@ -339,8 +339,9 @@ struct Root<'a> {
     packages: String,
     /// Run once the essential packages are installed, before the others.
     essential_hooks: &'a [String],
-    /// Run once every package is installed.
-    customize_hooks: &'a [String],
+    /// Run once every package is in place: installed (customize hooks), or extracted for the
+    /// `extract` variant, where mmdebstrap runs no customize hook.
+    final_hooks: &'a [String],
 }
 
 impl Root<'_> {
@@ -363,8 +364,13 @@ impl Root<'_> {
         for h in self.essential_hooks {
             cmd.arg(format!("--essential-hook={h}"));
         }
-        for h in self.customize_hooks {
-            cmd.arg(format!("--customize-hook={h}"));
+        let last = if self.variant == "extract" {
+            "extract"
+        } else {
+            "customize"
+        };
+        for h in self.final_hooks {
+            cmd.arg(format!("--{last}-hook={h}"));
         }
         cmd.arg(SUITE).arg(target).arg(&opts.mirror);
         let status = cmd.status().map_err(RecipeError::NoMmdebstrap)?;

@@ -344,12 +344,10 @@ pub struct Attached {
     pub vsock_connect: Vec<(u32, UnixListener)>,
     /// Shared directories and their virtio-fs tags.
     pub shares: Vec<(PathBuf, String)>,
-    /// SMBIOS type 11 strings.
-    pub oem_strings: Vec<String>,
 }
 
 /// Sets the devices up as libkrun does before the guest runs.
-pub fn attach(devices: Vec<Device>, oem_strings: Vec<String>) -> Result<Attached, String> {
+pub fn attach(devices: Vec<Device>) -> Result<Attached, String> {
     let mut a = Attached {
         disks: Vec::new(),
         rng: false,
@@ -358,7 +356,6 @@ pub fn attach(devices: Vec<Device>, oem_strings: Vec<String>) -> Result<Attached
         vsock_listen: Vec::new(),
         vsock_connect: Vec::new(),
         shares: Vec::new(),
-        oem_strings,
     };
     for d in devices {
         match d {

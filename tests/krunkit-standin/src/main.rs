@@ -161,9 +161,15 @@ fn run(args: Args) -> Result<(), String> {
     let rest = args.restful_uri.unwrap_or(rest::Uri::None);
     // What libkrun does while configuring the VM: open the disks, attach the network, create
     // the connect-mode vsock listeners, open the console.
-    let attached = devices::attach(args.devices, args.oem_strings)?;
+    let attached = devices::attach(args.devices)?;
     let (tx, rx) = mpsc::channel();
-    let vm = vm::boot(attached, args.cpus, args.memory, tx.clone())?;
+    let vm = vm::boot(
+        attached,
+        &args.oem_strings,
+        args.cpus,
+        args.memory,
+        tx.clone(),
+    )?;
     if let Some(p) = &args.pidfile {
         std::fs::write(p, std::process::id().to_string())
             .map_err(|e| format!("unable to write pidfile {}: {e}", p.display()))?;

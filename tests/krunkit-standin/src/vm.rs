@@ -133,8 +133,15 @@ fn opt(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
-/// Boots the VM of `a`; its end and the blobs it maps are reported to `events`.
-pub fn boot(a: Attached, cpus: u8, memory_mib: u32, events: Sender<Event>) -> Result<Vm, String> {
+/// Boots the VM of `a` with the SMBIOS type 11 `oem_strings`; its end and the blobs it maps are
+/// reported to `events`.
+pub fn boot(
+    a: Attached,
+    oem_strings: &[String],
+    cpus: u8,
+    memory_mib: u32,
+    events: Sender<Event>,
+) -> Result<Vm, String> {
     let run = tempfile::Builder::new()
         .prefix("krunkit-standin-")
         .tempdir()
@@ -232,7 +239,7 @@ pub fn boot(a: Attached, cpus: u8, memory_mib: u32, events: Sender<Event>) -> Re
             .arg("-device")
             .arg(format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"));
     }
-    for s in &a.oem_strings {
+    for s in oem_strings {
         q.arg("-smbios")
             .arg(format!("type=11,value={}", s.replace(',', ",,")));
     }

@@ -16,6 +16,6 @@ impl Vm {
     pub fn kill(&self) {}
 }
 
-pub fn boot(_: Attached, _: u8, _: u32, _: Sender<Event>) -> Result<Vm, String> {
+pub fn boot(_: Attached, _: &[String], _: u8, _: u32, _: Sender<Event>) -> Result<Vm, String> {
     Err("the krunkit stand-in runs VMs on Linux only (on a Mac, use krunkit)".into())
 }

@@ -60,6 +60,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The real gvproxy dies with the shim, however the shim ends (Linux's parent-death signal: the
+/// shim exists for Linux gvproxy; elsewhere it only has to compile).
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_: &mut Command) {}
+
 fn run(real: &str, vfkit_path: &Path, rest: Vec<String>) -> Result<ExitCode, String> {
     let (pidfile, mut rest) = take_flag(&rest, "pid-file");
     let dir = tempfile::Builder::new()
@@ -75,13 +91,7 @@ fn run(real: &str, vfkit_path: &Path, rest: Vec<String>) -> Result<ExitCode, Str
     ]);
     let mut cmd = Command::new(real);
     cmd.args(&rest).stdin(Stdio::null());
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd);
     let mut gv = cmd.spawn().map_err(|e| format!("cannot run {real}: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !stream_path.exists() {

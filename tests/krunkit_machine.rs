@@ -646,16 +646,19 @@ fn the_mac_rehearsal_boots_runs_venus_containers_and_answers_podman() {
             "ssh",
             name,
             "--",
-            "nohup socat VSOCK-LISTEN:5000 SYSTEM:'echo hello from the guest' \
-             >/dev/null 2>&1 &",
+            "setsid -f socat VSOCK-LISTEN:5000 SYSTEM:'echo hello from the guest' \
+             </dev/null >/dev/null 2>&1",
         ]),
         "a vsock listener in the guest",
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let greeting = loop {
-        // Until socat listens, the guest refuses and krunkit closes the connection.
+        // Until socat listens, the guest refuses and krunkit closes the connection; one that
+        // neither answers nor closes is tried again.
         let mut line = String::new();
-        if let Ok(s) = std::os::unix::net::UnixStream::connect(&to_guest) {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&to_guest)
+            && s.set_read_timeout(Some(Duration::from_secs(5))).is_ok()
+        {
             let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line);
         }
         if !line.is_empty() || Instant::now() > deadline {

@@ -13,7 +13,7 @@
 # Usage: benches/boot.sh [IMAGE.tar.zst]   (ROUNDS=3 by default; needs busybox-static, ovmf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+cargo build --locked --release --quiet
 bin=$PWD/target/release/carbon-vm
 image=${1:-$(scripts/guest-image)}
 rounds=${ROUNDS:-3}

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-512}
 rounds=${2:-3}
-cargo build --release --quiet --workspace
+cargo build --locked --release --quiet --workspace
 image=$(scripts/guest-image)
 root=scripts/gpu-root
 bin=$PWD/target/release/carbon-vm

@@ -7,7 +7,7 @@
 # guest's boot to Ready and the wait for the guest's Podman API. Uses the default image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+cargo build --locked --release --quiet
 bin=$PWD/target/release/carbon-vm
 image=${1:-$(scripts/guest-image)}
 sha=$(sha256sum "$image" | cut -d' ' -f1)

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 bin=target/release/carbon-vm
-cargo build --release --quiet
+cargo build --locked --release --quiet
 image=${1:-$(scripts/guest-image)}
 sha=$(sha256sum "$image" | cut -d' ' -f1)
 

@@ -7,7 +7,7 @@
 # Usage: benches/volumes.sh [IMAGE.tar.zst]   (ROUNDS=3 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+cargo build --locked --release --quiet
 bin=$PWD/target/release/carbon-vm
 image=${1:-$(scripts/guest-image)}
 rounds=${ROUNDS:-3}

@@ -70,21 +70,21 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
         if let Some(p) = cause.downcast_ref::<PullError>() {
             return classify_pull(p);
         }
-        if let Some(v) = cause.downcast_ref::<VerifyError>() {
-            if !matches!(v, VerifyError::Cache(_)) {
-                return (
-                    VERIFICATION,
-                    Some("re-pull the image: `carbon-vm image rm ID` then `image pull`"),
-                );
-            }
+        if let Some(v) = cause.downcast_ref::<VerifyError>()
+            && !matches!(v, VerifyError::Cache(_))
+        {
+            return (
+                VERIFICATION,
+                Some("re-pull the image: `carbon-vm image rm ID` then `image pull`"),
+            );
         }
-        if let Some(c) = cause.downcast_ref::<CacheError>() {
-            if matches!(
+        if let Some(c) = cause.downcast_ref::<CacheError>()
+            && matches!(
                 c,
                 CacheError::NotFound(_) | CacheError::Ambiguous(_) | CacheError::ShortId(_)
-            ) {
-                return (NOT_FOUND, Some("`carbon-vm image ls` lists cached images"));
-            }
+            )
+        {
+            return (NOT_FOUND, Some("`carbon-vm image ls` lists cached images"));
         }
         if matches!(
             cause.downcast_ref::<PackError>(),

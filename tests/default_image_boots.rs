@@ -58,7 +58,7 @@ fn default_image_boots_to_ready_under_qemu() {
         .spawn()
         .expect("qemu-system-x86_64 is installed (scripts/install-deps)");
     // QEMU connects to our socket at start-up; the guest writes one line when it is ready.
-    let (conn, _) = listener.accept().unwrap();
+    let conn = common::vmm_connects(&listener, &mut qemu, &console);
     conn.set_read_timeout(Some(Duration::from_secs(600)))
         .unwrap();
     let mut line = String::new();

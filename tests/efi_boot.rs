@@ -84,7 +84,7 @@ fn default_image_boots_by_efi_to_ready() {
         .spawn()
         .unwrap_or_else(|e| panic!("qemu-system-x86_64 is installed (scripts/install-deps): {e}"));
     // QEMU connects to our socket at start-up; the guest writes one line when it is ready.
-    let (conn, _) = listener.accept().unwrap();
+    let conn = common::vmm_connects(&listener, &mut qemu, &console);
     conn.set_read_timeout(Some(Duration::from_secs(900)))
         .unwrap();
     let mut line = String::new();

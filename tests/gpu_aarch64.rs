@@ -9,11 +9,15 @@
 
 mod common;
 
-use common::gpu::{GpuEnv, ok, passed_on_venus};
+use common::gpu::{GpuEnv, ok, passed_on_venus, with_stall_retry};
 use serde_json::Value;
 
 #[test]
 fn aarch64_gpu_machine_runs_venus_with_every_blob_a_16k_multiple() {
+    with_stall_retry(aarch64_gpu_machine);
+}
+
+fn aarch64_gpu_machine() {
     let (Some(image), Some(root), Some(llama)) = (
         common::aarch64_image(),
         common::gpu_root(),

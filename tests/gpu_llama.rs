@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::gpu::{GpuEnv, ok, passed_on_venus};
+use common::gpu::{GpuEnv, ok, passed_on_venus, with_stall_retry};
 use machine::host::LLAMA_COMPLETION;
 use serde_json::Value;
 use std::path::Path;
@@ -15,6 +15,10 @@ use std::process::{Command, Stdio};
 
 #[test]
 fn two_gpu_machines_decode_with_llama_cpp_on_venus_as_the_cpu_and_the_host_do() {
+    with_stall_retry(llama_cpp_on_two_gpu_machines);
+}
+
+fn llama_cpp_on_two_gpu_machines() {
     let (Some(image), Some(root), Some(llama)) = (
         common::default_image(),
         common::gpu_root(),

@@ -13,7 +13,8 @@
 //! serves on Linux only from 0.8.9; Debian has 0.8.1. Where the installed gvproxy cannot, the
 //! rehearsal runs it behind the stand-in crate's shim (`gvproxy-vfkit`, as `CARBON_VM_GVPROXY`),
 //! which relays vfkit-mode datagrams to the real gvproxy's QEMU listener, and says so. Without
-//! the shim, `start` fails with gvproxy's own reason and leaves nothing running (tested too).
+//! the shim, `start` fails with gvproxy's own reason and leaves nothing running (tested with a
+//! stub of such a gvproxy, whatever this host's can do).
 
 mod common;
 
@@ -96,6 +97,11 @@ impl Krunkit {
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, &[])
+    }
+
+    /// [`Krunkit::run`] with more environment (a stub's path).
+    fn run_with(&self, args: &[&str], vars: &[(&str, &std::ffi::OsStr)]) -> Output {
         let carbon_vm = assert_cmd::cargo::cargo_bin("carbon-vm");
         let mut c = match &self.root {
             None => Command::new(carbon_vm),
@@ -113,6 +119,8 @@ impl Krunkit {
             .env("CARBON_VM_CATALOG", &self.catalog)
             .env("CARBON_VM_PODMAN_TIMEOUT", "1")
             .env_remove("CARBON_VM_LOG")
+            .env_remove("CARBON_VM_GVPROXY")
+            .envs(vars.iter().copied())
             .output()
             .unwrap()
     }
@@ -227,16 +235,45 @@ fn create_warns_that_the_gpu_is_always_there() {
     assert!(!k.machine("big").exists());
 }
 
+/// `name`, an executable shell script of `body`, in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// PATH with `dir` first: its stubs stand in for the host's programs of their names.
+fn path_with(dir: &Path) -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(dir.to_owned()).chain(std::env::split_paths(&path)))
+        .unwrap()
+}
+
 #[test]
 fn without_a_vfkit_gvproxy_start_fails_with_its_reason_and_leaves_nothing_running() {
-    if gvproxy_has_vfkit() {
-        eprintln!("SKIP: this host's gvproxy listens in vfkit mode (the lifecycle test runs)");
-        return;
-    }
+    // A stub gvproxy (CARBON_VM_GVPROXY): this host's may listen in vfkit mode (0.8.9 and later),
+    // where this failure cannot happen. It does what Debian's 0.8.1 does when asked to: logs
+    // these lines to its -log-file and exits, status 0, without its socket or pidfile.
+    let stubs = tempfile::tempdir().unwrap();
+    let gvproxy = script(
+        stubs.path(),
+        "gvproxy",
+        "while [ $# -gt 0 ]; do [ \"$1\" = -log-file ] && log=$2; shift; done\n\
+         cat >\"$log\" <<'EOF'\n\
+         time=\"2026-12-06T01:39:02Z\" level=info msg=\"gvproxy version v0.8.1\"\n\
+         time=\"2026-12-06T01:39:02Z\" level=info msg=\"waiting for clients...\"\n\
+         time=\"2026-12-06T01:39:02Z\" level=error msg=\"gvproxy exiting: vfkit listen error: \
+         unsupported 'unixgram' scheme\"\n\
+         EOF\n",
+    );
     let k = Krunkit::new(None);
     k.create("dev", &[]);
     for _ in 0..2 {
-        let o = k.run(&["start", "dev"]);
+        let o = k.run_with(
+            &["start", "dev"],
+            &[("CARBON_VM_GVPROXY", gvproxy.as_os_str())],
+        );
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert!(err.contains("gvproxy exited during start-up"), "{err}");
@@ -251,12 +288,27 @@ fn without_a_vfkit_gvproxy_start_fails_with_its_reason_and_leaves_nothing_runnin
     assert!(!k.machine("dev").exists());
 }
 
+/// `podman --version` of the podman carbon-vm runs: this host's, or the GPU root's.
+fn podman_version(root: Option<&Path>) -> String {
+    let mut c = match root {
+        None => Command::new("podman"),
+        Some(root) => {
+            let mut c = Command::new(root);
+            c.args(["run", "podman"]);
+            c
+        }
+    };
+    let o = c
+        .arg("--version")
+        .output()
+        .expect("podman is installed (scripts/install-deps)");
+    assert!(o.status.success(), "podman --version: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// Whether this host's podman is one whose machine files carbon-vm writes (5.2 to 6.1).
 fn verified_podman_here() -> bool {
-    let Ok(o) = Command::new("podman").arg("--version").output() else {
-        return false;
-    };
-    machine::podman_machine::schema_of(&String::from_utf8_lossy(&o.stdout)).is_ok()
+    machine::podman_machine::schema_of(&podman_version(None)).is_ok()
 }
 
 /// Podman's machine store for `k`.
@@ -268,36 +320,80 @@ fn podman_file(k: &Krunkit, name: &str) -> PathBuf {
 
 #[test]
 fn podman_machine_refused_for_a_podman_whose_schema_was_not_checked() {
-    if verified_podman_here() {
-        eprintln!("SKIP: this host's podman is a verified 5.x (the other podman test covers it)");
-        return;
-    }
+    // A stub podman first on PATH (where carbon-vm finds it): this host's may be one carbon-vm
+    // supports. It prints what an older podman (Debian bookworm's) and a later major would.
+    let stubs = tempfile::tempdir().unwrap();
+    let path = path_with(stubs.path());
     let k = Krunkit::new(None);
-    let o = k.run(&["create", "dev", "--driver", "krunkit", "--podman-machine"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(6), "{err}");
-    assert!(err.contains("5.2 to 6.1"), "{err}");
-    assert!(!k.machine("dev").exists());
-    assert!(!podman_file(&k, "dev").exists());
+    for version in ["4.3.1", "7.0.0"] {
+        script(
+            stubs.path(),
+            "podman",
+            &format!("echo 'podman version {version}'\n"),
+        );
+        let o = k.run_with(
+            &["create", "dev", "--driver", "krunkit", "--podman-machine"],
+            &[("PATH", &path)],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(6), "{version}: {err}");
+        assert!(
+            err.contains(&format!("podman {version} is not supported"))
+                && err.contains("5.2 to 6.1"),
+            "{err}"
+        );
+        assert!(!k.machine("dev").exists());
+        assert!(!podman_file(&k, "dev").exists());
+    }
     // A driver Podman's libkrun machines do not run on is a usage error, whatever the podman.
     let o = k.run(&["create", "dev", "--driver", "qemu", "--podman-machine"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(!k.machine("dev").exists());
 }
 
-/// With podman 5 (the trixie root's in CI): the machine file in Podman's store, never over
-/// Podman's own, removed by `rm`; and, where gvproxy allows a start, krunkit's REST API where
-/// the file says (what `podman machine list` asks).
+/// The machine file podman of `schema` writes, as read from podman's source
+/// (machine/testdata/podman-machine, for a machine of its own).
+fn podman_writes(schema: machine::podman_machine::Schema) -> Value {
+    use machine::podman_machine::Schema;
+    let versions = match schema {
+        Schema::V5_2 => "5.2-5.3",
+        Schema::V5_4 => "5.4-5.5",
+        Schema::V5_6 => "5.6-5.8",
+        Schema::V6_0 => "6.0-6.1",
+    };
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "machine/testdata/podman-machine/libkrun-{versions}.json"
+    ));
+    serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap()
+}
+
+/// The paths of every object key in `v` (`/LibKrunHypervisor/KRun/Endpoint`): a file's fields.
+fn fields(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    if let Value::Object(m) = v {
+        for (k, x) in m {
+            let path = format!("{prefix}/{k}");
+            fields(x, &path, out);
+            out.push(path);
+        }
+    }
+}
+
+/// With the podman in use (this host's where carbon-vm supports it, else the trixie root's, 5.4
+/// in CI): the machine file in Podman's store, in that podman's schema, never over Podman's own,
+/// removed by `rm`; its REST endpoint (what `podman machine list` asks) on loopback.
 #[test]
 fn podman_machine_file() {
     let root = if verified_podman_here() {
         None
     } else {
-        match common::gpu_root() {
-            Some(root) => Some(root),
-            None => return,
-        }
+        let Some(root) = common::gpu_root() else {
+            return;
+        };
+        Some(root)
     };
+    let version = podman_version(root.as_deref());
+    let schema = machine::podman_machine::schema_of(&version)
+        .unwrap_or_else(|e| panic!("the podman in use: {e}"));
     let k = Krunkit::new(root);
     // Podman's own machine of a name is never replaced.
     let theirs = podman_file(&k, "theirs");
@@ -325,15 +421,36 @@ fn podman_machine_file() {
         k.machine("dev").join("disk.raw").to_str().unwrap()
     );
     assert!(!file["LastUp"].as_str().unwrap().starts_with("0001-"));
-    // Podman 5.4 and 5.5 (trixie's is 5.4): vfkit 0.6's names and bytes, `Ansible`, no `Swap`.
-    let version = k.run(&["--version"]);
-    assert!(version.status.success());
-    let vm = &file["LibKrunHypervisor"]["KRun"]["VirtualMachine"];
-    assert_eq!(vm["bootloader"]["createVariableStore"], true, "{file:#}");
-    let mib = file["Resources"]["Memory"].as_u64().unwrap();
-    assert_eq!(vm["memoryBytes"].as_u64(), Some(mib << 20), "{file:#}");
-    assert!(file["Ansible"].is_null() && file.get("Ansible").is_some());
-    assert!(file.get("Swap").is_none(), "{file:#}");
+    // The fields this podman writes (its schema's names: vfkit's, `Ansible`, `Swap`, ...), those
+    // fixed by the schema with its values, and memory in its unit (MiB for vfkit 0.5, bytes after).
+    let want = podman_writes(schema);
+    let (mut got_fields, mut want_fields) = (Vec::new(), Vec::new());
+    fields(&file, "", &mut got_fields);
+    fields(&want, "", &mut want_fields);
+    got_fields.sort();
+    want_fields.sort();
+    assert_eq!(got_fields, want_fields, "{version}: {file:#}");
+    let vm = "/LibKrunHypervisor/KRun/VirtualMachine";
+    for fixed in [
+        "/Version".to_owned(),
+        "/Ansible".into(),
+        "/Swap".into(),
+        "/ImportNativeCA".into(),
+        "/LibKrunHypervisor/KRun/LogLevel".into(),
+        format!("{vm}/bootloader/kind"),
+        format!("{vm}/bootloader/createVariableStore"),
+        format!("{vm}/bootloader/CreateVariableStore"),
+    ] {
+        assert_eq!(
+            file.pointer(&fixed),
+            want.pointer(&fixed),
+            "{fixed} for {version}: {file:#}"
+        );
+    }
+    let memory = |f: &Value| f["Resources"]["Memory"].as_u64().unwrap();
+    let memory_bytes = |f: &Value| f.pointer(&format!("{vm}/memoryBytes")).unwrap().as_u64();
+    let unit = memory_bytes(&want).unwrap() / memory(&want);
+    assert_eq!(memory_bytes(&file), Some(memory(&file) * unit), "{file:#}");
     let endpoint = file["LibKrunHypervisor"]["KRun"]["Endpoint"]
         .as_str()
         .unwrap();
@@ -504,6 +621,10 @@ fn podman_rest(port: u16, method: &str, body: &str) -> std::io::Result<String> {
 /// The Mac, rehearsed: see the module's comment.
 #[test]
 fn the_mac_rehearsal_boots_runs_venus_containers_and_answers_podman() {
+    common::gpu::with_stall_retry(mac_rehearsal);
+}
+
+fn mac_rehearsal() {
     let (Some(image), Some(root)) = (common::aarch64_image(), common::gpu_root()) else {
         return;
     };

@@ -208,6 +208,8 @@ fn create_start_podman_ssh_stop_start_rm() {
         .args(["system", "connection", "list"])
         .output()
         .unwrap();
+    // A podman that failed lists nothing: only its success makes "no dev" mean removed.
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         !String::from_utf8_lossy(&o.stdout).contains("dev"),
         "connection removed"

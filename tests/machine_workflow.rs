@@ -10,39 +10,12 @@
 
 mod common;
 
+use common::net::{listeners, loopback};
+
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-/// Listening sockets for `port` in /proc/net/{proto}{,6}: each one's address, as /proc spells it
-/// (hex), so that "127.0.0.1 only" and "nowhere" can both be asserted.
-fn listeners(proto: &str, port: u16) -> Vec<String> {
-    let mut out = Vec::new();
-    for file in [proto.to_owned(), format!("{proto}6")] {
-        let text = std::fs::read_to_string(format!("/proc/net/{file}")).unwrap();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (addr, p) = f[1].split_once(':').unwrap();
-            // TCP lists listeners in state 0A; UDP's bound sockets are 07.
-            let listening = if proto == "tcp" {
-                f[3] == "0A"
-            } else {
-                f[3] == "07"
-            };
-            if listening && u16::from_str_radix(p, 16).unwrap() == port {
-                out.push(format!("{file}:{addr}"));
-            }
-        }
-    }
-    out
-}
-
-/// How [`listeners`] spells a `proto` socket on 127.0.0.x (/proc's little-endian hex).
-fn loopback(proto: &str, last: u8) -> String {
-    let ip = u32::from_le_bytes(Ipv4Addr::new(127, 0, 0, last).octets());
-    format!("{proto}:{ip:08X}")
-}
 
 /// Polls `cond` until it holds, at most `limit`: a port opens or closes asynchronously (the
 /// container's server starts listening; Podman's cleanup closes the port after `stop` returns).
@@ -82,6 +55,30 @@ fn http_get(addr: &str) -> Option<String> {
     let mut answer = String::new();
     s.read_to_string(&mut answer).ok()?;
     Some(answer)
+}
+
+/// Publishes a container's port (`publish`, given the host port) on a port the OS just handed
+/// out. Another test's process may take it before gvproxy binds it: the container's start then
+/// fails with "address already in use", `clear` removes what that left, and another port is
+/// tried (a few times). Any other failure fails the test. Returns the port published.
+fn published(what: &str, mut publish: impl FnMut(u16) -> Output, mut clear: impl FnMut()) -> u16 {
+    const TRIES: usize = 5;
+    for _ in 0..TRIES {
+        let port = common::servers::free_port();
+        let o = publish(port);
+        if o.status.success() {
+            return port;
+        }
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("address already in use"),
+            "{what}: {}\n{err}",
+            o.status
+        );
+        eprintln!("{what}: port {port} was taken before gvproxy bound it; another");
+        clear();
+    }
+    panic!("{what}: {TRIES} ports in a row were taken before gvproxy bound them")
 }
 
 fn ok(o: &Output, what: &str) -> String {
@@ -202,17 +199,16 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
         ]),
         "podman build",
     );
-    let free_port = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let serve = |name: &str, publish: &str| podman(&web_server(name, publish));
+    let clear = |name: &str| {
+        podman(&["rm", "-f", "-t", "0", name]);
+    };
     // `-p PORT:80`: the host's 127.0.0.1 answers, nothing else listens; stopping closes it.
-    let port = free_port();
-    ok(&serve("web", &format!("{port}:80")), "podman run -p");
+    let port = published(
+        "podman run -p",
+        |port| serve("web", &format!("{port}:80")),
+        || clear("web"),
+    );
     let addr = format!("127.0.0.1:{port}");
     eventually(
         Duration::from_secs(60),
@@ -243,10 +239,10 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
     );
 
     // A host IP named by the user is the one used.
-    let port = free_port();
-    ok(
-        &serve("named", &format!("127.0.0.2:{port}:80")),
+    let port = published(
         "podman run -p IP:..",
+        |port| serve("named", &format!("127.0.0.2:{port}:80")),
+        || clear("named"),
     );
     assert_eq!(listeners("tcp", port), [loopback("tcp", 2)]);
     ok(&podman(&["rm", "-f", "-t", "0", "named"]), "podman rm -f");
@@ -264,21 +260,23 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
     ok(&podman(&["ps"]), "podman ps after a refused port");
 
     // UDP: opened on loopback for the container's life.
-    let port = free_port();
-    ok(
-        &podman(&[
-            "run",
-            "-d",
-            "--name",
-            "udp",
-            "-p",
-            &format!("{port}:5353/udp"),
-            "localhost/web",
-            "busybox",
-            "sleep",
-            "600",
-        ]),
+    let port = published(
         "podman run -p ../udp",
+        |port| {
+            podman(&[
+                "run",
+                "-d",
+                "--name",
+                "udp",
+                "-p",
+                &format!("{port}:5353/udp"),
+                "localhost/web",
+                "busybox",
+                "sleep",
+                "600",
+            ])
+        },
+        || clear("udp"),
     );
     assert_eq!(
         listeners("udp", port),
@@ -303,12 +301,19 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
             .unwrap_or_else(|e| panic!("{program} (scripts/install-deps installs it): {e}"))
     };
     // Each serves the host folder's page over its own: a published port and a bind mount at once.
-    let port = free_port();
-    let publish = format!("{port}:80");
-    let mut run = web_server("by-docker", &publish).to_vec();
     let mount = format!("{}:/www:ro", www.display());
-    run.splice(2..2, ["-v", mount.as_str()]);
-    ok(&docker("docker", &run), "docker run -p -v");
+    let port = published(
+        "docker run -p -v",
+        |port| {
+            let publish = format!("{port}:80");
+            let mut run = web_server("by-docker", &publish).to_vec();
+            run.splice(2..2, ["-v", mount.as_str()]);
+            docker("docker", &run)
+        },
+        || {
+            docker("docker", &["rm", "-f", "by-docker"]);
+        },
+    );
     let addr = format!("127.0.0.1:{port}");
     eventually(
         Duration::from_secs(60),
@@ -321,20 +326,24 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
     );
     // A compose project in the home directory, its bind mount relative to it (compose makes it
     // absolute on the host: the same path in the guest).
-    let port = free_port();
     let compose = home.join("compose.yaml");
-    std::fs::write(
-        &compose,
-        format!(
-            "services:\n  web:\n    image: localhost/web\n    command: busybox httpd -f -p 80 -h /www\n    \
-             ports: [\"{port}:80\"]\n    volumes: [\"./www:/www:ro\"]\n"
-        ),
-    )
-    .unwrap();
     let compose = compose.to_str().unwrap();
-    ok(
-        &docker("docker-compose", &["-f", compose, "up", "-d"]),
+    let port = published(
         "compose up",
+        |port| {
+            std::fs::write(
+                compose,
+                format!(
+                    "services:\n  web:\n    image: localhost/web\n    command: busybox httpd -f -p 80 -h /www\n    \
+                     ports: [\"{port}:80\"]\n    volumes: [\"./www:/www:ro\"]\n"
+                ),
+            )
+            .unwrap();
+            docker("docker-compose", &["-f", compose, "up", "-d"])
+        },
+        || {
+            docker("docker-compose", &["-f", compose, "down", "-t", "0"]);
+        },
     );
     let addr = format!("127.0.0.1:{port}");
     eventually(
@@ -356,9 +365,26 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
     // The host's own service, listening on its loopback, from a container by both names.
     let host = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = host.local_addr().unwrap().port();
+    // Polled to a deadline: containers that never connect fail the test instead of holding it.
+    host.set_nonblocking(true).unwrap();
     let server = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(600);
         for _ in 0..2 {
-            let (mut c, _) = host.accept().unwrap();
+            let mut c = loop {
+                match host.accept() {
+                    Ok((c, _)) => break c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "no container reached the host's service within 10 minutes"
+                        );
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            };
+            c.set_nonblocking(false).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
             let mut buf = [0; 1024];
             let _ = c.read(&mut buf).unwrap();
             c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello-from-the-host")

@@ -138,3 +138,45 @@ pub fn ok(o: &Output, what: &str) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// The documented TCG virtio-gpu stall (docs/gpu.md, Known problems: QEMU 10's virtio-gpu stopped
+/// serving its control queue under TCG), as the guest's console shows it: a hung-task report
+/// whose task is blocked in `virtio_gpu_vram_mmap`.
+const STALL_FRAME: &str = "virtio_gpu_vram_mmap";
+const HUNG_TASK: &str = "blocked for more than";
+
+/// The console lines that show the stall in the failure `message` of a command [`GpuEnv`]
+/// bounded (it kills the command and appends the consoles): the last hung-task report up to its
+/// `virtio_gpu_vram_mmap` frame. None for any other failure.
+fn stall_in(message: &str) -> Option<String> {
+    if !message.contains(" was killed (") {
+        return None;
+    }
+    let lines: Vec<&str> = message.lines().collect();
+    let frame = lines.iter().rposition(|l| l.contains(STALL_FRAME))?;
+    let report = lines[..frame].iter().rposition(|l| l.contains(HUNG_TASK))?;
+    Some(lines[report..=frame].join("\n"))
+}
+
+/// Runs a GPU test's `body`, and once more, on a fresh machine (the body makes its own), only
+/// when its first try failed on the documented stall ([`stall_in`]), with a `RETRY:` line and
+/// the console's excerpt. Any other first-try failure fails the test: a retry for every failure
+/// would turn any hang into a pass.
+pub fn with_stall_retry(body: impl Fn()) {
+    let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body)) else {
+        return;
+    };
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    let Some(excerpt) = stall_in(message) else {
+        std::panic::resume_unwind(panic);
+    };
+    eprintln!(
+        "RETRY: the guest's virtio-gpu stalled under TCG (docs/gpu.md, Known problems); the test \
+         runs once more on a fresh machine. The console showed:\n{excerpt}"
+    );
+    body();
+}

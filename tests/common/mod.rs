@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod gpu;
+pub mod net;
 pub mod podman_start;
 pub mod servers;
 pub mod tmpfs;
@@ -163,41 +164,68 @@ pub fn sha256_file(p: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// What scripts/test provides in `var` (a built image or root). Outside CI its absence skips the
-/// caller with a printed reason; in CI it fails, naming `what` .ci/run must build.
-fn provided(var: &str, what: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("{var} is not set: .ci/run must build {what}")
-        }
-        None => {
-            eprintln!("SKIP: {var} is not set (scripts/test builds {what})");
-            None
-        }
+/// The opt-in to skips: `CARBON_VM_ALLOW_SKIP=1`.
+const ALLOW_SKIP: &str = "CARBON_VM_ALLOW_SKIP";
+
+/// The one rule for a test that cannot run its subject (an input is missing, the host cannot do
+/// what it needs), for `reason`: it fails, naming it. A skip passes, and nextest shows a skipped
+/// test as green as a run one, so the developer must ask for skips (`CARBON_VM_ALLOW_SKIP=1`);
+/// then this prints `SKIP: reason` and returns, and the caller returns. Under CI (`CI` set)
+/// nothing is skipped, whatever the opt-in says.
+pub fn skip(reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{reason} (under CI nothing is skipped, whatever {ALLOW_SKIP} says)");
     }
+    if std::env::var_os(ALLOW_SKIP).is_none_or(|v| v != "1") {
+        panic!("{reason}; set {ALLOW_SKIP}=1 to skip instead");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
+/// What scripts/test provides in `var` (a built image or root); `build` says what builds it. Its
+/// absence goes through [`skip`]: None only where skips were asked for.
+fn provided(var: &str, build: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var).map(PathBuf::from);
+    if path.is_none() {
+        skip(&format!(
+            "{var} is not set: {build} (export its path), or run scripts/test"
+        ));
+    }
+    path
 }
 
 /// The default guest image built by the recipe (scripts/guest-image).
 pub fn default_image() -> Option<PathBuf> {
-    provided("CARBON_VM_TEST_IMAGE", "the default image")
+    provided(
+        "CARBON_VM_TEST_IMAGE",
+        "scripts/guest-image builds the default image",
+    )
 }
 
 /// The aarch64 (Apple Silicon) default image (`scripts/guest-image aarch64`).
 pub fn aarch64_image() -> Option<PathBuf> {
-    provided("CARBON_VM_TEST_IMAGE_AARCH64", "the aarch64 default image")
+    provided(
+        "CARBON_VM_TEST_IMAGE_AARCH64",
+        "`scripts/guest-image aarch64` builds the aarch64 default image",
+    )
 }
 
 /// `scripts/gpu-root`, to run commands in the Debian trixie root with the Venus host stack (QEMU
 /// 10, virglrenderer 1.1, Mesa), once the test run built it (CARBON_VM_TEST_GPU_ROOT).
 pub fn gpu_root() -> Option<PathBuf> {
-    provided("CARBON_VM_TEST_GPU_ROOT", "the GPU host root")
-        .map(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-root"))
+    provided(
+        "CARBON_VM_TEST_GPU_ROOT",
+        "`scripts/gpu-root path` builds the GPU host root",
+    )
+    .map(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-root"))
 }
 
 /// The Debian sid root with llama.cpp and ggml's Vulkan backend (scripts/llama-root).
 pub fn llama_root() -> Option<PathBuf> {
-    provided("CARBON_VM_TEST_LLAMA_ROOT", "the llama.cpp root")
+    provided(
+        "CARBON_VM_TEST_LLAMA_ROOT",
+        "`scripts/llama-root path` builds the llama.cpp root",
+    )
 }
 
 /// The same root for aarch64 guests (`scripts/llama-root --arch aarch64`): Debian sid's stock
@@ -205,7 +233,7 @@ pub fn llama_root() -> Option<PathBuf> {
 pub fn aarch64_llama_root() -> Option<PathBuf> {
     provided(
         "CARBON_VM_TEST_LLAMA_ROOT_AARCH64",
-        "the aarch64 llama.cpp root",
+        "`scripts/llama-root --arch aarch64 path` builds the aarch64 llama.cpp root",
     )
 }
 
@@ -319,6 +347,43 @@ pub fn wait_for_text(file: &Path, text: &str) {
             "{text:?} never appeared in {}",
             file.display()
         );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The connection `vmm` makes to `listener` at start-up (QEMU's Ready chardev), bounded: a VMM
+/// that exits or never connects fails the test with the tail of its `console` instead of holding
+/// the run on an accept with no timeout.
+pub fn vmm_connects(
+    listener: &std::os::unix::net::UnixListener,
+    vmm: &mut std::process::Child,
+    console: &Path,
+) -> std::os::unix::net::UnixStream {
+    let limit = std::time::Duration::from_secs(120);
+    let deadline = std::time::Instant::now() + limit;
+    listener.set_nonblocking(true).unwrap();
+    loop {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                conn.set_nonblocking(false).unwrap();
+                return conn;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept on {listener:?}: {e}"),
+        }
+        let exited = vmm.try_wait().unwrap();
+        if exited.is_some() || std::time::Instant::now() > deadline {
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            let log = std::fs::read_to_string(console).unwrap_or_default();
+            panic!(
+                "the VMM never connected to its Ready socket ({}); console tail:\n{}",
+                exited.map_or(format!("not within {limit:?}"), |s| format!(
+                    "it exited: {s}"
+                )),
+                tail(&log, 3000)
+            );
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

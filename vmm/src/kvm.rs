@@ -203,10 +203,18 @@ mod tests {
             .status()
         {
             Ok(s) => assert_eq!(s.code(), Some(EXPECTED_STATUS)),
-            Err(e) if std::env::var_os("CI").is_none() => {
+            // The suite's rule (docs/ci.md): a missing subject fails unless skips were asked
+            // for, outside CI.
+            Err(e)
+                if std::env::var_os("CI").is_none()
+                    && std::env::var_os("CARBON_VM_ALLOW_SKIP").is_some() =>
+            {
                 eprintln!("SKIP: qemu-system-x86_64 cannot run here ({e})")
             }
-            Err(e) => panic!("qemu-system-x86_64 cannot run under CI ({e})"),
+            Err(e) => panic!(
+                "qemu-system-x86_64 cannot run here ({e}): scripts/install-deps installs it; \
+                 CARBON_VM_ALLOW_SKIP=1 skips instead, outside CI"
+            ),
         }
     }
 }

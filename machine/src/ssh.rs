@@ -48,10 +48,13 @@ pub fn podman_forward(m: &MachineDir, ssh_port: u16) -> Command {
     c
 }
 
-/// ssh with the machine's key and pinned host key, without the destination.
+/// ssh with the machine's key and pinned host key, without the destination. No configuration
+/// file is read (`-F /dev/null` skips the user's and the system's): a `Host *` block there could
+/// proxy, multiplex or forward the user's agent into guest root.
 fn to_guest(m: &MachineDir, ssh_port: u16) -> Command {
     let mut c = Command::new("ssh");
-    c.arg("-i")
+    c.args(["-F", "/dev/null"])
+        .arg("-i")
         .arg(m.path(KEY))
         .args(["-p", &ssh_port.to_string()])
         .arg("-o")
@@ -70,6 +73,10 @@ fn to_guest(m: &MachineDir, ssh_port: u16) -> Command {
             "BatchMode=yes",
             "-o",
             "LogLevel=ERROR",
+            "-o",
+            "ForwardAgent=no",
+            "-o",
+            "IdentityAgent=none",
         ]);
     c
 }

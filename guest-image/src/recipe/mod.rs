@@ -125,9 +125,24 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         0o755,
         include_str!("../../../configs/guest/files/usr/lib/carbon-vm/forwarder"),
     ),
+    (
+        "usr/lib/sysusers.d/carbon-vm.conf",
+        0o644,
+        include_str!("../../../configs/guest/files/usr/lib/sysusers.d/carbon-vm.conf"),
+    ),
+    (
+        "etc/systemd/system/carbon-walls.service",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-walls.service"),
+    ),
+    (
+        "usr/lib/carbon-vm/walls.nft",
+        0o644,
+        include_str!("../../../configs/guest/files/usr/lib/carbon-vm/walls.nft"),
+    ),
 ];
-const ENABLE_UNITS: &str = "carbon-network.service ssh.service podman.socket \
-    carbon-forwarder.socket carbon-ssh-hostkeys.service carbon-gpu-devices.service \
+const ENABLE_UNITS: &str = "carbon-walls.service carbon-network.service ssh.service \
+    podman.socket carbon-forwarder.socket carbon-ssh-hostkeys.service carbon-gpu-devices.service \
     carbon-ready.service";
 /// Units a machine never needs: periodic maintenance of a disk and package state that a machine
 /// rebuilt from a new image replaces anyway (e2scrub, fstrim, apt and dpkg timers); Debian's
@@ -266,6 +281,9 @@ pub fn build(
     let rootfs = work.path().join("rootfs");
     let hooks = [
         format!("sync-in {} /", overlay.display()),
+        // carbon's users (usr/lib/sysusers.d/carbon-vm.conf) exist before the first boot: the
+        // walls name them, and systemd-sysusers runs at boot only after an upgrade.
+        "chroot \"$1\" systemd-sysusers".to_owned(),
         format!("chroot \"$1\" systemctl enable {ENABLE_UNITS}"),
         format!("chroot \"$1\" systemctl mask {MASK_UNITS}"),
         format!("chroot \"$1\" systemctl disable {DISABLE_UNITS}"),

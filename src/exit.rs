@@ -169,7 +169,7 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                 L::NotReady(..) | L::Exited(..) | L::Vmm(VmmError::Exited(..)) => (
                     FAILURE,
                     Some(
-                        "the machine's console.log (in the dir `carbon-vm inspect` shows) has the whole boot",
+                        "the machine's console.log (in the dir `carbon-vm inspect` shows) has the whole boot, and its vmm.log the VMM's own messages",
                     ),
                 ),
                 L::Vmm(VmmError::Krunkit(e)) if e.is_spawn() => (HOST, Some(KRUNKIT_HINT)),

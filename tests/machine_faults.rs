@@ -1,6 +1,6 @@
 //! Faults during `start` on QEMU (TCG): carbon-vm, QEMU or gvproxy killed with SIGKILL, and the
 //! Podman socket tunnel killed on a running machine. Each is followed by a truthful `list` and a
-//! `start` that works.
+//! `start` that works. QEMU's messages after it daemonized are kept in the machine's vmm.log.
 
 mod common;
 
@@ -124,5 +124,21 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
     assert_eq!(state(), "stopped", "a failed start stops what it began");
     cv().args(["start", "dev"]).assert().success();
     podman_ps();
+
+    // QEMU's own messages once it runs (it is daemonized) land in this run's vmm.log, the last
+    // run's beside it: SIGTERM makes QEMU say why it exits.
+    let vmm_log = dir.join("vmm.log");
+    assert!(dir.join("vmm.log.1").exists(), "the last run's log is kept");
+    let said = "terminating on signal 15";
+    assert!(!std::fs::read_to_string(&vmm_log).unwrap().contains(said));
+    let qemu = common::wait_for_pid(&dir.join("vmm.pid"));
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &qemu.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    common::wait_for_text(&vmm_log, said);
     cv().args(["rm", "--force", "dev"]).assert().success();
 }

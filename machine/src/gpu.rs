@@ -47,7 +47,7 @@ pub fn check(
 /// The GPU blobs the guest created since the machine started, against a Mac host's 16 KiB
 /// pages; `None` where the VMM does not trace them (only QEMU does).
 pub fn blob_audit(m: &MachineDir) -> Option<venus::blobs::BlobAudit> {
-    std::fs::read_to_string(m.path(crate::store::GPU_BLOB_LOG))
+    std::fs::read_to_string(m.path(crate::store::VMM_LOG))
         .ok()
         .map(|log| venus::blobs::audit(&log))
 }

@@ -75,7 +75,7 @@ pub enum LifecycleError {
     )]
     PodmanOwnsResources(String),
     #[error(transparent)]
-    Podman(#[from] crate::podman::PodmanError),
+    Clients(#[from] crate::clients::ClientsError),
     #[error(transparent)]
     PodmanMachine(#[from] crate::podman_machine::ExposeError),
     #[error("I/O error")]
@@ -97,7 +97,6 @@ fn vm(m: &MachineDir, spec: &Spec) -> Result<Vm, LifecycleError> {
         ready_socket: m.socket(READY_SOCKET),
         control_socket: m.socket(CONTROL_SOCKET),
         console_log: m.path(CONSOLE_LOG),
-        gpu_blob_log: m.path(GPU_BLOB_LOG),
         vmm_log: m.path(VMM_LOG),
         pidfile: m.path(VMM_PID),
         oem_strings: Vec::new(),
@@ -182,8 +181,9 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     m.write_json(RUN, &run)?;
     let ready = ReadyChannel::bind(&vm.ready_socket)?;
     let _ = fs::remove_file(&vm.console_log);
-    // The audit `gpu check` reports covers this boot only.
-    let _ = fs::remove_file(&vm.gpu_blob_log);
+    // One run per log (bounded: this run's and the last one's), so that what `start` and
+    // `gpu check` point at, and the blob audit, are about this boot.
+    let _ = fs::rename(&vm.vmm_log, m.path(VMM_LOG_PREVIOUS));
     d.launch(&vm)?;
     tracing::info!(machine = %spec.name, "vmm running");
     let host_key = ready
@@ -328,7 +328,7 @@ pub fn remove(
     let spec = m.spec()?;
     let d = driver(&spec, o);
     end_run(m, d.as_ref(), &vm(m, &spec)?);
-    crate::podman::remove_connection(&m.name)?;
+    crate::clients::unregister(&m.name)?;
     if let Some(pm) = &spec.podman_machine {
         crate::podman_machine::remove(&pm.file, &m.path(DISK))?;
     }

@@ -18,11 +18,12 @@ pub const KEY: &str = "id_ed25519";
 pub const KNOWN_HOSTS: &str = "known_hosts";
 pub const CONSOLE_LOG: &str = "console.log";
 pub const GVPROXY_LOG: &str = "gvproxy.log";
-/// The GPU blobs the guest created since the VM started (QEMU's trace; `gpu check` reads it).
-pub const GPU_BLOB_LOG: &str = "gpu-blobs.log";
-/// The VMM's pidfile (QEMU's `-pidfile`, krunkit's `--pidfile`) and its own output.
+/// The VMM's pidfile (QEMU's `-pidfile`, krunkit's `--pidfile`).
 pub const VMM_PID: &str = "vmm.pid";
+/// The VMM's own messages for this run (and virtiofsd's), with QEMU's trace of the GPU blobs
+/// the guest created (`gpu check` reads it); the previous run's are kept in VMM_LOG_PREVIOUS.
 pub const VMM_LOG: &str = "vmm.log";
+pub const VMM_LOG_PREVIOUS: &str = "vmm.log.1";
 pub const GVPROXY_PID: &str = "gvproxy.pid";
 /// The `ssh -L` process that forwards the guest's Podman socket to PODMAN_SOCKET, and its log.
 pub const FORWARD_PID: &str = "podman-forward.pid";

@@ -75,7 +75,7 @@ impl Link {
                 "install mesa-vulkan-drivers in the guest, or use the default guest image"
             }
             Link::HostStack => {
-                "the host's Venus stack failed: `carbon-vm doctor` checks QEMU, virglrenderer's render server and the host Vulkan driver; the machine's console.log has QEMU's messages"
+                "the host's Venus stack failed: `carbon-vm doctor` checks QEMU, virglrenderer's render server and the host Vulkan driver; the machine's vmm.log has QEMU's and virglrenderer's messages, its console.log the guest's"
             }
             Link::ContainerDevice => {
                 "containers get /dev/dri from the guest's containers.conf.d/50-carbon-gpu.conf (carbon-gpu-devices.service), or pass --device /dev/dri"

@@ -93,10 +93,9 @@ pub struct Vm {
     /// The VMM's control socket (QMP, krunkit's REST API).
     pub control_socket: PathBuf,
     pub console_log: PathBuf,
-    /// Where a VMM that can trace them records the GPU blobs the guest creates, for the Mac's
-    /// 16 KiB page check (`venus::blobs`); QEMU writes it for `--gpu` machines.
-    pub gpu_blob_log: PathBuf,
-    /// The VMM's own stdout and stderr.
+    /// The VMM's own messages for the whole run (QEMU's `-D` log, krunkit's stdout and stderr)
+    /// and, where the VMM traces them, the GPU blobs the guest creates, for the Mac's 16 KiB
+    /// page check (`venus::blobs`; QEMU for `--gpu` machines).
     pub vmm_log: PathBuf,
     pub pidfile: PathBuf,
     /// SMBIOS type 11 OEM strings (systemd credentials).

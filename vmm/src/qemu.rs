@@ -102,6 +102,9 @@ pub struct QemuConfig {
     /// The guest's Ready channel (virtio-serial port `carbon.ready`); carbon-vm listens.
     pub ready_socket: PathBuf,
     pub console_log: PathBuf,
+    /// QEMU's own messages for the whole run (`-D`: once daemonized, its stderr goes there too),
+    /// and the blob trace of a GPU machine.
+    pub log: PathBuf,
     pub pidfile: PathBuf,
     /// SMBIOS type 11 OEM strings (systemd credentials).
     pub oem_strings: Vec<String>,
@@ -116,8 +119,6 @@ pub struct Gpu {
     /// The host-memory window for Venus blobs (`venus::window::qemu_hostmem_bytes`).
     pub hostmem_bytes: u64,
     pub display: Display,
-    /// QEMU's trace of the blobs the guest creates (`venus::blobs::TRACE_EVENT`).
-    pub blob_log: PathBuf,
 }
 
 /// The virtio-serial port name the guest's carbon-ready unit writes to.
@@ -197,6 +198,10 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
         format!("unix:{},server=on,wait=off", opt(&c.qmp_socket)),
         "-pidfile".into(),
         p(&c.pidfile),
+        // Without a log file a daemonized QEMU sends its stderr to /dev/null: runtime messages
+        // (KVM giving up, virglrenderer's errors) would be lost.
+        "-D".into(),
+        p(&c.log),
         "-daemonize".into(),
     ];
     // vhost-user devices (virtiofsd) and Venus blobs both need guest RAM that another process
@@ -278,13 +283,10 @@ fn gpu_args(gpu: &Gpu) -> Vec<String> {
         ),
         "-display".into(),
         display,
-        // One line per blob: what a Mac host's 16 KiB mappings would make of this guest.
+        // One line per blob, in the log (`-D`): what a Mac host's 16 KiB mappings would make of
+        // this guest. A trace `file=` would take QEMU's log, and its messages, away from `-D`.
         "-trace".into(),
-        format!(
-            "enable={},file={}",
-            venus::blobs::TRACE_EVENT,
-            opt(&gpu.blob_log)
-        ),
+        format!("enable={}", venus::blobs::TRACE_EVENT),
     ]
 }
 
@@ -317,6 +319,7 @@ mod tests {
             qmp_socket: "/run/c/dev/qmp.sock".into(),
             ready_socket: "/run/c/dev/ready.sock".into(),
             console_log: "/m/dev/console.log".into(),
+            log: "/m/dev/vmm.log".into(),
             pidfile: "/m/dev/qemu.pid".into(),
             oem_strings: vec![
                 "io.systemd.credential:system.hostname=dev".into(),
@@ -385,7 +388,6 @@ mod tests {
         c.gpu = Some(Gpu {
             hostmem_bytes: 8 << 30,
             display: Display::SdlOffscreen,
-            blob_log: "/m/dev,1/gpu-blobs.log".into(),
         });
         let argv = command_line(&c);
         let p = pairs(&argv);
@@ -401,18 +403,14 @@ mod tests {
         assert!(has("-machine", "memory-backend=mem"));
         assert!(has("-display", "sdl,gl=on") && !has("-display", "none"));
         assert_eq!(environment(&c), [("SDL_VIDEODRIVER", "offscreen")]);
-        // Every blob the guest creates is logged, for the Mac page audit (commas escaped).
-        assert!(has(
-            "-trace",
-            "enable=virtio_gpu_cmd_res_create_blob,file=/m/dev,,1/gpu-blobs.log"
-        ));
+        // Every blob the guest creates is logged (in the -D log), for the Mac page audit.
+        assert!(has("-trace", "enable=virtio_gpu_cmd_res_create_blob"));
 
         c.gpu = Some(Gpu {
             hostmem_bytes: 1 << 30,
             display: Display::EglHeadless {
                 render_node: "/dev/dri/renderD128".into(),
             },
-            blob_log: "/m/dev/gpu-blobs.log".into(),
         });
         let p = pairs(&command_line(&c));
         assert!(p.contains(&(

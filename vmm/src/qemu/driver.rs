@@ -64,7 +64,7 @@ impl Qemu {
     }
 
     /// The Venus device for a `--gpu` machine, from what this host's QEMU and display can do.
-    fn probe_gpu(&self, vm: &Vm) -> Result<Gpu, Error> {
+    fn probe_gpu(&self) -> Result<Gpu, Error> {
         use venus::probe;
         let qemu = probe::qemu(self.arch.qemu())?;
         probe::render_server()?;
@@ -72,7 +72,6 @@ impl Qemu {
         Ok(Gpu {
             hostmem_bytes: venus::window::qemu_hostmem_bytes(crate::platform::host_ram_bytes()),
             display,
-            blob_log: vm.gpu_blob_log.clone(),
         })
     }
 
@@ -92,6 +91,7 @@ impl Qemu {
             qmp_socket: vm.control_socket.clone(),
             ready_socket: vm.ready_socket.clone(),
             console_log: vm.console_log.clone(),
+            log: vm.vmm_log.clone(),
             pidfile: vm.pidfile.clone(),
             oem_strings: vm.oem_strings.clone(),
             gpu,
@@ -148,7 +148,7 @@ impl Driver for Qemu {
 
     fn check_host(&self, vm: &Vm) -> Result<(), Error> {
         if vm.gpu && self.gpu.get().is_none() {
-            let gpu = self.probe_gpu(vm)?;
+            let gpu = self.probe_gpu()?;
             let _ = self.gpu.set(gpu);
         }
         if !vm.shares.is_empty() {

@@ -288,15 +288,29 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
         listeners("udp", port).is_empty()
     });
 
-    // The docker CLI and compose v2, pointed at the machine by `carbon-vm env`, publish the same way.
+    // The docker CLI, by the context `start` registered, and compose v2, pointed at the machine by
+    // `carbon-vm env` as a shell evaluates it, publish the same way.
     let docker_host = env.json(&["env", "dev"])["DOCKER_HOST"]
         .as_str()
         .unwrap()
         .to_owned();
+    let evaluated = Command::new("sh")
+        .arg("-c")
+        .arg(r#"eval "$("$0" env dev)" && printf %s "$DOCKER_HOST""#)
+        .arg(assert_cmd::cargo::cargo_bin("carbon-vm"))
+        .env("CARBON_VM_HOME", env.home.path())
+        .output()
+        .unwrap();
+    assert_eq!(ok(&evaluated, "eval carbon-vm env"), docker_host);
     let docker = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .env("DOCKER_HOST", &docker_host)
-            .args(args)
+        let mut c = Command::new(program);
+        c.env("DOCKER_CONFIG", env.docker_config());
+        if program == "docker" {
+            c.args(["--context", "dev"]);
+        } else {
+            c.env("DOCKER_HOST", &docker_host);
+        }
+        c.args(args)
             .output()
             .unwrap_or_else(|e| panic!("{program} (scripts/install-deps installs it): {e}"))
     };
@@ -447,6 +461,12 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
     );
 
     env.cmd().args(["rm", "--force", "dev"]).assert().success();
+    let o = Command::new("docker")
+        .env("DOCKER_CONFIG", env.docker_config())
+        .args(["context", "inspect", "dev"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "rm removes the docker context");
 }
 
 /// Bad folders get a usage error naming them and leave no machine; a folder removed after

@@ -9,6 +9,20 @@ pub use vmm::krunkit::{INSTALL_HINT as KRUNKIT_INSTALL_HINT, JSON_REST, probe as
 pub use vmm::qemu::{Accel, AccelChoice, Arch};
 pub use vmm::{Error as VmmError, UnknownDriver, kvm};
 
+/// `program` found as a shell would (PATH), or in the system directories a user's PATH may lack
+/// (/usr/sbin, /sbin); an executable file only.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// Bytes available to this user on the filesystem holding `path`.
 pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     let st = rustix::fs::statvfs(path)?;

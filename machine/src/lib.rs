@@ -5,7 +5,9 @@
 //! The CLI depends on this crate alone: what it needs of the layers below (drivers, host probes)
 //! is re-exported here.
 
+pub mod clients;
 pub mod create;
+pub mod docker;
 pub mod gpu;
 pub mod host;
 pub mod lifecycle;

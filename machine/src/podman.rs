@@ -51,15 +51,10 @@ pub fn conf_file() -> Result<PathBuf, PodmanError> {
         .join("containers/containers.conf"))
 }
 
-fn podman_installed() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("podman").is_file()))
-}
-
 /// Registers (or re-points) connection `name` to the forwarded API socket, the default one with
 /// `default`. Returns false when no podman client is installed.
 pub fn add_connection(name: &str, socket: &Path, default: bool) -> Result<bool, PodmanError> {
-    if !podman_installed() {
+    if crate::host::which("podman").is_none() {
         return Ok(false);
     }
     add_to(

@@ -2,6 +2,7 @@
 
 use crate::home::Home;
 use crate::output::Printer;
+use machine::host::which;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -24,7 +25,7 @@ struct Report<'a> {
 }
 
 /// Tools carbon-vm runs: (tool, what needs it, the fix on Debian).
-const TOOLS: [(&str, &str, &str); 9] = [
+const TOOLS: [(&str, &str, &str); 10] = [
     ("mmdebstrap", "image build", "apt-get install mmdebstrap"),
     ("mkfs.ext4", IMAGE_BUILD, "apt-get install e2fsprogs"),
     ("mkfs.vfat", IMAGE_BUILD, "apt-get install dosfstools"),
@@ -42,15 +43,8 @@ const TOOLS: [(&str, &str, &str); 9] = [
     ("ssh-keygen", "create", "apt-get install openssh-client"),
     ("ssh", "carbon-vm ssh", "apt-get install openssh-client"),
     ("podman", "the Podman connection", "apt-get install podman"),
+    ("docker", "the docker context", "apt-get install docker-cli"),
 ];
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(tool))
-        .find(|p| is_executable(p))
-}
 
 /// A program as carbon-vm runs it: a path as it is, a bare name from PATH.
 fn locate(program: &Path) -> Option<PathBuf> {
@@ -84,9 +78,11 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
                 requirement: tool,
                 needed_for,
                 ok: found.is_some(),
-                // A Mac pulls images; building them is for Linux hosts.
-                optional: host != machine::DriverKind::Qemu
-                    && needed_for.starts_with("image build"),
+                // A Mac pulls images; building them is for Linux hosts. The docker CLI is the
+                // user's choice: without it there is no context to register.
+                optional: (host != machine::DriverKind::Qemu
+                    && needed_for.starts_with("image build"))
+                    || tool == "docker",
                 found: found.map(|p| p.display().to_string()),
                 fix,
             }

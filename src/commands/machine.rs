@@ -212,16 +212,27 @@ pub fn start(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     if spec.gpu {
         warn_without_venus(home, &m, &o, &spec);
     }
-    let registered = machine::podman::add_connection(
-        &spec.name,
-        &m.socket(store::PODMAN_SOCKET),
-        spec.podman_default,
-    )?;
+    let registered = machine::clients::register(&m, &spec)?;
+    match &registered.docker {
+        machine::docker::Context::Theirs => eprintln!(
+            "warning: docker already has a context named {0} that carbon-vm did not make: left \
+             as it is (`carbon-vm env {0}` prints DOCKER_HOST instead)",
+            spec.name
+        ),
+        machine::docker::Context::Failed(why) => eprintln!(
+            "warning: no docker context for {0} ({why}); `carbon-vm env {0}` prints DOCKER_HOST",
+            spec.name
+        ),
+        _ => {}
+    }
     let v = view(&m, &o)?;
     out.record(&v, || {
         let mut s = format!("started {}", line(&v));
-        if registered {
+        if registered.podman {
             s += &format!("\npodman: podman -c {} ...", v.name);
+        }
+        if registered.docker == machine::docker::Context::Registered {
+            s += &format!("\ndocker: docker --context {} ...", v.name);
         }
         s
     });
@@ -452,7 +463,11 @@ pub fn env(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
             container_host: &uri,
             docker_host: &uri,
         },
-        || format!("export CONTAINER_HOST={uri}\nexport DOCKER_HOST={uri}"),
+        || {
+            // Quoted for `eval "$(carbon-vm env NAME)"`: a home with a space or `$` stays one word.
+            let uri = shlex::try_quote(&uri).unwrap_or_else(|_| uri.clone().into());
+            format!("export CONTAINER_HOST={uri}\nexport DOCKER_HOST={uri}")
+        },
     );
     Ok(())
 }

@@ -62,6 +62,7 @@ impl GpuEnv {
         c.arg("run")
             .arg(program)
             .env("CARBON_VM_HOME", self.env.home.path())
+            .env("DOCKER_CONFIG", self.env.docker_config())
             .env("XDG_CONFIG_HOME", &self.xdg)
             .env("CONTAINERS_CONF", super::podman_conf(&self.xdg))
             .env_remove("CARBON_VM_LOG")

@@ -83,6 +83,7 @@ impl Env {
     pub fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("carbon-vm").unwrap();
         c.env("CARBON_VM_HOME", self.home.path())
+            .env("DOCKER_CONFIG", self.docker_config())
             .env(
                 "CONTAINERS_CONF",
                 podman_conf(&self.home.path().join("xdg")),
@@ -98,6 +99,7 @@ impl Env {
     pub fn process(&self) -> std::process::Command {
         let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("carbon-vm"));
         c.env("CARBON_VM_HOME", self.home.path())
+            .env("DOCKER_CONFIG", self.docker_config())
             .env(
                 "CONTAINERS_CONF",
                 podman_conf(&self.home.path().join("xdg")),
@@ -107,6 +109,12 @@ impl Env {
             .env_remove("CARBON_VM_GVPROXY")
             .env_remove("CARBON_VM_CATALOG");
         c
+    }
+
+    /// The docker CLI's configuration (its contexts) for this test: carbon-vm registers each
+    /// started machine there, and the test's docker clients read it.
+    pub fn docker_config(&self) -> PathBuf {
+        self.home.path().join("docker")
     }
 
     /// Runs a verb with `--json`, expects success, returns its record.

@@ -8,15 +8,20 @@ use common::Env;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// SIGKILL, then waits (bounded) until the process is dead: gone, or a zombie (empty cmdline).
-fn kill9(pid: i32) {
+/// Sends `signal` (as kill(1) names it) to `pid`.
+fn kill(signal: &str, pid: i32) {
     assert!(
         Command::new("kill")
-            .args(["-9", &pid.to_string()])
+            .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .unwrap()
             .success()
     );
+}
+
+/// SIGKILL, then waits (bounded) until the process is dead: gone, or a zombie (empty cmdline).
+fn kill9(pid: i32) {
+    kill("KILL", pid);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
         assert!(Instant::now() < deadline, "{pid} survived SIGKILL");
@@ -131,14 +136,7 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
     assert!(dir.join("vmm.log.1").exists(), "the last run's log is kept");
     let said = "terminating on signal 15";
     assert!(!std::fs::read_to_string(&vmm_log).unwrap().contains(said));
-    let qemu = common::wait_for_pid(&dir.join("vmm.pid"));
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &qemu.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    kill("TERM", common::wait_for_pid(&dir.join("vmm.pid")));
     common::wait_for_text(&vmm_log, said);
     cv().args(["rm", "--force", "dev"]).assert().success();
 }

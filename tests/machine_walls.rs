@@ -153,14 +153,8 @@ fn containers_cannot_reach_carbon_vms_plumbing() {
     );
     m.assert_ssh_works("start, with a hostile ~/.ssh/config");
 
-    // The attacker: the bundled image plus the host's static busybox (its nc).
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", ctx.path().join("busybox")).expect("busybox-static");
-    std::fs::write(
-        ctx.path().join("Containerfile"),
-        "FROM localhost/carbon-venus:latest\nCOPY busybox /bin/busybox\n",
-    )
-    .unwrap();
+    // The attacker: busybox's nc.
+    let ctx = common::busybox_image_context("");
     let o = m.podman(&[
         "build",
         "-q",

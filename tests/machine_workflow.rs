@@ -180,15 +180,10 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
     );
     assert_eq!(read, "in-the-project");
 
-    // A web server: the bundled image plus the host's static busybox (scripts/install-deps).
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", ctx.path().join("busybox")).expect("busybox-static");
-    std::fs::write(
-        ctx.path().join("Containerfile"),
-        "FROM localhost/carbon-venus:latest\nCOPY busybox /bin/busybox\n\
-         RUN mkdir /www && echo hello-from-a-container > /www/index.html\n",
-    )
-    .unwrap();
+    // A web server: busybox's httpd.
+    let ctx = common::busybox_image_context(
+        "RUN mkdir /www && echo hello-from-a-container > /www/index.html\n",
+    );
     ok(
         &podman(&[
             "build",

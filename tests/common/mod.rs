@@ -165,6 +165,20 @@ impl Env {
     }
 }
 
+/// A `podman build` context for an image with a shell's tools and no registry: the guest's
+/// bundled image plus the host's static busybox (scripts/install-deps), and `more` (Containerfile
+/// lines) on top.
+pub fn busybox_image_context(more: &str) -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", ctx.path().join("busybox")).expect("busybox-static");
+    std::fs::write(
+        ctx.path().join("Containerfile"),
+        format!("FROM localhost/carbon-venus:latest\nCOPY busybox /bin/busybox\n{more}"),
+    )
+    .unwrap();
+    ctx
+}
+
 pub fn sha256_file(p: &Path) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();

@@ -128,7 +128,7 @@ pub fn nginx(root: &Path) -> Server {
             .arg(dir.path())
             .stdout(Stdio::null())
             .spawn()
-            .expect("nginx is installed (scripts/install-test-deps)")
+            .expect("nginx is installed (scripts/install-deps)")
     });
     Server {
         child,
@@ -159,7 +159,7 @@ pub fn registry() -> Server {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("docker-registry is installed (scripts/install-test-deps)")
+            .expect("docker-registry is installed (scripts/install-deps)")
     });
     Server {
         child,

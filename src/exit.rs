@@ -156,7 +156,7 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                 ),
                 // The error's text has the remedy (CARBON_VM_ACCEL=tcg).
                 L::Vmm(VmmError::KvmFailed(_)) => (HOST, None),
-                L::Vmm(VmmError::Missing(..) | VmmError::Share(_)) | L::Missing(..) => (
+                L::Vmm(VmmError::Missing(..)) | L::Missing(..) => (
                     HOST,
                     Some("`carbon-vm doctor` lists what this host is missing"),
                 ),

@@ -53,6 +53,16 @@ impl Home {
         }
     }
 
+    /// Every directory of carbon-vm's own state: no guest may reach them.
+    pub fn state_dirs(&self) -> Vec<PathBuf> {
+        vec![
+            self.config.clone(),
+            self.images.clone(),
+            self.machines.clone(),
+            self.runtime.clone(),
+        ]
+    }
+
     /// The user's extra trusted minisign keys: `CONFIG/trusted-keys/*.pub`.
     pub fn trusted_key_texts(&self) -> anyhow::Result<Vec<String>> {
         let dir = self.config.join("trusted-keys");

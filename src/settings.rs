@@ -1,6 +1,7 @@
 //! How this invocation runs machines, from the environment (env_vars.rs names the variables).
 
 use crate::env_vars;
+use crate::home::Home;
 use machine::guest_image;
 use machine::host::{Accel, AccelChoice};
 use std::path::PathBuf;
@@ -75,7 +76,7 @@ pub fn catalog() -> anyhow::Result<guest_image::catalog::Catalog> {
     Ok(parsed?)
 }
 
-pub fn start_options() -> anyhow::Result<machine::lifecycle::StartOptions> {
+pub fn start_options(home: &Home) -> anyhow::Result<machine::lifecycle::StartOptions> {
     Ok(machine::lifecycle::StartOptions {
         accel: accel()?,
         krunkit: krunkit(),
@@ -83,6 +84,7 @@ pub fn start_options() -> anyhow::Result<machine::lifecycle::StartOptions> {
         start_timeout: seconds(env_vars::START_TIMEOUT)?
             .unwrap_or(machine::lifecycle::START_TIMEOUT),
         podman_timeout: seconds(env_vars::PODMAN_TIMEOUT)?,
+        state_dirs: home.state_dirs(),
     })
 }
 

@@ -800,3 +800,54 @@ fn a_multi_arch_index_gives_each_architecture_its_own_image() {
         "{o:?}"
     );
 }
+
+/// A catalog entry with a key and no pin takes a cached image of its name only if that key
+/// verified it (the cache record says which key did): an image another trusted key signed is not
+/// taken for it, and the entry's source is pulled instead (here: missing, so nothing is created).
+#[test]
+fn a_keyed_catalog_entry_takes_only_what_its_key_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sk_a, pk_a) = keypair(dir.path(), "a");
+    let (_, pk_b) = keypair(dir.path(), "b");
+    let env = env_trusting(&format!("{pk_a}\n{pk_b}"));
+    let root = dir.path().join("rootfs");
+    archive::synthetic_rootfs(&root, true);
+    let packed = dir.path().join("a.tar.zst");
+    pack_mini(
+        &env,
+        &root,
+        &packed,
+        &["--sign-key", sk_a.to_str().unwrap()],
+    );
+    let pulled = env.pull(packed.to_str().unwrap(), None);
+    let key_line = |pk: &str| pk.lines().last().unwrap().trim().to_owned();
+    let catalog = |pk: &str| {
+        let path = dir.path().join("catalog.json");
+        let entry = serde_json::json!({
+            "name": "mini", "arch": std::env::consts::ARCH, "key": key_line(pk),
+            "source": dir.path().join("missing.tar.zst").to_str().unwrap(),
+        });
+        std::fs::write(
+            &path,
+            serde_json::json!({"default": "mini", "images": [entry]}).to_string(),
+        )
+        .unwrap();
+        path
+    };
+    let create = |name: &str, pk: &str| {
+        env.cmd()
+            .env("CARBON_VM_CATALOG", catalog(pk))
+            .args(["create", name, "--disk-size", "1", "--no-volumes"])
+            .output()
+            .unwrap()
+    };
+    let o = create("by-b", &pk_b);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("missing.tar.zst"),
+        "an image key A signed was taken for key B's entry: {o:?}"
+    );
+    let o = create("by-a", &pk_a);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(env.json(&["inspect", "by-a"])["image"], pulled["id"]);
+    assert!(!env.home.path().join("machines/by-b").exists());
+}

@@ -8,7 +8,14 @@
 //! - the forwarder's checks, from root in the guest (where Podman asks): a published port without
 //!   a host IP, in any JSON spelling, opens on the host's loopback only and closes again; a unix
 //!   socket, a listing, the SSH forward's unexpose and an idle connection are refused;
-//! - ssh (the tunnel and `carbon-vm ssh`) ignores the user's ~/.ssh/config.
+//! - carbon-vm's control ports on the host's loopback through host.containers.internal
+//!   (192.168.127.254, which gvproxy NATs to the host's 127.0.0.1): the SSH forward, from a
+//!   container and from root in the guest, while the user's own loopback service still answers;
+//! - ssh (the tunnel and `carbon-vm ssh`) ignores the user's ~/.ssh/config;
+//! - a shared folder that holds carbon-vm's own state (the image cache, other machines), from a
+//!   rootful container that mounts it: writing the cached kernel or another machine's disk,
+//!   moving the state aside, a setuid or setgid file, a device node. carbon-vm runs as an
+//!   ordinary user here (scripts/lib/as-test-user); the root case is the same walls.
 //!
 //! Publishing ports through Podman, docker and compose is tests/machine_workflow.rs's, unchanged.
 
@@ -143,7 +150,18 @@ fn containers_cannot_reach_carbon_vms_plumbing() {
     .unwrap();
     m.env
         .pull(image.to_str().unwrap(), Some(&common::sha256_file(&image)));
-    let o = m.cv(&["create", MACHINE, "--memory", "2048"]);
+    // The folder shared is the one that holds carbon-vm's state, with another machine in it.
+    let share = m.env.home.path().to_owned();
+    let o = m.cv(&["create", "other", "--memory", "2048", "--no-volumes"]);
+    assert!(o.status.success(), "create other: {}", text(&o));
+    let o = m.cv(&[
+        "create",
+        MACHINE,
+        "--memory",
+        "2048",
+        "--volume",
+        share.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "create: {}", text(&o));
     let o = m.cv(&["start", MACHINE]);
     assert!(
@@ -293,6 +311,114 @@ fn containers_cannot_reach_carbon_vms_plumbing() {
         "an idle connection: {idle}"
     );
 
+    control_ports(&m, ssh_port);
+    share_attacks(&m, &share);
+
     let o = m.cv(&["rm", "--force", MACHINE]);
     assert!(o.status.success(), "rm: {}", text(&o));
+}
+
+/// host.containers.internal reaches the user's services on the host's loopback, not carbon-vm's.
+fn control_ports(m: &Machine, ssh_port: u16) {
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = service.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in service.incoming().flatten() {
+            use std::io::Write;
+            let _ = c.write_all(b"the user's service\n");
+        }
+    });
+    let host = "192.168.127.254";
+    let answer = m.in_container(&[], &format!("{host} {port}"), "");
+    assert!(
+        answer.contains("the user's service"),
+        "the user's loopback service through {host}: {answer}"
+    );
+    let answer = m.in_container(&[], &format!("{host} {ssh_port}"), "");
+    assert_refused(
+        &answer,
+        "carbon-vm's SSH forward through host.containers.internal",
+    );
+    assert!(!answer.contains("SSH-"), "{answer}");
+    let from_guest = m.guest(&format!(
+        "exec 3<>/dev/tcp/{host}/{ssh_port} 2>&1 && timeout 10 head -c 4 <&3"
+    ));
+    assert!(
+        from_guest.contains("Connection refused") && !from_guest.contains("SSH-"),
+        "the SSH forward, from root in the guest: {from_guest}"
+    );
+}
+
+/// What a shared folder holding carbon-vm's state must keep from a rootful container that mounts
+/// it (root in the guest, with podman's default capabilities: CAP_MKNOD and CAP_FSETID among them).
+fn share_attacks(m: &Machine, share: &std::path::Path) {
+    let images = share.join("cache/images");
+    let kernel = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("boot/vmlinuz"))
+        .find(|k| k.is_file())
+        .expect("the cached image's kernel");
+    let kernel_digest = common::sha256_file(&kernel);
+    let disk = share.join("machines/other/disk.raw");
+    let disk_before = std::fs::metadata(&disk).unwrap();
+    let vol = format!("{}:/s", share.display());
+    let script = "cd /s
+        k=$(find cache -name vmlinuz 2>/dev/null | head -1)
+        [ -n \"$k\" ] && echo saw-kernel
+        echo evil 2>/dev/null > cache/images/planted && echo planted-in-cache
+        [ -e machines/other/disk.raw ] && echo saw-disk
+        echo evil 2>/dev/null >> machines/other/disk.raw && echo wrote-disk
+        mv cache c2 2>/dev/null && echo moved-cache
+        mv machines m2 2>/dev/null && echo moved-machines
+        rmdir config 2>/dev/null && echo removed-config
+        mkdir -p planted && cp /bin/busybox planted/suid
+        chmod 4755 planted/suid 2>/dev/null && echo setuid
+        chmod 2755 planted/suid 2>/dev/null && echo setgid
+        mknod planted/mem c 1 1 2>/dev/null && echo char-device
+        mknod planted/sda b 8 0 2>/dev/null && echo block-device
+        echo ok > planted/plain && echo plain-file";
+    let o = m.podman(&[
+        "run",
+        "--rm",
+        "-v",
+        &vol,
+        "localhost/attacker",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(o.status.success(), "podman run -v: {}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "plain-file",
+        "what the container got through the share (only a plain file may be made): {}",
+        text(&o)
+    );
+    // The host is as it was; what the guest made is the user's, without privilege.
+    assert_eq!(
+        common::sha256_file(&kernel),
+        kernel_digest,
+        "the cached kernel"
+    );
+    let disk_after = std::fs::metadata(&disk).unwrap();
+    assert_eq!(
+        (disk_after.len(), disk_after.modified().unwrap()),
+        (disk_before.len(), disk_before.modified().unwrap()),
+        "the other machine's disk"
+    );
+    assert!(!images.join("planted").exists() && share.join("machines").is_dir());
+    use std::os::unix::fs::MetadataExt;
+    let planted = share.join("planted");
+    let uid = rustix::process::getuid().as_raw();
+    for f in std::fs::read_dir(&planted).unwrap().flatten() {
+        let meta = f.metadata().unwrap();
+        assert!(
+            meta.file_type().is_file() && meta.mode() & 0o6000 == 0 && meta.uid() == uid,
+            "{}: mode {:o}, owner {}",
+            f.path().display(),
+            meta.mode(),
+            meta.uid()
+        );
+    }
 }

@@ -30,6 +30,9 @@ pub struct Record {
     pub artifact_bytes: u64,
     /// Whether a trusted key's signature over the manifest was verified.
     pub signed: bool,
+    /// Which key (its base64 text): a catalog entry with a key takes only images it verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -112,11 +112,15 @@ pub fn resolve(
         Some(id) if cache.contains(&id) => return Ok(cache.get(&id.to_string())?),
         Some(_) => {}
         None => {
-            if let Some(newest) = cache
-                .list()?
-                .into_iter()
-                .find(|i| i.manifest.name == entry.name && i.manifest.arch == entry.arch)
-            {
+            // With a key, only an image that key verified: the record says which one did.
+            let by_key = |i: &CachedImage| {
+                entry.key.as_deref().is_none_or(|k| {
+                    crate::trust::key_lines(k).any(|l| i.record.signed_by.as_deref() == Some(l))
+                })
+            };
+            if let Some(newest) = cache.list()?.into_iter().find(|i| {
+                i.manifest.name == entry.name && i.manifest.arch == entry.arch && by_key(i)
+            }) {
                 return Ok(newest);
             }
         }

@@ -153,7 +153,8 @@ pub fn pull(cache: &Cache, source: &Source, opts: &PullOptions) -> Result<Pulled
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         artifact_bytes: fetched.bytes,
-        signed: unpacked.signed,
+        signed: unpacked.signed_by.is_some(),
+        signed_by: unpacked.signed_by,
     };
     let _late_lock = match expected {
         None => Some(

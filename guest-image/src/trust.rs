@@ -15,10 +15,18 @@ pub enum TrustError {
     Untrusted,
 }
 
-/// The keys a manifest signature must verify against.
+/// The keys a manifest signature must verify against, each with its base64 text (its identity
+/// in a cache record).
 #[derive(Default)]
 pub struct Trust {
-    keys: Vec<PublicKey>,
+    keys: Vec<(String, PublicKey)>,
+}
+
+/// The base64 key lines of a minisign `.pub` text (comments skipped), unchecked.
+pub fn key_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("untrusted comment:"))
 }
 
 impl Trust {
@@ -34,13 +42,10 @@ impl Trust {
 
     /// Adds every key in a minisign `.pub` text: comment lines are skipped.
     pub fn add_keys(&mut self, text: &str) -> Result<(), TrustError> {
-        for line in text.lines().map(str::trim) {
-            if line.is_empty() || line.starts_with('#') || line.starts_with("untrusted comment:") {
-                continue;
-            }
+        for line in key_lines(text) {
             let key =
                 PublicKey::from_base64(line).map_err(|_| TrustError::BadKey(line.to_owned()))?;
-            self.keys.push(key);
+            self.keys.push((line.to_owned(), key));
         }
         Ok(())
     }
@@ -49,17 +54,14 @@ impl Trust {
         self.keys.is_empty()
     }
 
-    /// Verifies `signature` (a `.minisig` file's text) over `data`.
-    pub fn verify(&self, data: &[u8], signature: &str) -> Result<(), TrustError> {
+    /// Verifies `signature` (a `.minisig` file's text) over `data`; returns the base64 text of
+    /// the key it verified against.
+    pub fn verify(&self, data: &[u8], signature: &str) -> Result<String, TrustError> {
         let sig = Signature::decode(signature).map_err(|_| TrustError::BadSignature)?;
-        if self
-            .keys
+        self.keys
             .iter()
-            .any(|k| k.verify(data, &sig, false).is_ok())
-        {
-            Ok(())
-        } else {
-            Err(TrustError::Untrusted)
-        }
+            .find(|(_, k)| k.verify(data, &sig, false).is_ok())
+            .map(|(text, _)| text.clone())
+            .ok_or(TrustError::Untrusted)
     }
 }

@@ -88,7 +88,8 @@ pub enum UnpackError {
 pub struct Unpacked {
     pub manifest: Manifest,
     pub manifest_bytes: Vec<u8>,
-    pub signed: bool,
+    /// The trusted key that verified the manifest's signature (base64), if it was signed.
+    pub signed_by: Option<String>,
 }
 
 /// Unpacks `input` (the artifact's bytes, compressed or not) into the empty directory `dir`.
@@ -175,17 +176,18 @@ impl Walker<'_> {
         );
 
         let mut pending = next()?;
-        let mut signed = false;
+        let mut signed_by = None;
         if let Some(e) = pending.as_mut().filter(|e| is_named(e, SIGNATURE_NAME)) {
             let sig = read_small(e, SIGNATURE_NAME)?;
             let sig = String::from_utf8_lossy(&sig);
-            self.trust
-                .verify(&manifest_bytes, &sig)
-                .map_err(UnpackError::Signature)?;
-            signed = true;
+            signed_by = Some(
+                self.trust
+                    .verify(&manifest_bytes, &sig)
+                    .map_err(UnpackError::Signature)?,
+            );
             pending = next()?;
         }
-        if self.require_signature && !signed {
+        if self.require_signature && signed_by.is_none() {
             return Err(UnpackError::Unsigned);
         }
 
@@ -235,7 +237,7 @@ impl Walker<'_> {
         Ok(Unpacked {
             manifest,
             manifest_bytes,
-            signed,
+            signed_by,
         })
     }
 

@@ -181,7 +181,7 @@ pub fn can_share(driver: vmm::DriverKind, start: &crate::lifecycle::StartOptions
 pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateError> {
     check_driver(o.driver, o.krunkit)?;
     check_resources(o.driver, o.cpus, o.memory_mib, o.gpu, o.start)?;
-    crate::volumes::validate(o.volumes)?;
+    crate::volumes::validate(o.volumes, &o.start.state_dirs)?;
     if !o.volumes.is_empty() && !can_share(o.driver, o.start) {
         return Err(crate::volumes::VolumeError::Unsupported(
             o.driver.name(),

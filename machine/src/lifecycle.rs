@@ -83,7 +83,7 @@ pub enum LifecycleError {
 }
 
 /// The machine as its driver sees it.
-fn vm(m: &MachineDir, spec: &Spec) -> Result<Vm, LifecycleError> {
+fn vm(m: &MachineDir, spec: &Spec, o: &StartOptions) -> Result<Vm, LifecycleError> {
     Ok(Vm {
         name: spec.name.clone(),
         cpus: spec.cpus,
@@ -108,6 +108,7 @@ fn vm(m: &MachineDir, spec: &Spec) -> Result<Vm, LifecycleError> {
                 dir: v.host.clone(),
                 tag: crate::volumes::tag(i),
                 socket: m.socket(&format!("fs{i}.sock")),
+                hidden: crate::volumes::hidden_in(&v.host, &o.state_dirs),
             })
             .collect(),
     })
@@ -118,7 +119,7 @@ pub fn state(m: &MachineDir, o: &StartOptions) -> State {
         return State::Broken("machine.json cannot be read".into());
     };
     let d = driver(&spec, o);
-    match vm(m, &spec) {
+    match vm(m, &spec, o) {
         Ok(vm) => state_of(m, d.as_ref(), &vm),
         Err(e) => State::Broken(e.to_string()),
     }
@@ -141,8 +142,10 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     let _lock = m.lock("start")?;
     let _ = fs::remove_file(m.path(STOP_REQUEST)); // from a stop --force that gave up
     let spec = m.spec()?;
+    // Podman's one-machine rule and the REST port of an exposed machine; its start lock held.
+    let _podman = crate::podman_machine::check_start(m, &spec)?;
     let d = driver(&spec, o);
-    let mut vm = vm(m, &spec)?;
+    let vm = vm(m, &spec, o)?;
     // Up already: a start that got the guest's Ready pinned the host key (one interrupted before
     // did not, and that VM is restarted rather than trusted blindly); only the tunnel may be due.
     if d.running(&vm)?
@@ -159,14 +162,19 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     teardown(m, d.as_ref(), &vm)?;
     // Before anything runs: a spec or a host that cannot work is refused, not half-started.
     crate::spec::validate(&spec, &d.limits(spec.gpu))?;
-    crate::volumes::check_present(&spec.volumes)?;
+    crate::volumes::check_present(&spec.volumes, &o.state_dirs)?;
+    // What a share hides must be there to be covered: one made later would be the guest's.
+    let mut private = fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(private.recursive(true), 0o700);
+    for s in &vm.shares {
+        s.hidden.iter().try_for_each(|h| private.create(h))?;
+    }
     d.check_host(&vm)?;
     // The runtime root first: a directory another user made there could hold our sockets.
     if let Some(root) = m.run_dir.parent() {
         mkdir_private(root)?;
     }
     mkdir_private(&m.run_dir)?;
-    vm.oem_strings = credentials(m, &spec)?;
 
     let started = Instant::now();
     let guard = Teardown {
@@ -179,12 +187,16 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         accel: d.accelerator().into(),
     };
     m.write_json(RUN, &run)?;
+    let boot = Vm {
+        oem_strings: credentials(m, &spec, &control_ports(m, run.ssh_port))?,
+        ..vm.clone()
+    };
     let ready = ReadyChannel::bind(&vm.ready_socket)?;
     let _ = fs::remove_file(&vm.console_log);
     // One run per log (bounded: this run's and the last one's), so that what `start` and
     // `gpu check` point at, and the blob audit, are about this boot.
     let _ = fs::rename(&vm.vmm_log, m.path(VMM_LOG_PREVIOUS));
-    d.launch(&vm)?;
+    d.launch(&boot)?;
     tracing::info!(machine = %spec.name, "vmm running");
     let host_key = ready
         .wait(o.start_timeout, || still_starting(m, d.as_ref(), &vm))
@@ -285,7 +297,7 @@ pub fn stop(m: &MachineDir, o: &StartOptions, force: bool) -> Result<(), Lifecyc
 fn stop_locked(m: &MachineDir, o: &StartOptions, force: bool) -> Result<(), LifecycleError> {
     let spec = m.spec()?;
     let d = driver(&spec, o);
-    let vm = vm(m, &spec)?;
+    let vm = vm(m, &spec, o)?;
     if force {
         return teardown(m, d.as_ref(), &vm);
     }
@@ -327,7 +339,7 @@ pub fn remove(
     }
     let spec = m.spec()?;
     let d = driver(&spec, o);
-    end_run(m, d.as_ref(), &vm(m, &spec)?);
+    end_run(m, d.as_ref(), &vm(m, &spec, o)?);
     crate::clients::unregister(&m.name)?;
     if let Some(pm) = &spec.podman_machine {
         crate::podman_machine::remove(&pm.file, &m.path(DISK))?;
@@ -401,7 +413,39 @@ pub fn ssh(m: &MachineDir, o: &StartOptions) -> Result<std::process::Command, Li
 
 /// systemd credentials for the guest (SMBIOS OEM strings): root's SSH key, the hostname, and
 /// the shared folders' mounts (systemd-fstab-generator reads `fstab.extra`).
-fn credentials(m: &MachineDir, spec: &Spec) -> Result<Vec<String>, LifecycleError> {
+/// carbon-vm's control ports on the host's loopback, which the guest refuses to reach through
+/// 192.168.127.254 (host.containers.internal, NATed to the host's 127.0.0.1 by gvproxy): this
+/// run's SSH forward, and those of every machine known now (running machines' SSH forwards,
+/// exposed machines' krunkit REST ports). A machine that starts later is not in the list.
+fn control_ports(m: &MachineDir, ssh_port: u16) -> Vec<u16> {
+    let mut ports = vec![ssh_port];
+    if let (Some(machines), Some(runtime)) = (m.dir.parent(), m.run_dir.parent()) {
+        let store = Store {
+            machines: machines.to_owned(),
+            runtime: runtime.to_owned(),
+        };
+        for other in store.names().unwrap_or_default() {
+            let Ok(o) = store.machine(&other) else {
+                continue;
+            };
+            ports.extend(o.run().map(|r| r.ssh_port));
+            ports.extend(
+                o.spec()
+                    .ok()
+                    .and_then(|s| s.podman_machine.map(|p| p.rest_port)),
+            );
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+fn credentials(
+    m: &MachineDir,
+    spec: &Spec,
+    control_ports: &[u16],
+) -> Result<Vec<String>, LifecycleError> {
     use base64::Engine;
     let pubkey = fs::read_to_string(m.path(&format!("{KEY}.pub")))?;
     let mut c = vec![
@@ -410,6 +454,14 @@ fn credentials(m: &MachineDir, spec: &Spec) -> Result<Vec<String>, LifecycleErro
             pubkey.trim()
         ),
         format!("io.systemd.credential:system.hostname={}", spec.name),
+        format!(
+            "io.systemd.credential:carbon.control-ports={}",
+            control_ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
     ];
     if !spec.volumes.is_empty() {
         let fstab = crate::volumes::fstab_extra(&spec.volumes);

@@ -26,6 +26,11 @@ pub enum VolumeError {
          (choose another GUEST path)"
     )]
     GuestSystem(PathBuf),
+    #[error(
+        "cannot share {0}: carbon-vm keeps its own state in {1}, which no guest may reach \
+         (share a folder outside it)"
+    )]
+    State(PathBuf, PathBuf),
     #[error("two folders would be mounted at {0} in the guest")]
     SameGuestPath(PathBuf),
     #[error("this host cannot share folders with {0} machines: {1}")]
@@ -109,11 +114,13 @@ fn readable_dir(dir: &Path) -> Result<(), String> {
     std::fs::read_dir(dir).map(drop).map_err(|e| e.to_string())
 }
 
-/// Checks a machine's volumes at `create`: folders that exist and can be read, guest paths
-/// outside the guest's system, no two at one guest path.
-pub fn validate(volumes: &[Volume]) -> Result<(), VolumeError> {
+/// Checks a machine's volumes at `create`: folders that exist and can be read, none inside
+/// carbon-vm's `state` directories, guest paths outside the guest's system, no two at one guest
+/// path.
+pub fn validate(volumes: &[Volume], state: &[PathBuf]) -> Result<(), VolumeError> {
     for (i, v) in volumes.iter().enumerate() {
         readable_dir(&v.host).map_err(|e| VolumeError::Host(v.host.clone(), e))?;
+        check_state(&v.host, state)?;
         check_guest(&v.guest)?;
         if volumes[..i].iter().any(|o| o.guest == v.guest) {
             return Err(VolumeError::SameGuestPath(v.guest.clone()));
@@ -122,12 +129,37 @@ pub fn validate(volumes: &[Volume]) -> Result<(), VolumeError> {
     Ok(())
 }
 
-/// Checks at `start` that every folder is still there.
-pub fn check_present(volumes: &[Volume]) -> Result<(), VolumeError> {
+/// Checks at `start` that every folder is still there, and outside carbon-vm's `state` (which
+/// may have moved since `create`).
+pub fn check_present(volumes: &[Volume], state: &[PathBuf]) -> Result<(), VolumeError> {
     for v in volumes {
         readable_dir(&v.host).map_err(|e| VolumeError::Gone(v.host.clone(), e))?;
+        check_state(&v.host, state)?;
     }
     Ok(())
+}
+
+/// `dir` as the kernel names it, where it exists (a state directory may not exist yet).
+fn real(dir: &Path) -> PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_owned())
+}
+
+fn check_state(host: &Path, state: &[PathBuf]) -> Result<(), VolumeError> {
+    let host = real(host);
+    match state.iter().map(|s| real(s)).find(|s| host.starts_with(s)) {
+        Some(s) => Err(VolumeError::State(host, s)),
+        None => Ok(()),
+    }
+}
+
+/// The `state` directories inside the shared folder `host`, which its guest must not see.
+pub fn hidden_in(host: &Path, state: &[PathBuf]) -> Vec<PathBuf> {
+    let host = real(host);
+    state
+        .iter()
+        .map(|s| real(s))
+        .filter(|s| s.starts_with(&host) && *s != host)
+        .collect()
 }
 
 /// The virtio-fs tag of the `i`th volume (tags are at most 36 bytes).
@@ -179,7 +211,7 @@ mod tests {
         assert_eq!(v.guest, real.join("proj"));
         let v = parse("./proj:/work/./src/", &real).unwrap();
         assert_eq!(v.guest, Path::new("/work/src"));
-        validate(&[v]).unwrap();
+        validate(&[v], &[]).unwrap();
     }
 
     #[test]
@@ -200,7 +232,7 @@ mod tests {
         std::fs::write(cwd.join("file"), "").unwrap();
         let file = parse("file", cwd).unwrap();
         assert!(
-            validate(&[file])
+            validate(&[file], &[])
                 .unwrap_err()
                 .to_string()
                 .contains("not a directory")
@@ -208,16 +240,38 @@ mod tests {
         for guest in ["/", "/etc", "/usr/local", "/root", "/var/lib/containers"] {
             let v = parse(&format!(".:{guest}"), cwd).unwrap();
             assert_eq!(
-                validate(&[v]),
+                validate(&[v], &[]),
                 Err(VolumeError::GuestSystem(guest.into())),
                 "{guest}"
             );
         }
         let a = parse(".:/w", cwd).unwrap();
         assert_eq!(
-            validate(&[a.clone(), a]),
+            validate(&[a.clone(), a], &[]),
             Err(VolumeError::SameGuestPath("/w".into()))
         );
+    }
+
+    #[test]
+    fn state_inside_a_share_is_hidden_and_a_share_inside_state_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().canonicalize().unwrap();
+        let state = [home.join(".local/share/carbon-vm"), home.join("cache")];
+        std::fs::create_dir_all(&state[0]).unwrap();
+        let v = parse(".", &home).unwrap();
+        validate(std::slice::from_ref(&v), &state).unwrap();
+        // A state directory that does not exist yet is hidden all the same.
+        assert_eq!(hidden_in(&home, &state), state);
+        assert_eq!(hidden_in(&home.join("proj"), &state), Vec::<PathBuf>::new());
+        let inside = parse(".local/share/carbon-vm", &home).unwrap();
+        assert_eq!(
+            validate(std::slice::from_ref(&inside), &state),
+            Err(VolumeError::State(inside.host.clone(), state[0].clone()))
+        );
+        assert!(matches!(
+            check_present(&[inside], &state),
+            Err(VolumeError::State(..))
+        ));
     }
 
     #[test]
@@ -233,9 +287,9 @@ mod tests {
     fn a_folder_removed_after_create_is_named_at_start() {
         let d = tempfile::tempdir().unwrap();
         let v = parse(".", d.path()).unwrap();
-        check_present(std::slice::from_ref(&v)).unwrap();
+        check_present(std::slice::from_ref(&v), &[]).unwrap();
         drop(d);
-        let e = check_present(std::slice::from_ref(&v)).unwrap_err();
+        let e = check_present(std::slice::from_ref(&v), &[]).unwrap_err();
         assert!(
             matches!(e, VolumeError::Gone(ref p, _) if *p == v.host),
             "{e}"

@@ -4,10 +4,8 @@
 #
 # A root is built with mmdebstrap under $CARBON_VM_CACHE (default /var/cache/carbon-vm) as
 # NAME-KEY, KEY hashing everything it is made from (the package versions apt resolves among it);
-# a newer root supersedes older ones of the same NAME. `root_run` enters it in a private mount namespace with /proc, /sys, /dev, /tmp, $HOME, the
-# repository, the cache, the current directory and /etc/containers bound at their own paths, so
-# paths (and Podman's connections) mean the same inside and out, and nothing stays mounted once
-# the last process in it (a VM) exits. Needs root.
+# a newer root supersedes older ones of the same NAME. Building needs root; `root_run` enters a
+# root as root or as a user (bubblewrap).
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cache=${CARBON_VM_CACHE:-/var/cache/carbon-vm}
@@ -116,13 +114,17 @@ root_mark_current() {
     ln -sfn "${1##*/}" "$cache/${name%-*}.current"
 }
 
-# root_in_use DIR: whether a process runs inside DIR (its root directory is DIR).
+# root_in_use DIR: whether a process runs inside DIR: its root directory is DIR (chroot), or
+# DIR is the root mount of its mount namespace (root_run's bwrap).
 root_in_use() {
     local r
     for r in /proc/[0-9]*/root; do
         [[ $(readlink "$r" 2>/dev/null) == "$1" ]] && return 0
     done
-    return 1
+    # mountinfo's 4th field is the mount's root within its filesystem: DIR, or its tail when the
+    # cache is a filesystem of its own.
+    awk -v d="$1" '$5 == "/" && length($4) > 1 && substr(d, length(d) - length($4) + 1) == $4 \
+        { found = 1; exit } END { exit !found }' /proc/[0-9]*/mountinfo 2>/dev/null
 }
 
 # root_current NAME: the root of NAME that root_build last made, if it is still there.
@@ -131,29 +133,53 @@ root_current() {
     [[ -L $current && -d $current/ ]] && echo "$cache/$(readlink "$current")"
 }
 
-# root_run ROOT CMD...: runs CMD inside ROOT, in the current directory.
+# root_mount_points ROOT: makes, inside ROOT, the mount points root_run needs for the repository
+# and the cache (a user cannot make them in a root's directories). Needs root.
+root_mount_points() {
+    mkdir -p "$1$repo" "$1$cache"
+}
+
+# root_run ROOT CMD...: runs CMD inside ROOT, in the current directory, as whoever calls it (root
+# or a user: bubblewrap enters ROOT by pivot_root, in a user namespace for a user). /proc, /sys,
+# /dev, /tmp, $HOME, $XDG_RUNTIME_DIR, the repository, the cache, the current directory and $CARBON_VM_HOME
+# are bound at their own paths, so paths mean the same inside and out; where ROOT lacks such a
+# path, the nearest of its parents ROOT has is bound from the host instead (/home for a user's
+# home). As root, the host's /etc/containers too: the Podman connection carbon-vm registers as root
+# goes to /etc/containers/containers.conf, which must be the file the host's own podman reads.
+# Nothing stays mounted once the last process inside (a VM) exits.
 root_run() {
     local root=$1
     shift
-    local binds=("$repo" "$cache" "$PWD")
-    [[ -n ${HOME:-} && -d $HOME ]] && binds+=("$HOME")
-    [[ -n ${CARBON_VM_HOME:-} && -d $CARBON_VM_HOME ]] && binds+=("$CARBON_VM_HOME")
-    # The host's containers configuration: the Podman connection carbon-vm registers as root goes
-    # to /etc/containers/containers.conf, which must be the file the host's own podman reads.
-    [[ -d /etc/containers ]] && binds+=(/etc/containers)
-    exec unshare --mount --propagation private -- bash -euo pipefail -c '
-        root=$1; shift; n=$1; shift
-        mount -t proc proc "$root/proc"
-        mount --rbind /sys "$root/sys"
-        mount --rbind /dev "$root/dev"
-        mount --rbind /tmp "$root/tmp"
-        for d in "${@:1:n}"; do
-            mkdir -p "$root$d"
-            mount --bind "$d" "$root$d"
+    local want=("$repo" "$cache" "$PWD" /tmp) d at binds=()
+    for d in "${HOME:-}" "${XDG_RUNTIME_DIR:-}" "${CARBON_VM_HOME:-}"; do
+        [[ -n $d && -d $d ]] && want+=("$d")
+    done
+    ((EUID == 0)) && [[ -d /etc/containers ]] && want+=(/etc/containers)
+    readarray -t want < <(printf '%s\n' "${want[@]}" | sort -u)
+    for d in "${want[@]}"; do
+        at=$d
+        while [[ ! -e $root$at ]]; do
+            at=$(dirname "$at")
         done
-        shift "$n"
-        # The root'"'"'s own programs first, not those of a PATH made for the host (pyenv and the like).
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-            exec chroot "$root" /bin/sh -c "cd \"\$0\" && exec \"\$@\"" "$PWD" "$@"
-    ' debian-root "$root" "${#binds[@]}" "${binds[@]}" "$@"
+        if [[ $at == / ]]; then
+            ((EUID == 0)) || {
+                echo "root_run: $root has no mount point for $d (run scripts/gpu-root path as root)" >&2
+                return 1
+            }
+            mkdir -p "$root$d"
+            at=$d
+        fi
+        binds+=("$at")
+    done
+    # Parents first; a folder under one already bound is there already.
+    local args=(--bind "$root" / --dev-bind /dev /dev --bind /proc /proc --bind /sys /sys) prev=""
+    readarray -t binds < <(printf '%s\n' "${binds[@]}" | sort -u)
+    for d in "${binds[@]}"; do
+        [[ -n $prev && $d == "$prev"/* ]] && continue
+        args+=(--bind "$d" "$d")
+        prev=$d
+    done
+    # The root's own programs first, not those of a PATH made for the host (pyenv and the like).
+    exec bwrap "${args[@]}" --chdir "$PWD" \
+        --setenv PATH /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -- "$@"
 }

@@ -126,7 +126,7 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
     };
     let krunkit = settings::krunkit();
     machine::create::check_driver(driver, &krunkit)?;
-    let start = settings::start_options()?;
+    let start = settings::start_options(home)?;
     let podman = if a.podman_machine {
         let version =
             machine::create::check_podman_machine(driver, machine::podman_machine::podman_version)?;
@@ -137,7 +137,7 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
     // Before anything is pulled: resources this host's driver cannot give, folders that are not.
     machine::create::check_resources(driver, a.cpus, a.memory, a.gpu, &start)?;
     let volumes = volumes(&a, machine::create::can_share(driver, &start), out)?;
-    machine::volumes::validate(&volumes)?;
+    machine::volumes::validate(&volumes, &start.state_dirs)?;
     let image = image_for(
         a.image.as_deref(),
         machine::create::guest_arch(driver).name(),
@@ -206,7 +206,7 @@ fn image_for(
 pub fn start(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let st = store(home);
     let m = st.open(&a.name)?;
-    let o = settings::start_options()?;
+    let o = settings::start_options(home)?;
     lifecycle::start(&m, &o)?;
     let spec = m.spec()?;
     if spec.gpu {
@@ -263,7 +263,7 @@ fn warn_without_venus(
 
 pub fn stop(a: StopArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = store(home).open(&a.name)?;
-    let o = settings::start_options()?;
+    let o = settings::start_options(home)?;
     lifecycle::stop(&m, &o, a.force)?;
     let v = view(&m, &o)?;
     out.record(&v, || format!("stopped {}", v.name));
@@ -272,7 +272,7 @@ pub fn stop(a: StopArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
 
 pub fn set(a: SetArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = store(home).open(&a.name)?;
-    let o = settings::start_options()?;
+    let o = settings::start_options(home)?;
     let changes = lifecycle::Changes {
         cpus: a.cpus,
         memory_mib: a.memory,
@@ -287,7 +287,7 @@ pub fn set(a: SetArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
 pub fn rm(a: RmArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let st = store(home);
     let m = st.open(&a.name)?;
-    lifecycle::remove(&st, &m, &settings::start_options()?, a.force)?;
+    lifecycle::remove(&st, &m, &settings::start_options(home)?, a.force)?;
     #[derive(Serialize)]
     struct Removed<'a> {
         name: &'a str,
@@ -298,7 +298,7 @@ pub fn rm(a: RmArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
 
 pub fn list(home: &Home, out: Printer) -> anyhow::Result<()> {
     let st = store(home);
-    let o = settings::start_options()?;
+    let o = settings::start_options(home)?;
     let mut views = Vec::new();
     for n in st.names()? {
         views.push(view(&st.open(&n)?, &o)?);
@@ -314,7 +314,7 @@ pub fn list(home: &Home, out: Printer) -> anyhow::Result<()> {
 }
 
 pub fn inspect(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
-    let v = view(&store(home).open(&a.name)?, &settings::start_options()?)?;
+    let v = view(&store(home).open(&a.name)?, &settings::start_options(home)?)?;
     out.record(&v, || serde_json::to_string_pretty(&v).expect("serializes"));
     Ok(())
 }
@@ -322,7 +322,7 @@ pub fn inspect(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
 pub fn ssh(a: SshArgs, home: &Home) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let m = store(home).open(&a.name)?;
-    let err = lifecycle::ssh(&m, &settings::start_options()?)?
+    let err = lifecycle::ssh(&m, &settings::start_options(home)?)?
         .args(&a.command)
         .exec();
     Err(anyhow::anyhow!(err).context("cannot run ssh (install openssh-client)"))
@@ -348,7 +348,7 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
     } else {
         String::new()
     };
-    let start = settings::start_options()?;
+    let start = settings::start_options(home)?;
     let mut report = machine::gpu::check(&m, &start, &spec, &image, Scope::Container)?;
     // The workload runs only on a machine whose Venus works.
     let workload = match (a.workload, &report.missing) {

@@ -38,13 +38,24 @@ impl Drop for Env {
 }
 
 /// The executable `bin` of another workspace package (Cargo gives tests only their own
-/// package's): built by cargo, a no-op after a workspace build, and named by its JSON messages.
+/// package's): built by cargo where this user can run it (a no-op after a workspace build), and
+/// named by its JSON messages; otherwise (the ordinary user scripts/test runs the tests as, after
+/// its workspace build) the one beside the test's own binary.
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    let out = std::process::Command::new(env!("CARGO"))
+    let cargo = std::process::Command::new(env!("CARGO"))
         .args(["build", "-p", package, "--message-format=json"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+        .output();
+    let Ok(out) = cargo else {
+        let exe = std::env::current_exe().unwrap();
+        let built = exe.parent().and_then(Path::parent).unwrap().join(bin);
+        assert!(
+            built.is_file(),
+            "{} is not built (cargo build --workspace)",
+            built.display()
+        );
+        return built;
+    };
     assert!(
         out.status.success(),
         "{}",
@@ -71,7 +82,13 @@ pub fn podman_conf(xdg: &Path) -> PathBuf {
 }
 
 impl Env {
+    /// A home for a test that runs carbon-vm as the ordinary user its users are (root only for
+    /// what needs it: [`tmpfs::Tmpfs::env`]).
     pub fn new() -> Env {
+        assert!(
+            !rustix::process::geteuid().is_root(),
+            "the tests run machines as an ordinary user (scripts/lib/as-test-user)"
+        );
         Env {
             home: tempfile::Builder::new()
                 .prefix("cvh")

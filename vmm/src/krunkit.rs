@@ -248,11 +248,13 @@ mod tests {
                 dir: "/Users/me".into(),
                 tag: "home".into(),
                 socket: "/r/dev/fs0.sock".into(),
+                hidden: vec![],
             },
             Share {
                 dir: "/Volumes/data".into(),
                 tag: "data".into(),
                 socket: "/r/dev/fs1.sock".into(),
+                hidden: vec![],
             },
         ];
         let argv = command_line(&c);
@@ -315,6 +317,7 @@ mod tests {
             dir: "/x=y".into(),
             tag: "t".into(),
             socket: "/r/fs.sock".into(),
+            hidden: vec![],
         });
         assert!(matches!(c.validate(), Err(InvalidConfig::BadPath(_))));
         // OEM strings are whole option values, not device arguments: commas are fine there.

@@ -111,6 +111,9 @@ pub struct Share {
     pub tag: String,
     /// Where a vhost-user daemon serves it, for VMMs without virtio-fs of their own (QEMU).
     pub socket: PathBuf,
+    /// Directories inside `dir` the guest must not see or reach (carbon-vm's own state), where
+    /// the VMM can hide them (QEMU's virtiofsd). They must exist.
+    pub hidden: Vec<PathBuf>,
 }
 
 /// What a driver allows a machine on this host; `machine` refuses specs outside it.
@@ -187,8 +190,6 @@ pub enum Error {
     Gpu(#[from] venus::probe::ProbeError),
     #[error(transparent)]
     GpuMemory(#[from] krunkit::NoRoomForGpu),
-    #[error(transparent)]
-    Share(#[from] qemu::virtiofs::ShareError),
     #[error("QMP")]
     Qmp(#[from] qmp::QmpError),
     #[error("krunkit")]

@@ -429,11 +429,13 @@ mod tests {
                 dir: "/home/u".into(),
                 tag: "carbon-vol0".into(),
                 socket: "/run/c/dev/fs0.sock".into(),
+                hidden: vec![],
             },
             crate::Share {
                 dir: "/w".into(),
                 tag: "carbon-vol1".into(),
                 socket: "/run/c/dev/fs1.sock".into(),
+                hidden: vec![],
             },
         ];
         let p = pairs(&command_line(&c));

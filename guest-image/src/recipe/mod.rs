@@ -136,6 +136,11 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-walls.service"),
     ),
     (
+        "usr/lib/carbon-vm/walls",
+        0o755,
+        include_str!("../../../configs/guest/files/usr/lib/carbon-vm/walls"),
+    ),
+    (
         "usr/lib/carbon-vm/walls.nft",
         0o644,
         include_str!("../../../configs/guest/files/usr/lib/carbon-vm/walls.nft"),

@@ -19,6 +19,9 @@ pub struct StartOptions {
     /// How long to wait for the Podman API once the guest is Ready; by default what is left of
     /// the start timeout.
     pub podman_timeout: Option<Duration>,
+    /// carbon-vm's own directories (configuration, image cache, machines, runtime): hidden
+    /// from every guest whose shared folder contains them, and never shared themselves.
+    pub state_dirs: Vec<PathBuf>,
 }
 
 /// The driver of a machine. `create` refuses kinds with no implementation (libkrun), so a spec

@@ -78,6 +78,7 @@ impl Machine {
                 dir: share,
                 tag: "share".into(),
                 socket: d.join("fs0.sock"),
+                hidden: vec![],
             }],
             oem_strings: vec!["io.systemd.credential:system.hostname=dev".into()],
         };

@@ -1,7 +1,7 @@
 //! QEMU's process lifecycle: `-daemonize` (QEMU returns once the VM runs), state from the
 //! pidfile checked against the command line, QMP `system_powerdown` for a graceful stop.
 
-use super::virtiofs::{self, Virtiofsd};
+use super::virtiofs;
 use super::{Accel, AccelChoice, Arch, Gpu, QemuConfig, command_line, environment, marker};
 use crate::process::{self, Signal};
 use crate::{Driver, DriverKind, Error, Limits, StopMode, Vm};
@@ -25,7 +25,7 @@ pub struct Qemu {
 }
 
 /// The host's virtiofsd, or what to install.
-fn virtiofsd() -> Result<Virtiofsd, Error> {
+fn virtiofsd() -> Result<std::path::PathBuf, Error> {
     virtiofs::find().ok_or_else(|| {
         Error::Missing(
             "virtiofsd".into(),
@@ -152,11 +152,7 @@ impl Driver for Qemu {
             let _ = self.gpu.set(gpu);
         }
         if !vm.shares.is_empty() {
-            // Every folder, before anything starts: the old virtiofsd cannot take some paths.
-            let (d, root) = (virtiofsd()?, rustix::process::geteuid().is_root());
-            for s in &vm.shares {
-                d.args(&s.dir, root)?;
-            }
+            virtiofsd()?;
         }
         Ok(())
     }
@@ -222,7 +218,7 @@ impl Driver for Qemu {
         if self.pid(vm).is_none() {
             let _ = std::fs::remove_file(&vm.pidfile);
             let _ = std::fs::remove_file(&vm.control_socket);
-            virtiofs::kill_stale(virtiofs::find().as_ref(), &vm.shares);
+            virtiofs::kill_stale(&vm.shares);
         }
     }
 }

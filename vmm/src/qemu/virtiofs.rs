@@ -1,7 +1,14 @@
-//! virtio-fs for QEMU: one virtiofsd per shared folder. carbon-vm binds each vhost-user socket
-//! itself and hands the listening socket over (`--fd`), so it accepts the moment QEMU connects,
-//! with no window between virtiofsd's bind and listen. virtiofsd exits when QEMU disconnects;
-//! one QEMU never connected to is killed by [`kill_stale`].
+//! virtio-fs for QEMU: one virtiofsd (1.x, the Rust one) per shared folder. carbon-vm binds each
+//! vhost-user socket itself and hands the listening socket over (`--fd`), so it accepts the
+//! moment QEMU connects, with no window between virtiofsd's bind and listen. virtiofsd exits when
+//! QEMU disconnects; one QEMU never connected to is killed by [`kill_stale`].
+//!
+//! virtiofsd runs as the user who runs carbon-vm, in its namespace sandbox (for a user other than
+//! root, in a user namespace that maps only that user: files the guest creates are the user's),
+//! behind the walls of [`walls`].
+
+#[cfg(target_os = "linux")]
+mod walls;
 
 use crate::Share;
 use crate::process::{self, Signal};
@@ -15,83 +22,43 @@ use std::process::{Child, Command, Stdio};
 /// The listening socket's number in virtiofsd.
 const FD: i32 = 3;
 
-/// The virtiofsd a host has: both take `--fd`, but name the folder and options differently.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Virtiofsd {
-    /// virtiofsd 1.x (Rust): Debian trixie's `virtiofsd`, Fedora's.
-    Rust(PathBuf),
-    /// QEMU's own, before QEMU 8: Debian bookworm's qemu-system-common. Root only.
-    C(PathBuf),
+pub const INSTALL_HINT: &str = "apt-get install virtiofsd (Debian 13 and later; on Debian 12, \
+     scripts/install-deps builds virtiofsd 1.x into /usr/local/libexec)";
+
+/// Where distributions install virtiofsd 1.x, and where scripts/install-deps puts the one it
+/// builds on hosts whose distribution has only QEMU's old one (root only, no namespace sandbox
+/// for users: not used).
+pub fn find() -> Option<PathBuf> {
+    [
+        "/usr/libexec/virtiofsd",
+        "/usr/lib/virtiofsd",
+        "/usr/local/libexec/virtiofsd",
+    ]
+    .iter()
+    .map(Path::new)
+    .find(|p| p.is_file())
+    .map(Path::to_owned)
 }
 
-pub const INSTALL_HINT: &str =
-    "apt-get install virtiofsd (Debian 13), or qemu-system-common (Debian 12, root only)";
-
-/// Where distributions install it.
-pub fn find() -> Option<Virtiofsd> {
-    let rust = ["/usr/libexec/virtiofsd", "/usr/lib/virtiofsd"];
-    if let Some(p) = rust.iter().map(Path::new).find(|p| p.is_file()) {
-        return Some(Virtiofsd::Rust(p.into()));
-    }
-    let c = Path::new("/usr/lib/qemu/virtiofsd");
-    c.is_file().then(|| Virtiofsd::C(c.into()))
-}
-
-/// Whether this host's virtiofsd can serve this user's folders.
+/// Whether this host can share folders: a virtiofsd 1.x, and an OS whose namespaces wall it in.
 pub fn usable() -> bool {
-    let root = rustix::process::geteuid().is_root();
-    find().is_some_and(|d| root || matches!(d, Virtiofsd::Rust(_)))
+    cfg!(target_os = "linux") && find().is_some()
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ShareError {
-    #[error("sharing folders as a user other than root needs virtiofsd 1.x ({INSTALL_HINT})")]
-    NeedsRoot,
-    #[error("QEMU's old virtiofsd cannot share a folder whose path has a ',': {0}")]
-    Comma(PathBuf),
+/// virtiofsd's arguments for `dir`.
+fn args(dir: &Path) -> Vec<String> {
+    vec![
+        format!("--fd={FD}"),
+        "--shared-dir".into(),
+        dir.display().to_string(),
+        "--cache=auto".into(),
+        "--sandbox=namespace".into(),
+    ]
 }
 
-impl Virtiofsd {
-    fn binary(&self) -> &Path {
-        match self {
-            Virtiofsd::Rust(p) | Virtiofsd::C(p) => p,
-        }
-    }
-
-    /// Its arguments for `dir`. As root it confines itself to the folder and keeps the guest's
-    /// owners (the Rust one with chroot, whose namespace sandbox cannot pivot out of a chroot like
-    /// scripts/gpu-root's); as another user (Rust only) it runs unsandboxed and files the guest
-    /// creates belong to that user, as with Podman machine.
-    pub fn args(&self, dir: &Path, root: bool) -> Result<Vec<String>, ShareError> {
-        let d = dir.display().to_string();
-        match self {
-            Virtiofsd::Rust(_) => Ok(vec![
-                format!("--fd={FD}"),
-                "--shared-dir".into(),
-                d,
-                "--cache=auto".into(),
-                format!("--sandbox={}", if root { "chroot" } else { "none" }),
-            ]),
-            Virtiofsd::C(_) if !root => Err(ShareError::NeedsRoot),
-            // `-o` splits its value on ','.
-            Virtiofsd::C(_) if d.contains(',') => Err(ShareError::Comma(dir.into())),
-            Virtiofsd::C(_) => Ok(vec![
-                format!("--fd={FD}"),
-                "-o".into(),
-                format!("source={d}"),
-                "-o".into(),
-                "cache=auto".into(),
-            ]),
-        }
-    }
-
-    /// What identifies this share's virtiofsd on its command line.
-    fn marker(&self, dir: &Path) -> String {
-        match self {
-            Virtiofsd::Rust(_) => format!("--shared-dir {}", dir.display()),
-            Virtiofsd::C(_) => format!("source={}", dir.display()),
-        }
-    }
+/// What identifies this share's virtiofsd on its command line.
+fn marker(dir: &Path) -> String {
+    format!("--shared-dir {}", dir.display())
 }
 
 fn pidfile(s: &Share) -> PathBuf {
@@ -100,34 +67,35 @@ fn pidfile(s: &Share) -> PathBuf {
 
 /// Starts one virtiofsd per share, each on its own listening socket; `log` gets their output.
 /// On error, those already started are killed.
-pub fn spawn(d: &Virtiofsd, shares: &[Share], log: &Path) -> std::io::Result<Vec<Child>> {
-    let root = rustix::process::geteuid().is_root();
+pub fn spawn(virtiofsd: &Path, shares: &[Share], log: &Path) -> std::io::Result<Vec<Child>> {
     let mut children = Vec::new();
     for s in shares {
-        match spawn_one(d, s, log, root) {
+        match spawn_one(virtiofsd, s, log) {
             Ok(c) => children.push(c),
             Err(e) => {
                 kill(children);
-                return Err(e);
+                let what = format!("cannot start virtiofsd for {}: {e}", s.dir.display());
+                return Err(std::io::Error::new(e.kind(), what));
             }
         }
     }
     Ok(children)
 }
 
-fn spawn_one(d: &Virtiofsd, s: &Share, log: &Path, root: bool) -> std::io::Result<Child> {
-    let args = d.args(&s.dir, root).map_err(std::io::Error::other)?;
+#[cfg(target_os = "linux")]
+fn spawn_one(virtiofsd: &Path, s: &Share, log: &Path) -> std::io::Result<Child> {
+    let walls = walls::Walls::new(&s.dir, &s.hidden)?;
     let _ = std::fs::remove_file(&s.socket);
     let listener = UnixListener::bind(&s.socket)?;
     let raw = listener.as_raw_fd();
     let out = File::options().create(true).append(true).open(log)?;
-    let mut cmd = Command::new(d.binary());
-    cmd.args(args)
+    let mut cmd = Command::new(virtiofsd);
+    cmd.args(args(&s.dir))
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
         .process_group(0); // like QEMU: a ^C to carbon-vm does not cut the guest's folders
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl).
+    // SAFETY: between fork and exec only system calls (dup2, fcntl, and those of Walls::enter).
     unsafe {
         cmd.pre_exec(move || {
             // dup2 clears close-on-exec on the copy; a socket already at FD keeps its flag.
@@ -139,12 +107,17 @@ fn spawn_one(d: &Virtiofsd, s: &Share, log: &Path, root: bool) -> std::io::Resul
             if r < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(())
+            walls.enter()
         });
     }
     let child = cmd.spawn()?;
     std::fs::write(pidfile(s), child.id().to_string())?;
     Ok(child)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spawn_one(_: &Path, _: &Share, _: &Path) -> std::io::Result<Child> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 /// Whether one of them has exited already (QEMU's "connection refused" is then its fault).
@@ -163,10 +136,10 @@ pub fn kill(children: Vec<Child>) {
 }
 
 /// Kills what a dead run left of its virtiofsd processes, found by pidfile and command line.
-pub fn kill_stale(d: Option<&Virtiofsd>, shares: &[Share]) {
+pub fn kill_stale(shares: &[Share]) {
     for s in shares {
         let pf = pidfile(s);
-        if let Some(pid) = d.and_then(|d| process::live_pid(&pf, &d.marker(&s.dir))) {
+        if let Some(pid) = process::live_pid(&pf, &marker(&s.dir)) {
             process::signal(pid, Signal::KILL);
             process::wait_exit(pid, std::time::Duration::from_secs(10));
         }
@@ -180,34 +153,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_virtiofsd_gets_its_own_dialect_and_the_listening_socket() {
-        let rust = Virtiofsd::Rust("/usr/libexec/virtiofsd".into());
+    fn virtiofsd_gets_the_folder_its_sandbox_and_the_listening_socket() {
         assert_eq!(
-            rust.args("/home/u".as_ref(), true).unwrap(),
+            args("/home/u".as_ref()),
             [
                 "--fd=3",
                 "--shared-dir",
                 "/home/u",
                 "--cache=auto",
-                "--sandbox=chroot"
+                "--sandbox=namespace"
             ]
-        );
-        assert_eq!(
-            rust.args("/home/u".as_ref(), false).unwrap()[4],
-            "--sandbox=none"
-        );
-        let c = Virtiofsd::C("/usr/lib/qemu/virtiofsd".into());
-        assert_eq!(
-            c.args("/home/u".as_ref(), true).unwrap(),
-            ["--fd=3", "-o", "source=/home/u", "-o", "cache=auto"]
-        );
-        assert_eq!(
-            c.args("/home/u".as_ref(), false),
-            Err(ShareError::NeedsRoot)
-        );
-        assert_eq!(
-            c.args("/a,b".as_ref(), true),
-            Err(ShareError::Comma("/a,b".into()))
         );
     }
 
@@ -224,9 +179,14 @@ mod tests {
             dir: dir.path().to_owned(),
             tag: "t".into(),
             socket: dir.path().join("fs0.sock"),
+            hidden: vec![],
         };
-        let d = Virtiofsd::Rust(script);
-        let kids = spawn(&d, std::slice::from_ref(&share), &dir.path().join("log")).unwrap();
+        let kids = spawn(
+            &script,
+            std::slice::from_ref(&share),
+            &dir.path().join("log"),
+        )
+        .unwrap();
         let pid = kids[0].id() as i32;
         let link = std::fs::read_link(format!("/proc/{pid}/fd/3"));
         assert!(
@@ -235,7 +195,7 @@ mod tests {
             "{link:?}"
         );
         assert!(share.socket.exists() && pidfile(&share).exists());
-        kill_stale(Some(&d), std::slice::from_ref(&share));
+        kill_stale(std::slice::from_ref(&share));
         assert!(!share.socket.exists() && !pidfile(&share).exists());
         drop(kids); // reaped by kill_stale's signal; the handles only hold the PID
     }

@@ -123,4 +123,18 @@ fn state_root_follows_carbon_vm_home() {
         .unwrap_or_else(|| panic!("no kvm check: {v}"));
     assert_eq!(kvm["optional"], true);
     assert!(!kvm["found"].as_str().unwrap().is_empty());
+    // Host folders: the test host has virtiofsd 1.x, and its walls go up for this (ordinary) user.
+    for req in ["virtiofsd", "folder walls"] {
+        let c = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["requirement"] == req)
+            .unwrap_or_else(|| panic!("no {req} check: {v}"));
+        assert_eq!(
+            (&c["ok"], &c["optional"]),
+            (&true.into(), &false.into()),
+            "{c}"
+        );
+    }
 }

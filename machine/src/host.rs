@@ -6,6 +6,9 @@ pub use venus::check::{Missing as GpuMissing, Report as GpuReport};
 pub use venus::llama::{COMPLETION as LLAMA_COMPLETION, HINT as LLAMA_HINT, Report as LlamaReport};
 pub use venus::probe as gpu_probe;
 pub use vmm::krunkit::{INSTALL_HINT as KRUNKIT_INSTALL_HINT, JSON_REST, probe as krunkit};
+pub use vmm::qemu::virtiofs::{
+    INSTALL_HINT as VIRTIOFSD_INSTALL_HINT, check_walls as shared_folder_walls, find as virtiofsd,
+};
 pub use vmm::qemu::{Accel, AccelChoice, Arch};
 pub use vmm::{Error as VmmError, UnknownDriver, kvm};
 

@@ -92,6 +92,7 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
         machine::DriverKind::Krunkit => checks.push(krunkit_check()),
         _ => {
             checks.push(kvm_check());
+            checks.extend(folder_checks());
             checks.extend(gpu_checks());
         }
     }
@@ -170,6 +171,38 @@ fn kvm_check() -> Check {
         fix: "enable hardware virtualization (in a VM: nested virtualization) and give yourself read/write access to /dev/kvm (the kvm group)",
     }
 }
+
+/// Host folders under QEMU: a virtiofsd 1.x, and the walls carbon-vm puts around it (tried).
+fn folder_checks() -> [Check; 2] {
+    let virtiofsd = machine::host::virtiofsd();
+    let walls = machine::host::shared_folder_walls();
+    [
+        Check {
+            requirement: "virtiofsd",
+            needed_for: FOLDERS,
+            ok: virtiofsd.is_some(),
+            optional: false,
+            found: virtiofsd.map(|p| p.display().to_string()),
+            fix: machine::host::VIRTIOFSD_INSTALL_HINT,
+        },
+        Check {
+            requirement: "folder walls",
+            needed_for: FOLDERS,
+            ok: walls.is_ok(),
+            optional: false,
+            found: Some(match walls {
+                Ok(()) => "namespaces and seccomp filter for virtiofsd".into(),
+                Err(e) => format!("cannot wall virtiofsd in: {e}"),
+            }),
+            fix: "allow unprivileged user namespaces (sysctl user.max_user_namespaces > 0; \
+                  Debian's kernel.unprivileged_userns_clone=1; Ubuntu's AppArmor \
+                  kernel.apparmor_restrict_unprivileged_userns=0), or share no folders \
+                  (create --no-volumes)",
+        },
+    ]
+}
+
+const FOLDERS: &str = "host folders (qemu)";
 
 /// Venus under QEMU: each link asked of the real component (venus::probe).
 fn gpu_checks() -> Vec<Check> {

@@ -45,6 +45,25 @@ pub fn usable() -> bool {
     cfg!(target_os = "linux") && find().is_some()
 }
 
+/// Whether virtiofsd's walls can be raised here, by this user: the very namespaces, mounts and
+/// filter, tried on `/bin/true` (a kernel without unprivileged user namespaces fails here).
+#[cfg(target_os = "linux")]
+pub fn check_walls() -> std::io::Result<()> {
+    let walls = walls::Walls::new(Path::new("/"), &[])?;
+    let mut cmd = Command::new("/bin/true");
+    // SAFETY: Walls::enter makes system calls only.
+    unsafe { cmd.pre_exec(move || walls.enter()) };
+    match cmd.status()? {
+        s if s.success() => Ok(()),
+        s => Err(std::io::Error::other(format!("/bin/true behind them: {s}"))),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn check_walls() -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
 /// virtiofsd's arguments for `dir`.
 fn args(dir: &Path) -> Vec<String> {
     vec![

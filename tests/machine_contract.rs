@@ -71,8 +71,50 @@ fn machine_entries(env: &Env) -> Vec<String> {
     common::listing(&env.home.path().join("machines"))
 }
 
+/// Another user's runtime directory, open to all: refused before anything is written there.
+/// Keeps root (.config/nextest.toml): only root can make a directory another user owns.
 #[test]
-fn bad_specs_runtime_dirs_images_in_use_and_qemu_failures_leave_nothing_behind() {
+fn another_users_runtime_directory_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (art, sha) = common::pack_mini(dir.path());
+    let env = Env::new();
+    env.pull(art.to_str().unwrap(), Some(&sha));
+    let o = run(
+        &env,
+        &[
+            "create",
+            "dev",
+            "--image",
+            &sha,
+            "--disk-size",
+            "1",
+            "--no-volumes",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let runtime = env.home.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o777)).unwrap();
+    rustix::fs::chown(
+        &runtime,
+        Some(rustix::fs::Uid::from_raw(65534)),
+        Some(rustix::fs::Gid::from_raw(65534)),
+    )
+    .expect("the test keeps root to make another user's directory");
+    let o = run(&env, &["start", "dev"]);
+    assert_eq!(code(&o), Some(6), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not private to this user (owned by uid 65534"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_dir(&runtime).unwrap().count(), 0);
+    assert!(!env.home.path().join("machines/dev/gvproxy.pid").exists());
+    assert_nothing_runs(&env, "dev");
+}
+
+#[test]
+fn bad_specs_images_in_use_and_qemu_failures_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let (art, sha) = common::pack_mini(dir.path());
     let env = Env::new();
@@ -134,28 +176,6 @@ fn bad_specs_runtime_dirs_images_in_use_and_qemu_failures_leave_nothing_behind()
         std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 1 << 30,
         "the grown disk is sparse"
     );
-
-    // Another user's runtime directory, open to all: refused before anything is written there.
-    let runtime = env.home.path().join("run");
-    std::fs::create_dir(&runtime).unwrap();
-    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o777)).unwrap();
-    rustix::fs::chown(
-        &runtime,
-        Some(rustix::fs::Uid::from_raw(65534)),
-        Some(rustix::fs::Gid::from_raw(65534)),
-    )
-    .expect("the tests run as root (CI does)");
-    let o = run(&env, &["start", "dev"]);
-    assert_eq!(code(&o), Some(6), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("is not private to this user (owned by uid 65534"),
-        "{}",
-        stderr(&o)
-    );
-    assert_eq!(std::fs::read_dir(&runtime).unwrap().count(), 0);
-    assert!(!env.home.path().join("machines/dev/gvproxy.pid").exists());
-    assert_nothing_runs(&env, "dev");
-    std::fs::remove_dir(&runtime).unwrap();
 
     // QEMU missing from PATH: gvproxy started first is stopped again.
     let bin = dir.path().join("bin");

@@ -169,10 +169,17 @@ impl Driver for Qemu {
             false => virtiofs::spawn(&virtiofsd()?, &vm.shares, &vm.vmm_log)?,
         };
         let launched = self.launch_qemu(&cfg);
-        if launched.is_err() {
+        if let Err(e) = &launched {
+            // A virtiofsd QEMU could not talk to is to blame (QEMU names its socket); one that
+            // exited because a failing QEMU let go of it is not.
+            let message = format!("{e:?}");
+            let blamed = vm
+                .shares
+                .iter()
+                .any(|s| message.contains(&*s.socket.to_string_lossy()));
             let died = virtiofs::any_exited(&mut daemons);
             virtiofs::kill(daemons);
-            if died {
+            if died && blamed {
                 let log = std::fs::read(&vm.vmm_log).unwrap_or_default();
                 let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(2000)..]);
                 return Err(Error::Exited("virtiofsd", tail.trim().into()));

@@ -9,6 +9,10 @@
 //! vsock, host key pinned), `gpu check`, a Venus container through `podman -c`, Podman's own
 //! stop request on the machine's REST endpoint, start again, stop, rm.
 //!
+//! Podman's rules at `start` (`exposed_start_keeps_podmans_rules`): with the real podman, one
+//! of the user's own Podman machines running keeps an exposed machine from starting, and so
+//! does another program on its REST port.
+//!
 //! gvproxy. krunkit attaches to gvproxy's `-listen-vfkit unixgram://` socket, which gvproxy
 //! serves on Linux only from 0.8.9; Debian has 0.8.1. Where the installed gvproxy cannot, the
 //! rehearsal runs it behind the stand-in crate's shim (`gvproxy-vfkit`, as `CARBON_VM_GVPROXY`),
@@ -114,6 +118,7 @@ impl Krunkit {
         c.args(args)
             .env("CARBON_VM_HOME", self.env.home.path())
             .env("XDG_CONFIG_HOME", &self.xdg)
+            .env("XDG_DATA_HOME", self.data_home())
             .env("CONTAINERS_CONF", common::podman_conf(&self.xdg))
             .env("CARBON_VM_KRUNKIT", standin())
             .env("CARBON_VM_CATALOG", &self.catalog)
@@ -121,6 +126,29 @@ impl Krunkit {
             .env_remove("CARBON_VM_LOG")
             .env_remove("CARBON_VM_GVPROXY")
             .envs(vars.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    /// Podman's data home (its start lock, its machines' data): this test's own.
+    fn data_home(&self) -> PathBuf {
+        self.env.home.path().join("xdg-data")
+    }
+
+    /// The podman carbon-vm runs (this host's, or the root's), with this test's Podman homes.
+    fn podman(&self, args: &[&str]) -> Output {
+        let mut c = match &self.root {
+            None => Command::new("podman"),
+            Some(root) => {
+                let mut c = Command::new(root);
+                c.args(["run", "podman"]);
+                c
+            }
+        };
+        c.args(args)
+            .env("XDG_CONFIG_HOME", &self.xdg)
+            .env("XDG_DATA_HOME", self.data_home())
+            .env("CONTAINERS_CONF", common::podman_conf(&self.xdg))
             .output()
             .unwrap()
     }
@@ -250,14 +278,12 @@ fn path_with(dir: &Path) -> std::ffi::OsString {
         .unwrap()
 }
 
-#[test]
-fn without_a_vfkit_gvproxy_start_fails_with_its_reason_and_leaves_nothing_running() {
-    // A stub gvproxy (CARBON_VM_GVPROXY): this host's may listen in vfkit mode (0.8.9 and later),
-    // where this failure cannot happen. It does what Debian's 0.8.1 does when asked to: logs
-    // these lines to its -log-file and exits, status 0, without its socket or pidfile.
-    let stubs = tempfile::tempdir().unwrap();
-    let gvproxy = script(
-        stubs.path(),
+/// A stub gvproxy (for CARBON_VM_GVPROXY) that does what Debian's 0.8.1 does when asked to
+/// listen in vfkit mode: logs these lines to its -log-file and exits, status 0, without its
+/// socket or pidfile. A `start` that reaches it fails there, before any VM runs.
+fn vfkit_less_gvproxy(dir: &Path) -> PathBuf {
+    script(
+        dir,
         "gvproxy",
         "while [ $# -gt 0 ]; do [ \"$1\" = -log-file ] && log=$2; shift; done\n\
          cat >\"$log\" <<'EOF'\n\
@@ -266,7 +292,15 @@ fn without_a_vfkit_gvproxy_start_fails_with_its_reason_and_leaves_nothing_runnin
          time=\"2026-12-06T01:39:02Z\" level=error msg=\"gvproxy exiting: vfkit listen error: \
          unsupported 'unixgram' scheme\"\n\
          EOF\n",
-    );
+    )
+}
+
+#[test]
+fn without_a_vfkit_gvproxy_start_fails_with_its_reason_and_leaves_nothing_running() {
+    // The stub: this host's gvproxy may listen in vfkit mode (0.8.9 and later), where this
+    // failure cannot happen.
+    let stubs = tempfile::tempdir().unwrap();
+    let gvproxy = vfkit_less_gvproxy(stubs.path());
     let k = Krunkit::new(None);
     k.create("dev", &[]);
     for _ in 0..2 {
@@ -464,6 +498,205 @@ fn podman_machine_file() {
     k.ok(&["rm", "dev"]);
     assert!(!podman_file(&k, "dev").exists());
     assert!(theirs.exists());
+}
+
+/// One of the user's own Podman machines, running. On Linux Podman's machines are QEMU's, and
+/// Podman asks a QEMU machine's state on its QMP socket (pkg/machine/qemu `State`): a real QEMU
+/// serves it (no guest: `-M none`), so the real `podman machine list` finds the machine running,
+/// as a Mac's finds a running applehv or libkrun machine through its REST endpoint. Killed when
+/// dropped.
+struct OwnPodmanMachine {
+    pid: i32,
+}
+
+impl OwnPodmanMachine {
+    /// The machine file Podman's `machine init` writes (the fields its list and state query
+    /// read), and its QEMU, started in `root`.
+    fn start(k: &Krunkit, root: &Path, name: &str) -> OwnPodmanMachine {
+        let dir = k.env.home.path().join(format!("own-{name}"));
+        std::fs::create_dir(&dir).unwrap();
+        let qmp = dir.join("qmp.sock");
+        let store = k.xdg.join("containers/podman/machine/qemu");
+        std::fs::create_dir_all(&store).unwrap();
+        let file = serde_json::json!({
+            "Name": name,
+            "Version": 1,
+            "Created": "2026-01-01T00:00:00Z",
+            "LastUp": "2026-01-01T00:00:00Z",
+            "Resources": {"CPUs": 1, "DiskSize": 10, "Memory": 512},
+            "SSH": {"IdentityPath": "", "Port": 40022, "RemoteUsername": "core"},
+            "QEMUHypervisor": {"QMPMonitor": {
+                "Address": {"Path": qmp},
+                "Network": "unix",
+                "Timeout": 2_000_000_000u64,
+            }},
+        });
+        std::fs::write(
+            store.join(format!("{name}.json")),
+            serde_json::to_vec_pretty(&file).unwrap(),
+        )
+        .unwrap();
+        // -daemonize returns once QEMU is up, its QMP socket listening and its pidfile written.
+        let pidfile = dir.join("qemu.pid");
+        let o = Command::new(root)
+            .args([
+                "run",
+                "qemu-system-x86_64",
+                "-M",
+                "none",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", qmp.display()),
+                "-daemonize",
+                "-pidfile",
+            ])
+            .arg(&pidfile)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "qemu: {o:?}");
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        OwnPodmanMachine { pid }
+    }
+
+    fn stop(self) {
+        let p = rustix::process::Pid::from_raw(self.pid).unwrap();
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+        assert!(gone(self.pid), "QEMU {} ignored SIGTERM", self.pid);
+    }
+}
+
+impl Drop for OwnPodmanMachine {
+    fn drop(&mut self) {
+        if let Some(p) = rustix::process::Pid::from_raw(self.pid) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// The machines `podman machine list` shows every provider's (the root's podman is 5.4: with
+/// `--all-providers`), as (name, provider, running).
+fn podman_lists(k: &Krunkit) -> Vec<(String, String, bool)> {
+    let t = Instant::now();
+    let o = k.podman(&["machine", "list", "--all-providers", "--format", "json"]);
+    assert!(o.status.success(), "podman machine list: {o:?}");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["Name"].as_str().unwrap().to_owned(),
+                m["VMType"].as_str().unwrap().to_owned(),
+                m["Running"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Podman's rules at `start` of an exposed machine, with the real podman (the trixie root's,
+/// 5.4, whose `machine start` refuses while any machine of any provider runs) and the real
+/// carbon-vm; no guest boots (a start that gets past the checks stops at a gvproxy that cannot
+/// listen in vfkit mode).
+#[test]
+fn exposed_start_keeps_podmans_rules() {
+    let Some(root) = common::gpu_root() else {
+        return;
+    };
+    let k = Krunkit::new(Some(root.clone()));
+    let stubs = tempfile::tempdir().unwrap();
+    let gvproxy = vfkit_less_gvproxy(stubs.path());
+    let start = || {
+        let t = Instant::now();
+        let o = k.run_with(
+            &["start", "pm"],
+            &[("CARBON_VM_GVPROXY", gvproxy.as_os_str())],
+        );
+        (o, t.elapsed())
+    };
+    k.create("pm", &["--podman-machine"]);
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(podman_file(&k, "pm")).unwrap()).unwrap();
+    let rest_port: u16 = file["LibKrunHypervisor"]["KRun"]["Endpoint"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("http://127.0.0.1:")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let untouched = |what: &str| {
+        assert_eq!(k.pid("pm", "vmm.pid"), None, "{what}: krunkit never ran");
+        assert!(!k.machine("pm").join("gvproxy.log").exists(), "{what}");
+        assert_eq!(k.machine_state("pm"), "stopped", "{what}");
+    };
+
+    // The user's own machine runs, as Podman itself sees it.
+    let own = OwnPodmanMachine::start(&k, &root, "mine");
+    assert_eq!(
+        podman_lists(&k),
+        [("mine".to_owned(), "qemu".to_owned(), true)]
+    );
+    let (o, took) = start();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Podman machine mine (qemu) is running")
+            && err.contains("it would not start pm beside it")
+            && err.contains("`podman machine stop mine`"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    untouched("refused for mine");
+
+    // Stopped, it no longer counts.
+    own.stop();
+    assert_eq!(
+        podman_lists(&k),
+        [("mine".to_owned(), "qemu".to_owned(), false)]
+    );
+
+    // Another program on pm's REST port: refused, and nothing is sent to it (no Stop).
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", rest_port)).unwrap();
+    let (o, _) = start();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("another program answers on 127.0.0.1:{rest_port}"))
+            && err.contains("the REST port of pm in Podman's machine file"),
+        "{err}"
+    );
+    squatter.set_nonblocking(true).unwrap();
+    let (mut probe, _) = squatter.accept().expect("carbon-vm looked at the port");
+    probe.set_nonblocking(false).unwrap();
+    let mut sent = Vec::new();
+    std::io::Read::read_to_end(&mut probe, &mut sent).unwrap();
+    assert!(sent.is_empty(), "{}", String::from_utf8_lossy(&sent));
+    assert!(squatter.accept().is_err(), "one look, no more");
+    drop((probe, squatter));
+    untouched("refused for the port");
+
+    // Nothing runs and the port is free: start gets past both checks, to gvproxy.
+    let (o, _) = start();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("gvproxy exited during start-up"), "{err}");
+    assert_eq!(k.machine_state("pm"), "stopped");
+
+    // While pm is stopped, Podman's state query of its endpoint (GET /vm/state, as Podman's Go
+    // client sends it; Podman 6 asks it on every `machine list`) is refused at once: "stopped".
+    let t = Instant::now();
+    let refused = podman_rest(rest_port, "GET", "").unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+    k.ok(&["rm", "pm"]);
+    assert!(!podman_file(&k, "pm").exists());
 }
 
 #[test]

@@ -2,10 +2,17 @@
 //! `~/.config/containers/podman/machine/libkrun/NAME.json` that `podman machine list/inspect/
 //! stop` read, written in the schema of the podman that will read it.
 //!
-//! The schema is Go's encoding/json of podman's `vmconfigs.MachineConfig`, read from Podman's
-//! source at every release tag from v5.2.0 to v6.0 (pkg/machine/vmconfigs, pkg/machine/define,
-//! pkg/machine/apple/vfkit/helper.go, and the vendored vfkit pkg/config). Its `Version` is 1
-//! throughout; what changes ([`Schema`]):
+//! Podman's source read (github.com/podman-container-tools/podman, formerly containers/podman):
+//! every release tag from v5.2.0 to v5.8.3, and v6.0.0-rc1, the newest tag a snapshot holds,
+//! whose pkg/machine and cmd/podman/machine are those of main e2a4453 (2026-06-11), the newest
+//! main read. Podman 6.1 (released 2026-09) was not read: it is judged to be 6.0 where it
+//! matters here, because every rule below stood unchanged from 5.4 through that main, and the
+//! file's `Version` stays within a major. Where a later podman differs, what carbon-vm asks it
+//! (`podman machine list --format json`) fails or disagrees visibly, and `start` refuses.
+//!
+//! The schema is Go's encoding/json of podman's `vmconfigs.MachineConfig` (pkg/machine/vmconfigs,
+//! pkg/machine/define, pkg/machine/apple/vfkit/helper.go, and the vendored vfkit pkg/config). Its
+//! `Version` is 1 throughout; what changes ([`Schema`]):
 //!
 //! | podman | vfkit | what differs |
 //! |---|---|---|
@@ -36,12 +43,35 @@
 //!
 //! Podman derives the sockets it uses (ready, gvproxy, API) from its own runtime directory and
 //! the machine name; they are not in this file.
+//!
+//! What an exposed machine costs the user's own Podman machines, and what `start` keeps
+//! ([`check_start`]):
+//! - One machine at a time. `podman machine start` takes its start lock (`machine-start.lock` in
+//!   its data dir, pkg/machine/lock), then refuses while any machine it lists runs
+//!   (pkg/machine/shim/host.go `checkExclusiveActiveVM`): in 5.2 and 5.3 any of the same provider
+//!   (libkrun), from 5.4 any of every provider (applehv too). So while an exposed machine runs,
+//!   the user's own machines do not start, and carbon-vm keeps the rule from its side: `start`
+//!   takes the same lock and refuses while Podman lists another machine running.
+//! - Podman reads this file and queries its endpoint where it did not before: from 5.4 every
+//!   `podman machine start` loads and state-queries every provider's files; in 6.0 `podman
+//!   machine list` always lists every provider, and every name lookup (`inspect`, `stop`, `ssh`,
+//!   `rm`, ...) loads every provider's files. The query (pkg/machine/apple/vfkit/helper.go, the
+//!   same in every tag read) is `GET /vm/state` with Go's default client, which has no time
+//!   limit: a refused connection reads as stopped; an answer that is not krunkit's JSON, or a
+//!   closed connection, is an error that fails the whole list (or start); a listener that never
+//!   answers hangs them; another krunkit's answer is taken for this machine's state (and `podman
+//!   machine stop` would stop that VM). So the REST port must be krunkit's of this machine or
+//!   refused: `start` refuses a port something else answers, and the port is closed again when
+//!   the machine stops (krunkit's exit).
 
-use crate::store::{DISK, EFI_VARS, KEY, MachineDir, PodmanMachine, Spec};
+use crate::store::{DISK, EFI_VARS, KEY, MachineDir, PodmanMachine, SPEC, Spec, VMM_PID};
 use chrono::{DateTime, FixedOffset, SecondsFormat};
 use serde_json::{Value, json};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The machine-config schema version every podman from 5.2 to 6.1 writes and reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -206,6 +236,52 @@ pub enum ExposeError {
     NeverStarted,
     #[error("cannot write or remove {0}")]
     Io(PathBuf, #[source] io::Error),
+    #[error(
+        "Podman machine {other} ({provider}) is running, and Podman runs one machine at a time \
+         (from podman 5.4 whatever the provider): it would not start {name} beside it, so \
+         carbon-vm does not either; stop {other} first ({how})",
+        how = stop_command(other, *carbon_vm)
+    )]
+    OtherRunning {
+        name: String,
+        other: String,
+        provider: String,
+        /// `other` is a machine carbon-vm exposed.
+        carbon_vm: bool,
+    },
+    #[error(
+        "another program answers on 127.0.0.1:{port}, the REST port of {name} in Podman's machine \
+         file: Podman would take its answers for {name}'s state (and send it `podman machine \
+         stop`), so {name} is not started there; stop that program (a krunkit that `podman \
+         machine start {name}` launched stops with `podman machine stop {name}`) and start again"
+    )]
+    RestPortTaken { name: String, port: u16 },
+    #[error("cannot check 127.0.0.1:{0}, the machine's REST port in Podman's machine file")]
+    RestPortUnchecked(u16, #[source] io::Error),
+    #[error(
+        "`{0}` did not finish within {1:?}, so carbon-vm cannot tell whether another Podman \
+         machine runs (Podman waits without a limit on a machine whose REST endpoint accepts and \
+         never answers: `podman machine list` hangs the same way)"
+    )]
+    PodmanHung(&'static str, Duration),
+    #[error(
+        "`podman machine list` failed, so carbon-vm cannot tell whether another Podman machine \
+         runs (`podman machine start` fails the same way): {0}"
+    )]
+    ListFailed(String),
+    #[error(
+        "Podman is starting a machine (it holds {0} for {1:?} now); start again once it is up \
+         (Podman runs one machine at a time)"
+    )]
+    StartLocked(PathBuf, Duration),
+}
+
+fn stop_command(machine: &str, carbon_vm: bool) -> String {
+    if carbon_vm {
+        format!("`carbon-vm stop {machine}`")
+    } else {
+        format!("`podman machine stop {machine}`")
+    }
 }
 
 /// `podman --version` of the podman on PATH.
@@ -217,20 +293,25 @@ pub fn podman_version() -> Result<String, ExposeError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The schema of the podman whose `--version` printed `output` (`podman version 5.2.1`).
-pub fn schema_of(output: &str) -> Result<Schema, ExposeError> {
+/// The version `podman --version` printed (`podman version 5.2.1`): the text, major, minor.
+fn version_of(output: &str) -> Result<(&str, u32, u32), ExposeError> {
+    let unparseable = || ExposeError::Unparseable(output.trim().into());
     let v = output
         .trim()
         .strip_prefix("podman version ")
-        .ok_or_else(|| ExposeError::Unparseable(output.trim().into()))?;
+        .ok_or_else(unparseable)?;
     let mut parts = v.split(['.', '-', '+']);
     let mut num = || parts.next().and_then(|p| p.parse::<u32>().ok());
     match (num(), num()) {
-        (Some(major), Some(minor)) => {
-            Schema::of(major, minor).ok_or_else(|| ExposeError::Unsupported(v.into()))
-        }
-        _ => Err(ExposeError::Unparseable(output.trim().into())),
+        (Some(major), Some(minor)) => Ok((v, major, minor)),
+        _ => Err(unparseable()),
     }
+}
+
+/// The schema of the podman whose `--version` printed `output` (`podman version 5.2.1`).
+pub fn schema_of(output: &str) -> Result<Schema, ExposeError> {
+    let (v, major, minor) = version_of(output)?;
+    Schema::of(major, minor).ok_or_else(|| ExposeError::Unsupported(v.into()))
 }
 
 /// Podman's libkrun machine store under a config home (`$XDG_CONFIG_HOME`, else
@@ -313,6 +394,300 @@ pub fn remove(file: &Path, disk: &Path) -> Result<(), ExposeError> {
         std::fs::remove_file(file).map_err(io)?;
     }
     Ok(())
+}
+
+/// How long `start` waits for each podman command it runs (`--version`, `machine list`).
+pub const PODMAN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `start` waits for Podman's start lock: a `podman machine start` holds it until its
+/// machine is up.
+pub const START_LOCK_WAIT: Duration = Duration::from_secs(120);
+/// How long a connection to the REST port may take before the port counts as taken (a listener
+/// that does not accept hangs Podman's query as surely as one that does not answer).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(50);
+/// `VMType` of the machines `podman machine list` lists from libkrun files.
+pub const LIBKRUN: &str = "libkrun";
+
+/// Which machines `podman machine start` refuses to start beside, by podman version
+/// (pkg/machine/shim/host.go `checkExclusiveActiveVM`, called for every provider that
+/// `RequireExclusiveActive`: applehv, libkrun, qemu, hyperv; not wsl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusive {
+    /// podman 5.2, 5.3: a running machine of the provider being started (libkrun).
+    SameProvider,
+    /// podman 5.4 to 5.8: one of any provider; `machine list` shows them all with
+    /// `--all-providers` (otherwise only the default provider's).
+    AnyProviderFlag,
+    /// podman 6: one of any provider; `machine list` always shows them all (and has no
+    /// `--all-providers` any more).
+    AnyProvider,
+}
+
+impl Exclusive {
+    /// The rule of podman `major.minor`; none before 5.2, which has no libkrun machines (so
+    /// cannot see an exposed one, nor start one). A major after 6 is taken for 6.
+    pub fn of(major: u32, minor: u32) -> Option<Exclusive> {
+        match (major, minor) {
+            (5, 2 | 3) => Some(Exclusive::SameProvider),
+            (5, 4..) => Some(Exclusive::AnyProviderFlag),
+            (6.., _) => Some(Exclusive::AnyProvider),
+            _ => None,
+        }
+    }
+
+    /// The `podman` arguments that list the machines this rule counts, and the
+    /// `CONTAINERS_MACHINE_PROVIDER` they need.
+    pub fn list_command(self) -> (&'static [&'static str], Option<&'static str>) {
+        match self {
+            Exclusive::SameProvider => (&["machine", "list", "--format", "json"], Some(LIBKRUN)),
+            Exclusive::AnyProviderFlag => (
+                &["machine", "list", "--all-providers", "--format", "json"],
+                None,
+            ),
+            Exclusive::AnyProvider => (&["machine", "list", "--format", "json"], None),
+        }
+    }
+}
+
+/// A machine as `podman machine list --format json` shows it (cmd/podman/machine/list.go,
+/// `entities.ListReporter`: these fields in every version read). `Running` is Podman's state
+/// query answering "running".
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Listed {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Running", default)]
+    pub running: bool,
+    #[serde(rename = "VMType", default)]
+    pub vm_type: String,
+}
+
+/// `podman machine list --format json`'s output.
+pub fn parse_list(stdout: &[u8]) -> Result<Vec<Listed>, serde_json::Error> {
+    Ok(serde_json::from_slice::<Option<Vec<Listed>>>(stdout)?.unwrap_or_default())
+}
+
+/// The running machine for which Podman would refuse to start `name`: any but `name`'s own
+/// libkrun file (the machine itself is not "another").
+pub fn blocker<'a>(listed: &'a [Listed], name: &str) -> Option<&'a Listed> {
+    listed
+        .iter()
+        .find(|l| l.running && !(l.name == name && l.vm_type == LIBKRUN))
+}
+
+/// `c`'s output, or `None` when it did not finish within `limit`: it is killed then, and all
+/// it started in its process group.
+fn output_within(c: &mut Command, limit: Duration) -> io::Result<Option<Output>> {
+    let mut child = std::os::unix::process::CommandExt::process_group(
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        0,
+    )
+    .spawn()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipes: [Option<Box<dyn Read + Send>>; 2] = [
+        child.stdout.take().map(|p| Box::new(p) as _),
+        child.stderr.take().map(|p| Box::new(p) as _),
+    ];
+    for (i, pipe) in pipes.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            let _ = tx.send((i, buf));
+        });
+    }
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            // Not reaped yet, so its PID (its group's ID) is not anyone else's.
+            let _ = rustix::process::kill_process_group(
+                rustix::process::Pid::from_child(&child),
+                rustix::process::Signal::KILL,
+            );
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(POLL);
+    };
+    let mut out = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        // What it left running may hold its output open: that, too, is not finishing.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        match rx.recv_timeout(left) {
+            Ok((i, buf)) => out[i] = buf,
+            Err(_) => return Ok(None),
+        }
+    }
+    let [stdout, stderr] = out;
+    Ok(Some(Output {
+        status,
+        stdout,
+        stderr,
+    }))
+}
+
+/// The machines `podman` lists that its `machine start` would count (see [`Exclusive`]), each
+/// command bounded by `limit`. `None` where nothing can see or start a Podman machine: no
+/// podman on PATH, or a podman before 5.2.
+pub fn podman_machines(podman: &Path, limit: Duration) -> Result<Option<Vec<Listed>>, ExposeError> {
+    let version = match output_within(Command::new(podman).arg("--version"), limit) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            tracing::warn!("podman is not installed: no Podman machine can run beside this one");
+            return Ok(None);
+        }
+        Err(e) => return Err(ExposeError::NoPodman(e)),
+        Ok(None) => return Err(ExposeError::PodmanHung("podman --version", limit)),
+        Ok(Some(o)) => String::from_utf8_lossy(&o.stdout).into_owned(),
+    };
+    let (v, major, minor) = version_of(&version)?;
+    let Some(rule) = Exclusive::of(major, minor) else {
+        tracing::warn!(
+            version = v,
+            "this podman has no libkrun machines: it lists none"
+        );
+        return Ok(None);
+    };
+    let (args, provider) = rule.list_command();
+    let mut c = Command::new(podman);
+    c.args(args);
+    if let Some(p) = provider {
+        c.env("CONTAINERS_MACHINE_PROVIDER", p);
+    }
+    let o = match output_within(&mut c, limit) {
+        Err(e) => return Err(ExposeError::NoPodman(e)),
+        Ok(None) => return Err(ExposeError::PodmanHung("podman machine list", limit)),
+        Ok(Some(o)) => o,
+    };
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        return Err(ExposeError::ListFailed(format!(
+            "{}: {}",
+            o.status,
+            err.trim()
+        )));
+    }
+    parse_list(&o.stdout)
+        .map(Some)
+        .map_err(|e| ExposeError::ListFailed(format!("its output is not a machine list: {e}")))
+}
+
+/// Whether something accepts connections on 127.0.0.1:`port` (Podman's query would reach it).
+/// Nothing is sent to it.
+pub fn rest_port_answered(port: u16) -> io::Result<bool> {
+    match TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), PROBE_TIMEOUT) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Podman's start lock (pkg/machine/lock `GetMachineStartLock`): `containers/podman/machine/
+/// machine-start.lock` under its data home (`$XDG_DATA_HOME`, else `$HOME/.local/share`, as
+/// Podman's homedir.GetDataHome reads them), an fcntl write lock on the whole file
+/// (containers/storage's lockfile).
+pub fn start_lock_path() -> Option<PathBuf> {
+    let nonempty = |v: &std::ffi::OsString| !v.is_empty();
+    let data = match std::env::var_os("XDG_DATA_HOME").filter(nonempty) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").filter(nonempty)?).join(".local/share"),
+    };
+    Some(data.join("containers/podman/machine/machine-start.lock"))
+}
+
+/// Takes Podman's start lock at `path`, waiting at most `wait` for a `podman machine start`
+/// that holds it. Held while the file stays open.
+pub fn take_start_lock(path: &Path, wait: Duration) -> Result<std::fs::File, ExposeError> {
+    let io = |e| ExposeError::Io(path.to_owned(), e);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let f = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+        0o644,
+    )
+    .open(path)
+    .map_err(io)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        use rustix::fs::{FlockOperation, fcntl_lock};
+        match fcntl_lock(&f, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(f),
+            // Held by another process (POSIX allows either answer).
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::ACCESS) => {}
+            Err(e) => return Err(io(e.into())),
+        }
+        if Instant::now() >= deadline {
+            return Err(ExposeError::StartLocked(path.to_owned(), wait));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// What `start` holds while it starts an exposed machine: Podman's start lock, so that no
+/// `podman machine start` checks its rule halfway through (it waits, then finds this machine
+/// running). Released when dropped.
+#[derive(Debug)]
+#[must_use = "Podman's start lock is held until this is dropped"]
+pub struct StartGuard {
+    _lock: Option<std::fs::File>,
+}
+
+/// Before `start` boots a machine exposed to Podman, keeps Podman's rules (see the module's
+/// comment): takes Podman's start lock; refuses a REST port another program answers; refuses
+/// while Podman lists another machine running (`podman machine list`, bounded by
+/// [`PODMAN_TIMEOUT`]; without podman on PATH nothing can run a Podman machine, and the check
+/// is skipped with a warning in the log). A machine whose own krunkit runs is `start`'s to
+/// confirm or restart: nothing is checked. Machines not exposed are not Podman's business.
+pub fn check_start(m: &MachineDir, spec: &Spec) -> Result<StartGuard, ExposeError> {
+    let Some(p) = &spec.podman_machine else {
+        return Ok(StartGuard { _lock: None });
+    };
+    let endpoint = vmm::krunkit::rest::Endpoint::Loopback(p.rest_port);
+    if vmm::process::live_pid(&m.path(VMM_PID), &endpoint.uri()).is_some() {
+        return Ok(StartGuard { _lock: None });
+    }
+    let lock = match start_lock_path() {
+        Some(path) => Some(take_start_lock(&path, START_LOCK_WAIT)?),
+        None => None,
+    };
+    match rest_port_answered(p.rest_port) {
+        Ok(false) => {}
+        Ok(true) => {
+            return Err(ExposeError::RestPortTaken {
+                name: spec.name.clone(),
+                port: p.rest_port,
+            });
+        }
+        Err(e) => return Err(ExposeError::RestPortUnchecked(p.rest_port, e)),
+    }
+    let listed = podman_machines(Path::new("podman"), PODMAN_TIMEOUT)?.unwrap_or_default();
+    if let Some(b) = blocker(&listed, &spec.name) {
+        let ours = b.vm_type == LIBKRUN
+            && m.dir
+                .parent()
+                .is_some_and(|machines| machines.join(&b.name).join(SPEC).is_file());
+        return Err(ExposeError::OtherRunning {
+            name: spec.name.clone(),
+            other: b.name.clone(),
+            provider: b.vm_type.clone(),
+            carbon_vm: ours,
+        });
+    }
+    Ok(StartGuard { _lock: lock })
 }
 
 #[cfg(test)]
@@ -479,5 +854,243 @@ mod tests {
         remove(&ours, &exposed().disk).unwrap();
         assert!(!ours.exists());
         remove(&ours, &exposed().disk).unwrap(); // already gone: fine
+    }
+
+    /// `podman machine list --all-providers --format json` of podman 5.4.2 (Debian trixie) with
+    /// one QEMU machine running, plus what a Mac's lists: libkrun and applehv machines.
+    const LISTED: &str = r#"[
+        {"Name": "mine", "Default": false, "Created": "2026-01-01T00:00:00Z", "Running": true,
+         "Starting": false, "LastUp": "2026-01-01T00:00:00Z", "Stream": "default",
+         "VMType": "qemu", "CPUs": 1, "Memory": "536870912", "DiskSize": "10737418240",
+         "Port": 40022, "RemoteUsername": "core", "IdentityPath": "", "UserModeNetworking": true}
+    ]"#;
+
+    fn listed(name: &str, vm_type: &str, running: bool) -> Listed {
+        Listed {
+            name: name.into(),
+            running,
+            vm_type: vm_type.into(),
+        }
+    }
+
+    #[test]
+    fn podmans_rule_by_version() {
+        let cases = [
+            ((5, 2), Some(Exclusive::SameProvider)),
+            ((5, 3), Some(Exclusive::SameProvider)),
+            ((5, 4), Some(Exclusive::AnyProviderFlag)),
+            ((5, 8), Some(Exclusive::AnyProviderFlag)),
+            ((6, 0), Some(Exclusive::AnyProvider)),
+            ((6, 1), Some(Exclusive::AnyProvider)),
+            ((7, 0), Some(Exclusive::AnyProvider)),
+            ((5, 1), None),
+            ((4, 9), None),
+        ];
+        for ((major, minor), want) in cases {
+            assert_eq!(Exclusive::of(major, minor), want, "{major}.{minor}");
+        }
+        // 5.2 and 5.3 count only libkrun machines: listed with that provider as the default.
+        assert_eq!(
+            Exclusive::SameProvider.list_command(),
+            (
+                &["machine", "list", "--format", "json"][..],
+                Some("libkrun")
+            )
+        );
+        // 5.4 to 5.8 list other providers' machines only when asked; 6.0 dropped the flag.
+        assert!(
+            Exclusive::AnyProviderFlag
+                .list_command()
+                .0
+                .contains(&"--all-providers")
+        );
+        assert!(
+            !Exclusive::AnyProvider
+                .list_command()
+                .0
+                .contains(&"--all-providers")
+        );
+    }
+
+    #[test]
+    fn another_running_machine_of_any_provider_blocks_but_this_one_does_not() {
+        let podman = parse_list(LISTED.as_bytes()).unwrap();
+        assert_eq!(podman, [listed("mine", "qemu", true)]);
+        assert_eq!(blocker(&podman, "dev"), Some(&podman[0]));
+        assert_eq!(parse_list(b"[]\n").unwrap(), []);
+        assert_eq!(parse_list(b"null").unwrap(), []);
+        assert!(parse_list(b"Error: something").is_err());
+
+        let mac = [
+            listed("dev", LIBKRUN, true), // this machine: not "another"
+            listed("old", "applehv", false),
+            listed("gpu", LIBKRUN, false),
+        ];
+        assert_eq!(blocker(&mac, "dev"), None);
+        for other in [listed("own", "applehv", true), listed("gpu", LIBKRUN, true)] {
+            let mut l = mac.to_vec();
+            l.push(other.clone());
+            assert_eq!(blocker(&l, "dev"), Some(&other));
+        }
+        // A machine of this name in another provider's store is another machine.
+        let twin = [listed("dev", "applehv", true)];
+        assert_eq!(blocker(&twin, "dev"), Some(&twin[0]));
+
+        let e = ExposeError::OtherRunning {
+            name: "dev".into(),
+            other: "own".into(),
+            provider: "applehv".into(),
+            carbon_vm: false,
+        };
+        assert!(
+            e.to_string()
+                .contains("Podman machine own (applehv) is running")
+                && e.to_string().contains("`podman machine stop own`"),
+            "{e}"
+        );
+        let e = ExposeError::OtherRunning {
+            name: "dev".into(),
+            other: "gpu".into(),
+            provider: LIBKRUN.into(),
+            carbon_vm: true,
+        };
+        assert!(e.to_string().contains("`carbon-vm stop gpu`"), "{e}");
+    }
+
+    /// A stub podman: `--version` prints `version`; `machine list` runs `list`, after logging
+    /// its arguments and CONTAINERS_MACHINE_PROVIDER to `args.log`.
+    fn stub_podman(dir: &Path, version: &str, list: &str) -> PathBuf {
+        let path = dir.join("podman");
+        let log = dir.join("args.log");
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\n\
+                 if [ \"$1\" = --version ]; then echo 'podman version {version}'; exit 0; fi\n\
+                 echo \"$* provider=$CONTAINERS_MACHINE_PROVIDER\" >>'{log}'\n{list}\n",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn podman_is_asked_as_its_version_checks_and_never_waited_for_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("args.log");
+        let limit = Duration::from_secs(10);
+        let list = format!("cat <<'EOF'\n{LISTED}\nEOF");
+        for (version, args) in [
+            ("5.3.2", "machine list --format json provider=libkrun"),
+            (
+                "5.4.2",
+                "machine list --all-providers --format json provider=",
+            ),
+            ("6.0.0", "machine list --format json provider="),
+        ] {
+            let _ = std::fs::remove_file(&log);
+            let podman = stub_podman(dir.path(), version, &list);
+            let got = podman_machines(&podman, limit).unwrap().unwrap();
+            assert_eq!(got, [listed("mine", "qemu", true)], "{version}");
+            assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), args);
+        }
+
+        // A podman before 5.2 has no libkrun machines; none at all is no Podman machine.
+        let podman = stub_podman(dir.path(), "5.1.2", "exit 99");
+        assert_eq!(podman_machines(&podman, limit).unwrap(), None);
+        let missing = dir.path().join("nowhere/podman");
+        assert_eq!(podman_machines(&missing, limit).unwrap(), None);
+
+        // Podman's own failure (a machine whose state it cannot get) is named, not guessed at.
+        let podman = stub_podman(
+            dir.path(),
+            "5.5.1",
+            "echo 'Error: unknown machine state: ' >&2; exit 125",
+        );
+        let e = podman_machines(&podman, limit).unwrap_err();
+        assert!(
+            matches!(&e, ExposeError::ListFailed(m) if m.contains("unknown machine state")),
+            "{e}"
+        );
+        let podman = stub_podman(dir.path(), "6.0.0", "echo 'NAME VM TYPE'");
+        assert!(matches!(
+            podman_machines(&podman, limit),
+            Err(ExposeError::ListFailed(_))
+        ));
+
+        // A podman hung on a machine that never answers (and what it started) is killed at the
+        // limit.
+        let podman = stub_podman(dir.path(), "5.4.2", "sleep 600 & wait");
+        let t = Instant::now();
+        let e = podman_machines(&podman, Duration::from_millis(300)).unwrap_err();
+        assert!(
+            matches!(e, ExposeError::PodmanHung("podman machine list", _)),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_rest_port_anyone_answers_is_seen_without_a_word_sent() {
+        let squatter = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = squatter.local_addr().unwrap().port();
+        assert!(rest_port_answered(port).unwrap());
+        let (mut conn, _) = squatter.accept().unwrap();
+        let mut sent = Vec::new();
+        conn.read_to_end(&mut sent).unwrap();
+        assert!(sent.is_empty(), "{sent:?}");
+        drop((conn, squatter));
+        // Closed: what Podman reads as "stopped".
+        assert!(!rest_port_answered(port).unwrap());
+    }
+
+    /// Set in the process that [`podmans_start_lock_is_waited_for_in_bounds`] starts to hold
+    /// Podman's start lock (fcntl locks are per process).
+    const HOLD_LOCK: &str = "CARBON_VM_TEST_HOLD_PODMAN_START_LOCK";
+
+    #[test]
+    fn podmans_start_lock_is_waited_for_in_bounds() {
+        if let Some(path) = std::env::var_os(HOLD_LOCK) {
+            // The holder, as `podman machine start` would be: locked until stdin closes.
+            let _lock = take_start_lock(Path::new(&path), Duration::ZERO).unwrap();
+            println!("locked");
+            let _ = io::stdin().read_to_end(&mut Vec::new());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("machine/machine-start.lock");
+        let mut holder = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "podman_machine::tests::podmans_start_lock_is_waited_for_in_bounds",
+                "--nocapture",
+            ])
+            .env(HOLD_LOCK, &path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = io::BufReader::new(holder.stdout.take().unwrap());
+        let mut line = String::new();
+        while line.trim() != "locked" {
+            line.clear();
+            let n = io::BufRead::read_line(&mut out, &mut line).unwrap();
+            assert!(n > 0, "the holder ended before it took the lock");
+        }
+        let t = Instant::now();
+        let e = take_start_lock(&path, Duration::from_millis(300)).unwrap_err();
+        assert!(
+            matches!(&e, ExposeError::StartLocked(p, _) if *p == path),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+        drop(holder.stdin.take());
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        assert!(holder.wait().unwrap().success(), "{rest}");
+        take_start_lock(&path, Duration::from_secs(10)).unwrap();
     }
 }

@@ -179,7 +179,15 @@ root_run() {
         args+=(--bind "$d" "$d")
         prev=$d
     done
+    # A user the root's passwd does not name (ssh-keygen and podman ask who they run as) is added
+    # to the copy of its passwd and group the command sees.
+    local ids=()
+    if ! grep -q "^[^:]*:[^:]*:$(id -u):" "$root/etc/passwd"; then
+        ids=(--ro-bind-data 8 /etc/passwd --ro-bind-data 9 /etc/group)
+    fi
     # The root's own programs first, not those of a PATH made for the host (pyenv and the like).
-    exec bwrap "${args[@]}" --chdir "$PWD" \
-        --setenv PATH /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -- "$@"
+    exec bwrap "${args[@]}" "${ids[@]}" --chdir "$PWD" \
+        --setenv PATH /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -- "$@" \
+        8< <(cat "$root/etc/passwd" && getent passwd "$(id -u)") \
+        9< <(cat "$root/etc/group" && getent group "$(id -g)")
 }

@@ -1044,6 +1044,27 @@ fn mac_rehearsal() {
         out.contains("DRIVER_ID_MESA_VENUS") && out.contains("Virtio-GPU Venus ("),
         "{out}"
     );
+    // krunkit's REST API (Podman's endpoint: an unauthenticated HardStop) is a control port:
+    // a container reaching for it through host.containers.internal is refused.
+    let attack = format!(
+        "exec 3<>/dev/tcp/192.168.127.254/{rest_port} && \
+         printf 'GET /vm/state HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3 && timeout 10 cat <&3"
+    );
+    let o = g.podman(&[
+        "-c",
+        name,
+        "run",
+        "--rm",
+        "localhost/carbon-venus:latest",
+        "bash",
+        "-c",
+        &format!("{attack} 2>&1; echo exit=$?"),
+    ]);
+    let answer = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        answer.contains("Connection refused") && !answer.contains("VirtualMachineState"),
+        "krunkit's REST port, from a container: {answer}"
+    );
     let vmm_log = std::fs::read_to_string(machine.join("vmm.log")).unwrap();
     let blobs = vmm_log.matches("a 16 KiB multiple: mapped").count();
     assert!(

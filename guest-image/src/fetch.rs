@@ -256,23 +256,37 @@ async fn resolve_oci_layer(
 ) -> Result<OciDescriptor, FetchError> {
     let types = [&OCI_MANIFEST_TYPES[..], &[crate::index::INDEX_TYPE]].concat();
     let mut raw = manifest_bytes(client, reference, &types).await?;
-    if crate::index::is_index(&raw) {
-        let index: crate::index::Index =
-            serde_json::from_slice(&raw).map_err(|e| FetchError::IndexJson(Untrusted::of(e)))?;
-        let entry = index.select(arch).map_err(|there| FetchError::NoPlatform {
-            arch: arch.to_owned(),
-            there,
-        })?;
+    if let Some(entry) = index_entry(&raw, arch)? {
         // By the digest the index names: the index's own digest then pins this manifest too.
         let by_digest = oci_client::Reference::with_digest(
             reference.registry().to_owned(),
             reference.repository().to_owned(),
-            entry.digest.clone(),
+            entry.digest,
         );
         raw = manifest_bytes(client, &by_digest, &OCI_MANIFEST_TYPES).await?;
     }
+    single_layer(&raw)
+}
+
+/// Where a registry's manifest answer `raw` is an image index: its entry for linux/`arch`.
+/// `None`: it is not an index (an image manifest, or not JSON at all).
+pub fn index_entry(raw: &[u8], arch: &str) -> Result<Option<crate::index::Entry>, FetchError> {
+    if !crate::index::is_index(raw) {
+        return Ok(None);
+    }
+    let index: crate::index::Index =
+        serde_json::from_slice(raw).map_err(|e| FetchError::IndexJson(Untrusted::of(e)))?;
+    let entry = index.select(arch).map_err(|there| FetchError::NoPlatform {
+        arch: arch.to_owned(),
+        there,
+    })?;
+    Ok(Some(entry.clone()))
+}
+
+/// The one layer of the image manifest `raw` (a registry's answer): the artifact.
+pub fn single_layer(raw: &[u8]) -> Result<OciDescriptor, FetchError> {
     let manifest: OciImageManifest =
-        serde_json::from_slice(&raw).map_err(|e| FetchError::ManifestJson(Untrusted::of(e)))?;
+        serde_json::from_slice(raw).map_err(|e| FetchError::ManifestJson(Untrusted::of(e)))?;
     match <[OciDescriptor; 1]>::try_from(manifest.layers) {
         Ok([layer]) => Ok(layer),
         Err(layers) => Err(FetchError::LayerCount(layers.len())),

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 const GPT_ENTRY_SIZE: u32 = 128;
 /// More entries than a GPT normally has (128) are refused: the table is read entry by entry.
 const MAX_GPT_ENTRIES: u32 = 1024;
+/// An ICD manifest is a few hundred bytes. A larger one is refused unread: the ext4 reader
+/// allocates whatever size the file's inode claims (found by fuzzing: docs/fuzzing.md).
+const MAX_ICD_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -38,10 +41,14 @@ pub enum InspectError {
     NoPartition(String),
     #[error("cannot read the root filesystem")]
     Ext4(#[source] Untrusted),
+    #[error("the root filesystem claims {blocks} blocks, more than its {len}-byte partition holds")]
+    Ext4TooLarge { blocks: u64, len: u64 },
     #[error("the Venus ICD {0:?} is not a regular file in the root filesystem")]
     NoIcd(String),
     #[error("the Venus ICD {0:?} is invalid")]
     BadIcd(String, #[source] Untrusted),
+    #[error("the Venus ICD {0:?} is {1} bytes, more than an ICD manifest's {MAX_ICD_BYTES}")]
+    HugeIcd(String, u64),
     #[error("the Venus ICD names {0:?}, which is not a regular file in the root filesystem")]
     NoLibrary(String),
     #[error("the manifest's Venus library {0:?} is not a regular file in the root filesystem")]
@@ -141,9 +148,37 @@ pub fn open_partition(disk: &Path, name: &str) -> Result<Ext4, InspectError> {
         part.bytes_start(lb).map_err(gpt_error)?,
         part.bytes_len(lb).map_err(gpt_error)?,
     );
-    let file = gpt.take_device();
-    Ext4::load(Box::new(Window { file, offset, len }))
-        .map_err(|e| InspectError::Ext4(Untrusted::of(e)))
+    let mut window = Window {
+        file: gpt.take_device(),
+        offset,
+        len,
+    };
+    check_block_count(&mut window)?;
+    Ext4::load(Box::new(window)).map_err(|e| InspectError::Ext4(Untrusted::of(e)))
+}
+
+/// ext4-view sizes its table of block groups from the superblock's block count before it reads
+/// anything else, so a count no partition holds is an allocation of gigabytes (found by fuzzing:
+/// docs/fuzzing.md). A filesystem larger than its partition is refused first, as the kernel
+/// refuses one larger than its device; a block is at least 1 KiB.
+fn check_block_count(w: &mut Window) -> Result<(), InspectError> {
+    let mut sb = [0u8; 1024];
+    w.read(1024, &mut sb)
+        .map_err(|e| InspectError::Ext4(Untrusted::from_error(&*e)))?;
+    let le32 = |at: usize| {
+        u64::from(u32::from_le_bytes([
+            sb[at],
+            sb[at + 1],
+            sb[at + 2],
+            sb[at + 3],
+        ]))
+    };
+    // s_blocks_count_hi and _lo, as ext4-view reads them (the high half whatever the features).
+    let blocks = (le32(0x150) << 32) | le32(0x4);
+    if blocks.saturating_mul(1024) > w.len {
+        return Err(InspectError::Ext4TooLarge { blocks, len: w.len });
+    }
+    Ok(())
 }
 
 /// Checks that the root filesystem holds the Venus ICD, the library it names, the library the
@@ -157,8 +192,14 @@ pub fn verify_venus(disk: &Path, manifest: &Manifest) -> Result<PathBuf, Inspect
         fs.metadata(p)
             .is_ok_and(|m| m.file_type().is_regular_file())
     };
-    if !is_file(Path::new(&b.venus_icd)) {
-        return Err(InspectError::NoIcd(b.venus_icd.clone()));
+    let icd_len = fs
+        .metadata(Path::new(&b.venus_icd))
+        .ok()
+        .filter(|m| m.file_type().is_regular_file())
+        .ok_or_else(|| InspectError::NoIcd(b.venus_icd.clone()))?
+        .len();
+    if icd_len > MAX_ICD_BYTES {
+        return Err(InspectError::HugeIcd(b.venus_icd.clone(), icd_len));
     }
     let icd_json = fs
         .read(b.venus_icd.as_str())

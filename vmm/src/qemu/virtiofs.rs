@@ -12,14 +12,19 @@ mod walls;
 
 use crate::Share;
 use crate::process::{self, Signal};
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
+#[cfg(target_os = "linux")]
+use {
+    std::fs::File,
+    std::os::fd::AsRawFd,
+    std::os::unix::net::UnixListener,
+    std::os::unix::process::CommandExt,
+    std::process::{Command, Stdio},
+};
 
 /// The listening socket's number in virtiofsd.
+#[cfg(target_os = "linux")]
 const FD: i32 = 3;
 
 pub const INSTALL_HINT: &str = "apt-get install virtiofsd (Debian 13 and later; on Debian 12, \
@@ -65,6 +70,7 @@ pub fn check_walls() -> std::io::Result<()> {
 }
 
 /// virtiofsd's arguments for `dir`.
+#[cfg(target_os = "linux")]
 fn args(dir: &Path) -> Vec<String> {
     vec![
         format!("--fd={FD}"),
@@ -167,7 +173,7 @@ pub fn kill_stale(shares: &[Share]) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

@@ -223,3 +223,31 @@ pub fn verify_venus(disk: &Path, manifest: &Manifest) -> Result<PathBuf, Inspect
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filesystem_larger_than_its_partition_is_refused_before_it_is_loaded() {
+        let mut disk = vec![0u8; 2048];
+        disk[1024 + 4..1024 + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(&disk, 0).unwrap();
+        let mut w = Window {
+            file,
+            offset: 0,
+            len: 2048,
+        };
+        assert!(matches!(
+            check_block_count(&mut w),
+            Err(InspectError::Ext4TooLarge {
+                blocks: 0xffff_ffff,
+                len: 2048
+            })
+        ));
+        // Two blocks of 1 KiB fit.
+        w.file.write_all_at(&2u32.to_le_bytes(), 1024 + 4).unwrap();
+        check_block_count(&mut w).unwrap();
+    }
+}

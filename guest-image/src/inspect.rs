@@ -3,9 +3,10 @@
 
 use crate::manifest::Manifest;
 use crate::untrusted::Untrusted;
-use ext4_view::{Ext4, Ext4Read};
+use ext4_view::{Ext4, Ext4Read, Metadata};
 use gpt::header::Header;
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,10 @@ use std::path::{Path, PathBuf};
 const GPT_ENTRY_SIZE: u32 = 128;
 /// More entries than a GPT normally has (128) are refused: the table is read entry by entry.
 const MAX_GPT_ENTRIES: u32 = 1024;
+/// Symlink targets longer than Linux's PATH_MAX are refused unread, and so are lookups that
+/// follow more symlinks than Linux does before ELOOP.
+const MAX_SYMLINK_BYTES: u64 = 4096;
+const MAX_SYMLINKS: u32 = 40;
 /// An ICD manifest is a few hundred bytes. A larger one is refused unread: the ext4 reader
 /// allocates whatever size the file's inode claims (found by fuzzing: docs/fuzzing.md).
 const MAX_ICD_BYTES: u64 = 64 * 1024;
@@ -181,6 +186,58 @@ fn check_block_count(w: &mut Window) -> Result<(), InspectError> {
     Ok(())
 }
 
+/// `path` (absolute) inside `fs` with every symlink resolved the way the guest resolves it (an
+/// absolute or `..` target cannot leave the filesystem), and what it names; `None` where it does
+/// not resolve. carbon-vm follows the symlinks itself, each target's size checked first, so that
+/// ext4-view only ever looks up paths without one: it reads a symlink's target at whatever size
+/// the inode claims (found by fuzzing: docs/fuzzing.md).
+fn resolve(fs: &Ext4, path: &[u8]) -> Option<(Vec<u8>, Metadata)> {
+    if !path.starts_with(b"/") {
+        return None;
+    }
+    let joined = |names: &[Vec<u8>]| [&b"/"[..], &names.join(&b'/')].concat();
+    // `names`: the path resolved so far, no symlink in it; `pending`: the names still to walk,
+    // the next last. Both stay small: at most MAX_SYMLINKS targets of MAX_SYMLINK_BYTES join in.
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    let mut pending: Vec<Vec<u8>> = path
+        .split(|&b| b == b'/')
+        .rev()
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut links = 0;
+    while let Some(name) = pending.pop() {
+        match name.as_slice() {
+            b"" | b"." => {}
+            b".." => {
+                names.pop();
+            }
+            _ => {
+                names.push(name);
+                let here = joined(&names);
+                let m = fs.symlink_metadata(here.as_slice()).ok()?;
+                if m.file_type().is_symlink() {
+                    links += 1;
+                    if links > MAX_SYMLINKS || m.len() > MAX_SYMLINK_BYTES {
+                        return None;
+                    }
+                    let target = fs.read_link(here.as_slice()).ok()?;
+                    let target: &[u8] = target.as_ref();
+                    names.pop();
+                    if target.starts_with(b"/") {
+                        names.clear();
+                    }
+                    pending.extend(target.split(|&b| b == b'/').rev().map(<[u8]>::to_vec));
+                } else if !pending.is_empty() && !m.is_dir() {
+                    return None; // a name after a file
+                }
+            }
+        }
+    }
+    let here = joined(&names);
+    let m = fs.symlink_metadata(here.as_slice()).ok()?;
+    Some((here, m))
+}
+
 /// Checks that the root filesystem holds the Venus ICD, the library it names, the library the
 /// manifest declares, and every bundled container image. Returns the library the ICD resolves to.
 pub fn verify_venus(disk: &Path, manifest: &Manifest) -> Result<PathBuf, InspectError> {
@@ -188,21 +245,17 @@ pub fn verify_venus(disk: &Path, manifest: &Manifest) -> Result<PathBuf, Inspect
     let b = &manifest.bundles;
     // Symlinks are followed the way the guest would, inside this filesystem: an absolute or
     // `..` target cannot leave it. What they end at must be a regular file.
-    let is_file = |p: &Path| {
-        fs.metadata(p)
-            .is_ok_and(|m| m.file_type().is_regular_file())
+    let file = |p: &Path| {
+        resolve(&fs, p.as_os_str().as_bytes()).filter(|(_, m)| m.file_type().is_regular_file())
     };
-    let icd_len = fs
-        .metadata(Path::new(&b.venus_icd))
-        .ok()
-        .filter(|m| m.file_type().is_regular_file())
-        .ok_or_else(|| InspectError::NoIcd(b.venus_icd.clone()))?
-        .len();
-    if icd_len > MAX_ICD_BYTES {
-        return Err(InspectError::HugeIcd(b.venus_icd.clone(), icd_len));
+    let is_file = |p: &Path| file(p).is_some();
+    let (icd_path, icd) =
+        file(Path::new(&b.venus_icd)).ok_or_else(|| InspectError::NoIcd(b.venus_icd.clone()))?;
+    if icd.len() > MAX_ICD_BYTES {
+        return Err(InspectError::HugeIcd(b.venus_icd.clone(), icd.len()));
     }
     let icd_json = fs
-        .read(b.venus_icd.as_str())
+        .read(icd_path.as_slice())
         .map_err(|_| InspectError::NoIcd(b.venus_icd.clone()))?;
     let lib = venus::icd::library(Path::new(&b.venus_icd), &icd_json)
         .map_err(|e| InspectError::BadIcd(b.venus_icd.clone(), Untrusted::of(e)))?;

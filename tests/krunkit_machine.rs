@@ -73,6 +73,15 @@ fn gvproxy_has_vfkit() -> bool {
 
 /// A carbon-vm state with a cached image, a Podman config home, and how to run carbon-vm: on
 /// this host, or inside the trixie root of scripts/gpu-root (whose podman is 5.x).
+/// The REST port a libkrun Podman machine file names (`http://127.0.0.1:PORT`).
+fn rest_port(file: &Value) -> u16 {
+    file["LibKrunHypervisor"]["KRun"]["Endpoint"]
+        .as_str()
+        .and_then(|e| e.strip_prefix("http://127.0.0.1:"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no REST endpoint in {file}"))
+}
+
 struct Krunkit {
     env: Env,
     xdg: PathBuf,
@@ -623,13 +632,7 @@ fn exposed_start_keeps_podmans_rules() {
     k.create("pm", &["--podman-machine"]);
     let file: Value =
         serde_json::from_slice(&std::fs::read(podman_file(&k, "pm")).unwrap()).unwrap();
-    let rest_port: u16 = file["LibKrunHypervisor"]["KRun"]["Endpoint"]
-        .as_str()
-        .unwrap()
-        .strip_prefix("http://127.0.0.1:")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let rest_port = rest_port(&file);
     let untouched = |what: &str| {
         assert_eq!(k.pid("pm", "vmm.pid"), None, "{what}: krunkit never ran");
         assert!(!k.machine("pm").join("gvproxy.log").exists(), "{what}");
@@ -921,13 +924,7 @@ fn mac_rehearsal() {
         .join("containers/podman/machine/libkrun")
         .join(format!("{name}.json"));
     let file: Value = serde_json::from_slice(&std::fs::read(&podman_file).unwrap()).unwrap();
-    let rest_port: u16 = file["LibKrunHypervisor"]["KRun"]["Endpoint"]
-        .as_str()
-        .unwrap()
-        .strip_prefix("http://127.0.0.1:")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let rest_port = rest_port(&file);
     let machine = g.env.home.path().join("machines").join(name);
 
     // Start: EDK2 boots the disk, the guest says Ready on vsock 1025 with its host key.

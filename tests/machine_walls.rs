@@ -11,6 +11,7 @@
 //! - carbon-vm's control ports on the host's loopback through host.containers.internal
 //!   (192.168.127.254, which gvproxy NATs to the host's 127.0.0.1): the SSH forward, from a
 //!   container and from root in the guest, while the user's own loopback service still answers;
+//!   and the SSH forward of a machine started after this one;
 //! - ssh (the tunnel and `carbon-vm ssh`) ignores the user's ~/.ssh/config;
 //! - a shared folder that holds carbon-vm's own state (the image cache, other machines), from a
 //!   rootful container that mounts it: writing the cached kernel or another machine's disk,
@@ -104,7 +105,11 @@ impl Machine {
     }
 
     fn ssh_port(&self) -> u16 {
-        let o = self.cv(&["--json", "inspect", MACHINE]);
+        self.ssh_port_of(MACHINE)
+    }
+
+    fn ssh_port_of(&self, machine: &str) -> u16 {
+        let o = self.cv(&["--json", "inspect", machine]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         v["ssh_port"]
             .as_u64()
@@ -347,6 +352,16 @@ fn control_ports(m: &Machine, ssh_port: u16) {
         from_guest.contains("Connection refused") && !from_guest.contains("SSH-"),
         "the SSH forward, from root in the guest: {from_guest}"
     );
+
+    // A machine started after this one: its SSH forward joins this guest's walls at once.
+    let o = m.cv(&["start", "other"]);
+    assert!(o.status.success(), "start other: {}", text(&o));
+    let other_port = m.ssh_port_of("other");
+    let answer = m.in_container(&[], &format!("{host} {other_port}"), "");
+    assert_refused(&answer, "a machine started later: its SSH forward");
+    assert!(!answer.contains("SSH-"), "{answer}");
+    let o = m.cv(&["stop", "other"]);
+    assert!(o.status.success(), "stop other: {}", text(&o));
 }
 
 /// What a shared folder holding carbon-vm's state must keep from a rootful container that mounts

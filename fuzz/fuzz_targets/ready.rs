@@ -1,6 +1,7 @@
 //! The guest's Ready line (`vmm::ready::ReadyChannel::wait`), through the real unix socket: the
 //! input is what the guest writes, then a `Ready` line of the fuzzer's own so that every run
-//! ends; the key returned must be the first `Ready` line's, as an independent reading says.
+//! ends; the key returned must be the first `Ready` line's, as an independent reading says (a
+//! line over `MAX_LINE` bytes, its newline included, is never the signal).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::Duration;
-use vmm::ready::{ReadyChannel, ReadyError};
+use vmm::ready::{MAX_LINE, ReadyChannel, ReadyError};
 
 const SENTINEL: &str = "fuzz-sentinel";
 /// The socket buffers all of it before the channel reads (the write would block beyond).
@@ -33,6 +34,9 @@ fn expected(stream: &[u8]) -> Seen {
     for line in stream.split_inclusive(|&b| b == b'\n') {
         if !line.ends_with(b"\n") {
             break;
+        }
+        if line.len() > MAX_LINE {
+            continue;
         }
         let line = String::from_utf8_lossy(line);
         let line = line.trim();

@@ -3,6 +3,7 @@
 //! pinned), the Podman socket tunnel (tunnel.rs), the Podman API; on any error everything it
 //! started is stopped again ([`Teardown`]).
 
+mod control_ports;
 mod drivers;
 mod gvproxy;
 mod tunnel;
@@ -188,7 +189,7 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     };
     m.write_json(RUN, &run)?;
     let boot = Vm {
-        oem_strings: credentials(m, &spec, &control_ports(m, run.ssh_port))?,
+        oem_strings: credentials(m, &spec, &control_ports::known(m, run.ssh_port))?,
         ..vm.clone()
     };
     let ready = ReadyChannel::bind(&vm.ready_socket)?;
@@ -218,6 +219,7 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         .unwrap_or_else(|| o.start_timeout.saturating_sub(started.elapsed()));
     wait_podman(m, run.ssh_port, podman_timeout)?;
     tracing::info!(machine = %spec.name, "podman api answers");
+    control_ports::share(m, o, run.ssh_port);
     guard.disarm();
     Ok(run)
 }
@@ -412,35 +414,8 @@ pub fn ssh(m: &MachineDir, o: &StartOptions) -> Result<std::process::Command, Li
 }
 
 /// systemd credentials for the guest (SMBIOS OEM strings): root's SSH key, the hostname, and
-/// the shared folders' mounts (systemd-fstab-generator reads `fstab.extra`).
-/// carbon-vm's control ports on the host's loopback, which the guest refuses to reach through
-/// 192.168.127.254 (host.containers.internal, NATed to the host's 127.0.0.1 by gvproxy): this
-/// run's SSH forward, and those of every machine known now (running machines' SSH forwards,
-/// exposed machines' krunkit REST ports). A machine that starts later is not in the list.
-fn control_ports(m: &MachineDir, ssh_port: u16) -> Vec<u16> {
-    let mut ports = vec![ssh_port];
-    if let (Some(machines), Some(runtime)) = (m.dir.parent(), m.run_dir.parent()) {
-        let store = Store {
-            machines: machines.to_owned(),
-            runtime: runtime.to_owned(),
-        };
-        for other in store.names().unwrap_or_default() {
-            let Ok(o) = store.machine(&other) else {
-                continue;
-            };
-            ports.extend(o.run().map(|r| r.ssh_port));
-            ports.extend(
-                o.spec()
-                    .ok()
-                    .and_then(|s| s.podman_machine.map(|p| p.rest_port)),
-            );
-        }
-    }
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
+/// carbon-vm's control ports (`control_ports::known`), the shared folders' mounts
+/// (systemd-fstab-generator reads `fstab.extra`).
 fn credentials(
     m: &MachineDir,
     spec: &Spec,

@@ -67,10 +67,10 @@
 use crate::store::{DISK, EFI_VARS, KEY, MachineDir, PodmanMachine, SPEC, Spec, VMM_PID};
 use chrono::{DateTime, FixedOffset, SecondsFormat};
 use serde_json::{Value, json};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The machine-config schema version every podman from 5.2 to 6.1 writes and reads.
@@ -475,71 +475,11 @@ pub fn blocker<'a>(listed: &'a [Listed], name: &str) -> Option<&'a Listed> {
         .find(|l| l.running && !(l.name == name && l.vm_type == LIBKRUN))
 }
 
-/// `c`'s output, or `None` when it did not finish within `limit`: it is killed then, and all
-/// it started in its process group.
-fn output_within(c: &mut Command, limit: Duration) -> io::Result<Option<Output>> {
-    let mut child = std::os::unix::process::CommandExt::process_group(
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-        0,
-    )
-    .spawn()?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pipes: [Option<Box<dyn Read + Send>>; 2] = [
-        child.stdout.take().map(|p| Box::new(p) as _),
-        child.stderr.take().map(|p| Box::new(p) as _),
-    ];
-    for (i, pipe) in pipes.into_iter().enumerate() {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            let _ = tx.send((i, buf));
-        });
-    }
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            // Not reaped yet, so its PID (its group's ID) is not anyone else's.
-            let _ = rustix::process::kill_process_group(
-                rustix::process::Pid::from_child(&child),
-                rustix::process::Signal::KILL,
-            );
-            let _ = child.wait();
-            return Ok(None);
-        }
-        std::thread::sleep(POLL);
-    };
-    let mut out = [Vec::new(), Vec::new()];
-    for _ in 0..2 {
-        // What it left running may hold its output open: that, too, is not finishing.
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        match rx.recv_timeout(left) {
-            Ok((i, buf)) => out[i] = buf,
-            Err(_) => return Ok(None),
-        }
-    }
-    let [stdout, stderr] = out;
-    Ok(Some(Output {
-        status,
-        stdout,
-        stderr,
-    }))
-}
-
 /// The machines `podman` lists that its `machine start` would count (see [`Exclusive`]), each
 /// command bounded by `limit`. `None` where nothing can see or start a Podman machine: no
 /// podman on PATH, or a podman before 5.2.
 pub fn podman_machines(podman: &Path, limit: Duration) -> Result<Option<Vec<Listed>>, ExposeError> {
-    let version = match output_within(Command::new(podman).arg("--version"), limit) {
+    let version = match crate::child::output_within(Command::new(podman).arg("--version"), limit) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             tracing::warn!("podman is not installed: no Podman machine can run beside this one");
             return Ok(None);
@@ -562,7 +502,7 @@ pub fn podman_machines(podman: &Path, limit: Duration) -> Result<Option<Vec<List
     if let Some(p) = provider {
         c.env("CONTAINERS_MACHINE_PROVIDER", p);
     }
-    let o = match output_within(&mut c, limit) {
+    let o = match crate::child::output_within(&mut c, limit) {
         Err(e) => return Err(ExposeError::NoPodman(e)),
         Ok(None) => return Err(ExposeError::PodmanHung("podman machine list", limit)),
         Ok(Some(o)) => o,
@@ -693,6 +633,8 @@ pub fn check_start(m: &MachineDir, spec: &Spec) -> Result<StartGuard, ExposeErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::process::Stdio;
 
     /// The file of each podman generation, for the machine of [`exposed`].
     const GOLDEN: [(Schema, &str); 4] = [

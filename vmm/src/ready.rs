@@ -3,9 +3,10 @@
 //! when the guest connects to vsock port 1025), and carbon-vm's guest writes one line,
 //! `Ready <its SSH host key>`, once sshd and the Podman socket listen. The key is pinned from this
 //! private channel, so SSH never trusts a key on first use; a bare `Ready` (a guest that is not
-//! carbon-vm's) is refused.
+//! carbon-vm's) is refused. Lines are bounded (`MAX_LINE`): a guest that writes without end
+//! cannot grow the host's memory while it is awaited.
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(50);
 /// How often the VMM's liveness is asked while no line arrives.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// The longest line read, its newline included (an SSH host key line is a few hundred bytes); a
+/// longer one is skipped to its end and is never the signal.
+pub const MAX_LINE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadyError<E: std::error::Error + 'static> {
@@ -73,14 +77,26 @@ impl ReadyChannel {
                 .map_err(ReadyError::Io)?;
             let mut reader = BufReader::new(conn);
             let mut line = Vec::new();
+            // Inside a line over MAX_LINE, until its end.
+            let mut skipping = false;
             loop {
-                match reader.read_until(b'\n', &mut line) {
+                // Never more than one byte past MAX_LINE, so `line` stays bounded.
+                let room = (MAX_LINE + 1 - line.len()) as u64;
+                match (&mut reader).take(room).read_until(b'\n', &mut line) {
                     // That connection ended without Ready: wait for the next one.
                     Ok(0) => break,
                     Ok(_) if line.ends_with(b"\n") => {
-                        if let Some(key) = parse(&line) {
+                        if !skipping
+                            && line.len() <= MAX_LINE
+                            && let Some(key) = parse(&line)
+                        {
                             return key;
                         }
+                        skipping = false;
+                        line.clear();
+                    }
+                    Ok(_) if line.len() > MAX_LINE => {
+                        skipping = true;
                         line.clear();
                     }
                     Ok(_) => {}
@@ -154,6 +170,25 @@ mod tests {
         s.write_all(b"Ready\n").unwrap();
         let e = ch.wait(Duration::from_secs(10), || Ok::<_, Gone>(()));
         assert!(matches!(e, Err(ReadyError::NoHostKey)), "{e:?}");
+    }
+
+    #[test]
+    fn an_overlong_line_is_skipped_whole() {
+        let (_d, ch, sock) = channel();
+        let writer = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            // A line that would be the signal but for its length, written in pieces.
+            s.write_all(b"Ready ").unwrap();
+            for _ in 0..64 {
+                s.write_all(&[b'x'; MAX_LINE]).unwrap();
+            }
+            s.write_all(b"\nReady ssh-ed25519 BBBB\n").unwrap();
+        });
+        let key = ch
+            .wait(Duration::from_secs(30), || Ok::<_, Gone>(()))
+            .unwrap();
+        assert_eq!(key, "ssh-ed25519 BBBB");
+        writer.join().unwrap();
     }
 
     #[test]

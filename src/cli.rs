@@ -104,6 +104,10 @@ pub struct BuildArgs {
     /// CARBON_VM_SIGN_PASSWORD).
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// The Venus bundle that GPU machines hand to containers (`scripts/venus-bundle path`
+    /// prints one): its ARCH/ tree goes to /usr/lib/carbon-vm/venus in the guest.
+    #[arg(long, value_name = "DIR")]
+    pub venus_bundle: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -263,6 +267,13 @@ pub enum GpuCommand {
 #[derive(Args, Debug)]
 pub struct GpuCheckArgs {
     pub name: String,
+    /// The container image to check (default: the one the guest image bundles for this).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Give the container the CDI device carbon-vm.dev/gpu=all (carbon-vm's Venus driver, for
+    /// images without one) instead of the default /dev/dri.
+    #[arg(long)]
+    pub cdi: bool,
     /// Also run a real application's Vulkan code: `llama` decodes with llama.cpp on the Venus
     /// device and on the CPU in a container, and compares (image: `scripts/llama-root image NAME`).
     #[arg(long, value_enum)]

@@ -861,7 +861,11 @@ fn the_mac_rehearsal_boots_runs_venus_containers_and_answers_podman() {
 }
 
 fn mac_rehearsal() {
-    let (Some(image), Some(root)) = (common::aarch64_image(), common::gpu_root()) else {
+    let (Some(image), Some(root), Some(images)) = (
+        common::aarch64_image(),
+        common::gpu_root(),
+        common::vk_images_aarch64(),
+    ) else {
         return;
     };
     // krunkit as carbon-vm runs it, plus a connect-mode vsock port (the host reaches a listener
@@ -1040,6 +1044,33 @@ fn mac_rehearsal() {
     assert!(
         out.contains("DRIVER_ID_MESA_VENUS") && out.contains("Virtio-GPU Venus ("),
         "{out}"
+    );
+    // An aarch64 image without a Venus driver (Debian 12's Mesa: lavapipe) gets the image's
+    // bundled one through the CDI device, with every blob a 16 KiB multiple still.
+    let lavapipe = "localhost/bookworm-lavapipe";
+    ok(
+        &g.podman(&[
+            "-c",
+            name,
+            "import",
+            images.join("bookworm-lavapipe.tar").to_str().unwrap(),
+            lavapipe,
+        ]),
+        "podman import an aarch64 image without Venus",
+    );
+    let o = g.carbon_vm(&[
+        "--json",
+        "gpu",
+        "check",
+        name,
+        "--image",
+        lavapipe,
+        "--cdi",
+        "--mac-pages",
+    ]);
+    common::gpu::passed_on_venus(
+        &o,
+        "gpu check --image (no Venus of its own) --cdi --mac-pages",
     );
     // krunkit's REST API (Podman's endpoint: an unauthenticated HardStop) is a control port:
     // a container reaching for it through host.containers.internal is refused. (The container

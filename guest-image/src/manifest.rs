@@ -58,6 +58,19 @@ pub struct Bundles {
     /// Container images shipped inside the root filesystem for offline use.
     #[serde(default)]
     pub container_images: Vec<ContainerImage>,
+    /// The Venus driver the guest hands to containers through its CDI device (`venus::bundle`),
+    /// where the image has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_driver: Option<ContainerDriver>,
+}
+
+/// The Venus bundle of an image (`venus::bundle::Version`, at `venus::bundle::DIR`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDriver {
+    pub mesa_version: String,
+    pub vulkan_loader: String,
+    /// The oldest glibc a container may have to load it.
+    pub glibc: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +182,19 @@ impl Manifest {
                 ("bundles.container_images.path", c.path.as_str()),
             ]
         }))
+        .chain(n.container_driver.iter().flat_map(|d| {
+            [
+                (
+                    "bundles.container_driver.mesa_version",
+                    d.mesa_version.as_str(),
+                ),
+                (
+                    "bundles.container_driver.vulkan_loader",
+                    d.vulkan_loader.as_str(),
+                ),
+                ("bundles.container_driver.glibc", d.glibc.as_str()),
+            ]
+        }))
     }
 
     /// The sum of all member sizes: what the archive may decompress to, give or take tar headers.
@@ -229,6 +255,7 @@ pub(crate) mod tests {
                 venus_icd: venus::icd::VENUS_ICD_PATH.into(),
                 venus_library: "/usr/lib/x86_64-linux-gnu/libvulkan_virtio.so".into(),
                 container_images: vec![],
+                container_driver: None,
             },
             members: vec![
                 member("boot/vmlinuz", b"k"),

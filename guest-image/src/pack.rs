@@ -9,7 +9,8 @@
 use crate::digest::Sha256Digest;
 use crate::hashing::HashingWriter;
 use crate::manifest::{
-    Boot, Bundles, ContainerImage, MANIFEST_NAME, Manifest, Member, SCHEMA, SIGNATURE_NAME,
+    Boot, Bundles, ContainerDriver, ContainerImage, MANIFEST_NAME, Manifest, Member, SCHEMA,
+    SIGNATURE_NAME,
 };
 use crate::progress::Progress;
 use crate::sparse::copy_sparse;
@@ -35,6 +36,10 @@ pub enum PackError {
     NoVenus(PathBuf),
     #[error("the Venus ICD is invalid")]
     Icd(#[source] venus::icd::IcdError),
+    #[error(
+        "{0} does not describe the Venus bundle (mesa, vulkan_loader and glibc lines; scripts/venus-bundle writes it)"
+    )]
+    VenusBundle(PathBuf),
     #[error("the library the Venus ICD names is not in the root filesystem: {0:?}")]
     NoVenusLibrary(String),
     #[error(
@@ -105,6 +110,7 @@ pub fn pack(
     };
     let page_size = page_size(rootfs, &kernel_version, &opts.arch);
     let container_images = container_images(rootfs)?;
+    let container_driver = container_driver(rootfs)?;
 
     let out_dir = parent_dir(output);
     let work = tempfile::Builder::new()
@@ -161,6 +167,7 @@ pub fn pack(
             venus_icd: venus::icd::VENUS_ICD_PATH.into(),
             venus_library: venus_library.display().to_string(),
             container_images,
+            container_driver,
         },
         members,
     };
@@ -339,6 +346,23 @@ fn container_images(rootfs: &Path) -> Result<Vec<ContainerImage>, PackError> {
         .collect();
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// The Venus bundle at `venus::bundle::DIR`, described by its VERSION file; none if the root
+/// has no bundle. A bundle whose description cannot be read is refused, not left out.
+fn container_driver(rootfs: &Path) -> Result<Option<ContainerDriver>, PackError> {
+    let dir = rootfs.join(venus::bundle::DIR.trim_start_matches('/'));
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let file = dir.join(venus::bundle::VERSION_FILE);
+    let text = fs::read_to_string(&file).map_err(|e| PackError::Io(file.clone(), e))?;
+    let v = venus::bundle::Version::parse(&text).ok_or(PackError::VenusBundle(file))?;
+    Ok(Some(ContainerDriver {
+        mesa_version: v.mesa,
+        vulkan_loader: v.vulkan_loader,
+        glibc: v.glibc,
+    }))
 }
 
 /// A UUID derived from the build's name, epoch and role, so the same inputs give the same disk.

@@ -20,8 +20,12 @@ pub enum GpuError {
 pub enum Scope {
     /// The VM only (what `start` checks).
     Vm,
-    /// The VM and a container of `image` (what `gpu check` proves).
+    /// The VM and a container of `image` (what `gpu check` proves), given /dev/dri by the
+    /// guest's default.
     Container,
+    /// The VM and a container of `image` given the CDI device `carbon-vm.dev/gpu=all` (carbon-vm's
+    /// Venus driver for images without one).
+    ContainerCdi,
 }
 
 /// Runs the check in the (running) machine; a machine without a GPU fails it without asking
@@ -36,11 +40,12 @@ pub fn check(
     if !spec.gpu && !spec.driver.always_gpu() {
         return Ok(check::no_gpu());
     }
-    let scope_arg = match scope {
-        Scope::Vm => "vm",
-        Scope::Container => "container",
+    let args: &[&str] = match scope {
+        Scope::Vm => &[image, "vm"],
+        Scope::Container => &[image, "container"],
+        Scope::ContainerCdi => &[image, "container", "cdi"],
     };
-    let out = in_guest(m, o, check::GUEST_SCRIPT, &[image, scope_arg])?;
+    let out = in_guest(m, o, check::GUEST_SCRIPT, args)?;
     Ok(check::diagnose(&out))
 }
 

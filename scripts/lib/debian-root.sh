@@ -27,29 +27,68 @@ root_key() {
 root_resolve() {
     local arch=$1 sources=$2 prefs=$3
     shift 3
-    local mirror=${CARBON_VM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-    sources=${sources//MIRROR/$mirror}
-    local dir
-    dir=$cache/apt/$(printf '%s\n' "$arch" "$sources" "$prefs" | root_key)
-    mkdir -p "$dir/lists/partial" "$dir/state" "$dir/cache"
-    printf '%s\n' "$sources" >"$dir/sources.list"
-    printf '%s\n' "$prefs" >"$dir/preferences"
-    : >"$dir/status" # nothing installed: the whole closure is listed
-    local opts=(-o Dir::Etc::SourceList="$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
-                -o Dir::Etc::Preferences="$dir/preferences" -o Dir::Etc::PreferencesParts=/dev/null
-                -o Dir::State="$dir/state" -o Dir::State::Lists="$dir/lists"
-                -o Dir::State::status="$dir/status" -o Dir::Cache="$dir/cache"
-                -o APT::Architecture="$arch" -o APT::Architectures::="$arch"
-                -o Debug::NoLocking=1 -o Acquire::Check-Valid-Until=false)
+    local dir opts mirror
+    root_apt "$arch" "$sources" "$prefs"
     (
         flock 9 # one update of the same lists at a time (scripts/test builds roots side by side)
-        apt-get "${opts[@]}" update -qq --error-on=any >&2 ||
-            { echo "cannot read the Debian archive's package lists ($mirror): see above" >&2; exit 1; }
+        root_apt_update
         local out
         out=$(apt-get "${opts[@]}" install --simulate --no-install-recommends "$@" 2>&1) ||
             { printf '%s\n' "$out" >&2; echo "apt cannot resolve: $*" >&2; exit 1; }
         printf '%s\n' "$out" | sed -n 's/^Inst \([^ ]*\) (\([^ ]*\) .*/\1 \2/p' | sort
     ) 9>"$dir/lock"
+}
+
+# root_apt ARCH SOURCES PREFS: sets `dir` (the lists' directory for these sources, under
+# $cache/apt) and `opts` (apt-get's options to use only it), for root_resolve and root_source.
+root_apt() {
+    local arch=$1 sources=$2 prefs=$3
+    mirror=${CARBON_VM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    sources=${sources//MIRROR/$mirror}
+    dir=$cache/apt/$(printf '%s\n' "$arch" "$sources" "$prefs" | root_key)
+    mkdir -p "$dir/lists/partial" "$dir/state" "$dir/cache"
+    printf '%s\n' "$sources" >"$dir/sources.list"
+    printf '%s\n' "$prefs" >"$dir/preferences"
+    : >"$dir/status" # nothing installed: the whole closure is listed
+    opts=(-o Dir::Etc::SourceList="$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+          -o Dir::Etc::Preferences="$dir/preferences" -o Dir::Etc::PreferencesParts=/dev/null
+          -o Dir::State="$dir/state" -o Dir::State::Lists="$dir/lists"
+          -o Dir::State::status="$dir/status" -o Dir::Cache="$dir/cache"
+          -o APT::Architecture="$arch" -o APT::Architectures::="$arch"
+          -o Debug::NoLocking=1 -o Acquire::Check-Valid-Until=false)
+}
+
+# root_apt_update: refreshes the lists root_apt chose (the caller holds their lock).
+root_apt_update() {
+    apt-get "${opts[@]}" update -qq --error-on=any >&2 ||
+        { echo "cannot read the Debian archive's package lists ($mirror): see above" >&2; exit 1; }
+}
+
+# root_source SOURCES DEST PACKAGE=VERSION...: downloads those Debian source packages into DEST
+# from SOURCES (deb-src lines) and unpacks each into DEST/PACKAGE (Debian's patches applied). apt
+# checks each file against the signed Sources list, dpkg-source each tarball against the .dsc.
+root_source() {
+    local sources=$1 dest=$2
+    shift 2
+    local dir opts mirror
+    root_apt "$(dpkg --print-architecture)" "$sources" ""
+    (
+        flock 9
+        root_apt_update
+        cd "$dest"
+        # _apt cannot write to a root-only destination; what it fetches is checked all the same.
+        apt-get "${opts[@]}" -o APT::Sandbox::User=root source --download-only -qq "$@" >&2
+    ) 9>"$dir/lock"
+    local p v
+    for p in "$@"; do
+        v=${p#*=}
+        # The .dsc's name has no epoch.
+        # No keyring holds the uploaders' keys: apt's check of the .dsc against the signed Sources
+        # is what vouches for it, so gpgv's "no public key" is noise.
+        (cd "$dest" && dpkg-source -x ./"${p%%=*}_${v#*:}.dsc" "${p%%=*}" 2>&1 >/dev/null |
+            grep -v -e '^gpgv:' -e 'cannot verify inline signature' >&2 || true)
+        [[ -d $dest/${p%%=*} ]] || { echo "root_source: cannot unpack ${p%%=*}" >&2; return 1; }
+    done
 }
 
 # root_pins VERSIONS PACKAGE...: "PACKAGE=VERSION,..." for the named packages, from a resolution

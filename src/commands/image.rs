@@ -63,6 +63,7 @@ fn build(a: BuildArgs, out: Printer) -> anyhow::Result<()> {
         epoch: epoch()?,
         zstd_level: a.zstd_level,
         sign: signing_key(a.sign_key.as_deref())?,
+        venus_bundle: a.venus_bundle,
     };
     let digest = recipe::build(&a.output, &opts, out.progress().as_ref())?;
     print_artifact(out, &a.output, digest);
@@ -120,6 +121,8 @@ struct ImageView<'a> {
     venus_icd: &'a str,
     venus_library: &'a str,
     container_images: Vec<&'a str>,
+    /// The Venus driver the image gives containers through `carbon-vm.dev/gpu=all`.
+    container_driver: Option<&'a guest_image::manifest::ContainerDriver>,
     cmdline: &'a str,
     kernel: PathBuf,
     initrd: PathBuf,
@@ -151,6 +154,7 @@ impl<'a> ImageView<'a> {
                 .iter()
                 .map(|c| c.name.as_str())
                 .collect(),
+            container_driver: m.bundles.container_driver.as_ref(),
             cmdline: &m.boot.cmdline,
             kernel: i.member_path(&m.boot.kernel),
             initrd: i.member_path(&m.boot.initrd),

@@ -343,13 +343,18 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
     let m = store(home).open(&a.name)?;
     let spec = m.spec()?;
     let gpu = spec.gpu || spec.driver.always_gpu();
-    let image = if gpu {
-        check_image(home, &spec)?
+    let image = match (gpu, a.image) {
+        (true, Some(image)) => image,
+        (true, None) => check_image(home, &spec)?,
+        (false, _) => String::new(),
+    };
+    let scope = if a.cdi {
+        Scope::ContainerCdi
     } else {
-        String::new()
+        Scope::Container
     };
     let start = settings::start_options(home)?;
-    let mut report = machine::gpu::check(&m, &start, &spec, &image, Scope::Container)?;
+    let mut report = machine::gpu::check(&m, &start, &spec, &image, scope)?;
     // The workload runs only on a machine whose Venus works.
     let workload = match (a.workload, &report.missing) {
         (Some(Workload::Llama), None) => {

@@ -277,6 +277,23 @@ pub fn aarch64_llama_root() -> Option<PathBuf> {
     )
 }
 
+/// Container images without a Venus driver of their own (scripts/vk-images): a directory of
+/// rootfs tarballs for `podman import`.
+pub fn vk_images() -> Option<PathBuf> {
+    provided(
+        "CARBON_VM_TEST_VK_IMAGES",
+        "`scripts/vk-images path` builds the container images without Venus",
+    )
+}
+
+/// [`vk_images`] for aarch64 (`scripts/vk-images path arm64`).
+pub fn vk_images_aarch64() -> Option<PathBuf> {
+    provided(
+        "CARBON_VM_TEST_VK_IMAGES_AARCH64",
+        "`scripts/vk-images path arm64` builds the aarch64 container images without Venus",
+    )
+}
+
 /// Writes an image catalog whose one (default) image is `name` from `source`, pinned by `sha256`
 /// when given; returns its path, for CARBON_VM_CATALOG.
 pub fn write_catalog(dir: &Path, name: &str, source: &str, sha256: Option<&str>) -> PathBuf {

@@ -7,16 +7,32 @@ use crate::vulkaninfo::{self, Device};
 use serde::Serialize;
 use std::collections::HashMap;
 
-/// The guest-side probe: `sh -s -- IMAGE vm|container`. The GPU is found on the virtio bus (device
-/// ID 16), so over PCI (QEMU) and MMIO (libkrun, krunkit) alike. The container gets no explicit
-/// `--device`: the guest's containers.conf must give it /dev/dri by default.
+/// The guest-side probe: `sh -s -- IMAGE vm|container [cdi]`. The GPU is found on the virtio bus
+/// (device ID 16), so over PCI (QEMU) and MMIO (libkrun, krunkit) alike. Without `cdi` the
+/// container gets no explicit `--device`: the guest's containers.conf must give it /dev/dri by
+/// default; with `cdi` it gets the CDI device (`crate::bundle::CDI_DEVICE`), and the check also
+/// reads the Venus bundle's description and the container's C library. The container's script
+/// ends well whatever vulkaninfo did: an image without it lists no device, which is not a
+/// container that did not run.
 pub const GUEST_SCRIPT: &str = r#"
 echo @@virtio-gpu; grep -lx 0x0010 /sys/bus/virtio/devices/*/device 2>/dev/null
 echo @@render; stat -c '%n %a' /dev/dri/renderD* 2>/dev/null
 echo @@icd; ls /usr/share/vulkan/icd.d/ 2>&1
 echo @@vm; vulkaninfo --summary 2>&1
 [ "$2" = container ] || exit 0
-if out=$(podman run --rm "$1" sh -c 'echo @@container-dri; ls /dev/dri 2>&1; echo @@container; vulkaninfo --summary 2>&1' 2>&1)
+set --  "$1" "$2" "${3:-}"
+if [ "$3" = cdi ]; then
+    echo @@bundle; cat /usr/lib/carbon-vm/venus/VERSION 2>/dev/null
+    set -- "$@" --device carbon-vm.dev/gpu=all
+fi
+image=$1; shift 3
+if out=$(podman run --rm "$@" "$image" sh -c 'echo @@container-dri; ls /dev/dri 2>&1
+echo @@container-libc
+for f in /lib/ld-musl-*; do [ -e "$f" ] && echo musl; done
+for f in /lib/*-linux-gnu/libc.so.6 /lib64/libc.so.6 /usr/lib64/libc.so.6; do
+    [ -e "$f" ] && { "$f" 2>/dev/null | head -n 1; break; }
+done
+echo @@container; vulkaninfo --summary 2>&1; exit 0' 2>&1)
 then echo "$out"
 else echo @@container-run; echo "$out"
 fi
@@ -42,6 +58,9 @@ pub enum Link {
     ContainerDevice,
     /// The container sees /dev/dri but its own Mesa has no working Venus driver.
     ContainerMesa,
+    /// The container was given carbon-vm's Venus driver (the CDI device), but its C library
+    /// cannot load it (musl, or a glibc older than the driver's).
+    ContainerLibc,
 }
 
 impl Link {
@@ -56,6 +75,7 @@ impl Link {
             Link::HostStack => "host-stack",
             Link::ContainerDevice => "container-device",
             Link::ContainerMesa => "container-mesa",
+            Link::ContainerLibc => "container-libc",
         }
     }
 
@@ -81,7 +101,10 @@ impl Link {
                 "containers get /dev/dri from the guest's containers.conf.d/50-carbon-gpu.conf (carbon-gpu-devices.service), or pass --device /dev/dri"
             }
             Link::ContainerMesa => {
-                "the container image needs Mesa's Venus driver (mesa-vulkan-drivers); macOS hosts need a 16 KiB-page-capable Mesa"
+                "give the container carbon-vm's Venus driver (--device carbon-vm.dev/gpu=all), or an image with Mesa's Venus driver (mesa-vulkan-drivers)"
+            }
+            Link::ContainerLibc => {
+                "use an image based on glibc (Debian 11+, Ubuntu 20.04+, Fedora, RHEL 9), or one that brings its own Venus driver, with --device /dev/dri instead"
             }
         }
     }
@@ -234,12 +257,32 @@ fn find_missing(
         ));
     }
     if !container.iter().any(Device::is_venus) {
-        return Some(Missing::new(
-            Link::ContainerMesa,
-            format!("the container's Vulkan loader lists {}", names(container)),
-        ));
+        let lists = format!("the container's Vulkan loader lists {}", names(container));
+        if let Some(why) = unserved(s) {
+            return Some(Missing::new(Link::ContainerLibc, format!("{why}; {lists}")));
+        }
+        return Some(Missing::new(Link::ContainerMesa, lists));
     }
     None
+}
+
+/// Why a container given the Venus bundle cannot load it, if its C library is the reason.
+fn unserved(s: &HashMap<String, String>) -> Option<String> {
+    let need = crate::bundle::Version::parse(s.get("bundle")?)?.glibc;
+    let libc = s.get("container-libc")?;
+    let glibc = libc
+        .lines()
+        .find_map(|l| l.split("release version ").nth(1))
+        .map(|v| v.trim().trim_end_matches('.').to_owned());
+    let have = match glibc {
+        Some(v) if crate::bundle::glibc_serves(&v, &need) => return None,
+        Some(v) => format!("glibc {v}"),
+        None if libc.lines().any(|l| l.trim() == "musl") => "musl".to_owned(),
+        None => "no glibc".to_owned(),
+    };
+    Some(format!(
+        "the image's C library is {have}; carbon-vm's Venus driver needs glibc {need} or newer"
+    ))
 }
 
 /// The report for a machine created without a GPU: nothing to ask the guest.
@@ -334,6 +377,38 @@ mod tests {
         for (output, want) in cases {
             assert_eq!(link(&output), Some(want), "{want:?}");
         }
+    }
+
+    #[test]
+    fn a_c_library_that_cannot_load_the_bundle_is_named() {
+        let llvmpipe_only: String = {
+            let c = sections(GOOD)["container"].clone();
+            let start = c.find("GPU0:").unwrap();
+            let end = c.find("GPU1:").unwrap();
+            format!("{}{}", &c[..start], &c[end..])
+        };
+        let bundle = "@@bundle\nmesa=25.0.7-2\nvulkan_loader=1.4.309.0-1\nglibc=2.29\n";
+        let with = |libc: &str| {
+            format!(
+                "{}{bundle}@@container-libc\n{libc}\n",
+                with_section("container", &llvmpipe_only)
+            )
+        };
+        let r = diagnose(&with("musl"));
+        let m = r.missing.unwrap();
+        assert_eq!(m.link, Link::ContainerLibc);
+        assert!(
+            m.detail.contains("musl") && m.detail.contains("2.29"),
+            "{}",
+            m.detail
+        );
+        let old = "GNU C Library (Debian GLIBC 2.28-10+deb10u2) stable release version 2.28.";
+        let m = diagnose(&with(old)).missing.unwrap();
+        assert_eq!(m.link, Link::ContainerLibc);
+        assert!(m.detail.contains("glibc 2.28"), "{}", m.detail);
+        // A glibc that serves it: the driver is not the C library's fault.
+        let new = "GNU C Library (Debian GLIBC 2.36-9+deb12u4) stable release version 2.36.";
+        assert_eq!(link(&with(new)), Some(Link::ContainerMesa));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! window each VMM is given, host probes, and the check that proves it works end to end.
 
 pub mod blobs;
+pub mod bundle;
 pub mod check;
 pub mod flags;
 pub mod icd;

@@ -6,8 +6,11 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Device {
     pub name: String,
-    /// e.g. `DRIVER_ID_MESA_VENUS`, `DRIVER_ID_MESA_LLVMPIPE`.
+    /// e.g. `DRIVER_ID_MESA_VENUS`, `DRIVER_ID_MESA_LLVMPIPE`; a vulkaninfo older than the
+    /// driver says `UNKNOWN_VkDriverId`.
     pub driver_id: String,
+    /// The driver's own name, e.g. `venus`, `llvmpipe`.
+    pub driver_name: String,
     pub device_type: String,
     pub api_version: String,
     /// e.g. `Mesa 25.0.7-2`.
@@ -18,8 +21,10 @@ pub const VENUS: &str = "DRIVER_ID_MESA_VENUS";
 pub const LLVMPIPE: &str = "DRIVER_ID_MESA_LLVMPIPE";
 
 impl Device {
+    /// Venus by its driver ID, or by its name where vulkaninfo is too old to know the ID (Debian
+    /// 11's 1.2.162 lists Venus as `UNKNOWN_VkDriverId`, driver name `venus`).
     pub fn is_venus(&self) -> bool {
-        self.driver_id == VENUS
+        self.driver_id == VENUS || self.driver_name == "venus"
     }
 
     /// The host device behind Venus: the part of `Virtio-GPU Venus (HOST)` in parentheses.
@@ -49,6 +54,7 @@ pub fn parse_summary(text: &str) -> Vec<Device> {
             current = Some(Device {
                 name: String::new(),
                 driver_id: String::new(),
+                driver_name: String::new(),
                 device_type: String::new(),
                 api_version: String::new(),
                 driver_info: String::new(),
@@ -62,6 +68,7 @@ pub fn parse_summary(text: &str) -> Vec<Device> {
         match key.trim() {
             "deviceName" => d.name = value,
             "driverID" => d.driver_id = value,
+            "driverName" => d.driver_name = value,
             "deviceType" => d.device_type = value,
             "apiVersion" => d.api_version = value,
             "driverInfo" => d.driver_info = value,
@@ -94,6 +101,15 @@ mod tests {
         assert_eq!(venus.len(), 1, "{d:?}");
         assert!(venus[0].host_device().unwrap().starts_with("llvmpipe"));
         assert!(d.iter().any(|d| d.driver_id == LLVMPIPE));
+    }
+
+    #[test]
+    fn an_old_vulkaninfo_names_venus_only_by_its_driver_name() {
+        let d = parse_summary(include_str!("../tests/data/summary-bullseye-venus.txt"));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].driver_id, "UNKNOWN_VkDriverId");
+        assert!(d[0].is_venus(), "{d:?}");
+        assert!(d[0].host_device().unwrap().starts_with("llvmpipe"));
     }
 
     #[test]

@@ -184,6 +184,8 @@ pub enum RecipeError {
     NoMmdebstrap(#[source] io::Error),
     #[error("mmdebstrap failed building the {0} ({1}); its log is above")]
     Mmdebstrap(&'static str, std::process::ExitStatus),
+    #[error("{0} is missing: not a Venus bundle's tree (scripts/venus-bundle path prints one)")]
+    VenusBundle(PathBuf),
     #[error("cannot write the Venus container image")]
     ContainerImage(#[source] io::Error),
     #[error("cannot make the initrd")]
@@ -201,6 +203,9 @@ pub struct RecipeOptions {
     pub zstd_level: i32,
     /// Signs the image's manifest.
     pub sign: Option<crate::sign::SigningKey>,
+    /// The Venus bundle for containers (scripts/venus-bundle): its `ARCH/` tree goes to
+    /// `venus::bundle::DIR` in the guest.
+    pub venus_bundle: Option<PathBuf>,
 }
 
 fn debian_arch(arch: &str) -> Result<&'static str, RecipeError> {
@@ -269,6 +274,9 @@ pub fn build(
         fs::create_dir_all(dest.parent().expect("has a parent")).map_err(ioe(&dest))?;
         fs::write(&dest, text).map_err(ioe(&dest))?;
         fs::set_permissions(&dest, fs::Permissions::from_mode(*mode)).map_err(ioe(&dest))?;
+    }
+    if let Some(bundle) = &opts.venus_bundle {
+        copy_bundle(&bundle.join(&opts.arch), &overlay)?;
     }
     let containers = overlay.join(CONTAINER_DIR);
     fs::create_dir_all(&containers).map_err(ioe(&containers))?;
@@ -351,6 +359,34 @@ pub fn build(
         bootloader: None,
     };
     Ok(pack(&rootfs, output, &pack_opts, progress)?)
+}
+
+/// The Venus bundle `from` (one architecture's tree) into the overlay, at `venus::bundle::DIR`;
+/// refused unless it holds the driver, its ICD and its description.
+fn copy_bundle(from: &Path, overlay: &Path) -> Result<(), RecipeError> {
+    for needed in [
+        venus::bundle::VERSION_FILE,
+        "lib/libvulkan_virtio.so",
+        "icd.d/carbon-venus.json",
+    ] {
+        if !from.join(needed).is_file() {
+            return Err(RecipeError::VenusBundle(from.join(needed)));
+        }
+    }
+    let to = overlay.join(venus::bundle::DIR.trim_start_matches('/'));
+    let status = Command::new("cp")
+        .args(["-R", "--no-preserve=ownership"])
+        .arg(from)
+        .arg(&to)
+        .status()
+        .map_err(|e| RecipeError::Io(to.clone(), e))?;
+    if !status.success() {
+        return Err(RecipeError::Io(
+            to,
+            io::Error::other(format!("cp exited with {status}")),
+        ));
+    }
+    Ok(())
 }
 
 /// One mmdebstrap run.

@@ -3,7 +3,9 @@
 # directly on the host's own Vulkan device, in one run, rounds alternating; prints medians and
 # ratios:
 #   - the project's compute workload (carbon-vk-compute, a matrix product checked against the CPU;
-#     goal: Venus >= 0.9x host);
+#     goal: Venus >= 0.9x host), and the same container given the CDI device carbon-vm.dev/gpu=all
+#     (carbon-vm's bundled Venus driver, docs/gpu.md) against the image's own Venus driver (goal:
+#     >= 0.95x);
 #   - llama.cpp's own benchmark (llama-bench of scripts/llama-root: prompt processing and
 #     generation, tokens/s, same model, same threads; goal: prompt processing >= 0.85x host), the
 #     model (scripts/llama-model.py: 8 layers, 512 wide, f32, random) and the root shared with the
@@ -37,10 +39,12 @@ $root run podman -c gbench build -q -t localhost/carbon-vk-compute "$work/ctx" >
 
 args=(--n "$n" --reps 4 --rounds 3)
 gflops() { sed -n 's/.*"gflops":\([0-9.e+-]*\).*/\1/p'; }
-host=() venus=()
+host=() venus=() bundle=()
 for ((i = 0; i < rounds; i++)); do
     host+=("$($root run target/release/carbon-vk-compute "${args[@]}" --driver DRIVER_ID_MESA_LLVMPIPE | gflops)")
     venus+=("$($root run podman -c gbench run --rm --device /dev/dri localhost/carbon-vk-compute \
+        carbon-vk-compute "${args[@]}" --driver DRIVER_ID_MESA_VENUS | gflops)")
+    bundle+=("$($root run podman -c gbench run --rm --device carbon-vm.dev/gpu=all localhost/carbon-vk-compute \
         carbon-vk-compute "${args[@]}" --driver DRIVER_ID_MESA_VENUS | gflops)")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -50,6 +54,9 @@ echo "matrix ${n}x${n}, 4 dispatches per submission, best of 3 submissions, medi
 echo "host lavapipe, directly:          $h GFLOP/s   (runs: ${host[*]})"
 echo "container through Venus:          $v GFLOP/s   (runs: ${venus[*]})"
 awk -v v="$v" -v h="$h" 'BEGIN { r = v / h; printf "ratio Venus / host:               %.2fx (goal >= 0.9: %s)\n", r, (r >= 0.9 ? "met" : "NOT met") }'
+b=$(median "${bundle[@]}")
+echo "same, carbon-vm.dev/gpu=all:      $b GFLOP/s   (runs: ${bundle[*]})"
+awk -v b="$b" -v v="$v" 'BEGIN { r = b / v; printf "ratio bundled / image'"'"'s Venus:   %.2fx (goal >= 0.95: %s)\n", r, (r >= 0.95 ? "met" : "NOT met") }'
 
 # llama-bench: one prompt-processing and one generation test per run, 2 threads on both sides.
 bench=(llama-bench -p 64 -n 16 -t 2 -r 2 -dev Vulkan0 -ngl 99 -o jsonl)

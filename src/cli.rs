@@ -267,13 +267,11 @@ pub enum GpuCommand {
 #[derive(Args, Debug)]
 pub struct GpuCheckArgs {
     pub name: String,
-    /// The container image to check (default: the one the guest image bundles for this).
+    /// Check your own image (one the machine has), given the CDI device carbon-vm.dev/gpu=all
+    /// as you would run it, and name what of the image keeps Venus from working. Without it: the
+    /// image the guest bundles for this, with the default /dev/dri.
     #[arg(long)]
     pub image: Option<String>,
-    /// Give the container the CDI device carbon-vm.dev/gpu=all (carbon-vm's Venus driver, for
-    /// images without one) instead of the default /dev/dri.
-    #[arg(long)]
-    pub cdi: bool,
     /// Also run a real application's Vulkan code: `llama` decodes with llama.cpp on the Venus
     /// device and on the CPU in a container, and compares (image: `scripts/llama-root image NAME`).
     #[arg(long, value_enum)]

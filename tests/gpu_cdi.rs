@@ -5,6 +5,7 @@
 //!   on it, checked against the CPU; `gpu check --image` says so both ways;
 //! - Debian 11 (glibc 2.31) with only the Vulkan loader sees Venus through the device;
 //! - the bundled `carbon-venus` image, which brings its own Venus Mesa, sees one Venus, not two;
+//! - an image without a Vulkan loader: `gpu check` names that, and the bundle's loader serves it;
 //! - an image whose C library is musl starts with the device, and `gpu check` names its C library;
 //! - the docker CLI (`--device`) and compose (a `driver: cdi` device reservation), through the
 //!   machine's Podman API;
@@ -78,7 +79,12 @@ fn cdi_device() {
         all.extend_from_slice(args);
         g.podman(&all)
     };
-    for name in ["bookworm-lavapipe", "bullseye-loader", "musl"] {
+    for name in [
+        "bookworm-lavapipe",
+        "bookworm-bare",
+        "bullseye-loader",
+        "musl",
+    ] {
         let tar = images.join(format!("{name}.tar"));
         ok(
             &podman(&[
@@ -132,16 +138,10 @@ fn cdi_device() {
     let run: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(run["verified"], true, "{run}");
     assert_eq!(run["driver_id"], "DRIVER_ID_MESA_VENUS");
-    // gpu check says the same, both ways.
-    let o = g.carbon_vm(&["--json", "gpu", "check", MACHINE, "--image", lavapipe]);
-    assert_eq!(o.status.code(), Some(8), "{o:?}");
-    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(r["missing"]["link"], "container-mesa", "{r:#}");
+    // gpu check of that image runs it with the device.
     passed_on_venus(
-        &g.carbon_vm(&[
-            "--json", "gpu", "check", MACHINE, "--image", lavapipe, "--cdi",
-        ]),
-        "gpu check --cdi of Debian 12",
+        &g.carbon_vm(&["--json", "gpu", "check", MACHINE, "--image", lavapipe]),
+        "gpu check --image of Debian 12",
     );
 
     // Debian 11: glibc 2.31 and the Vulkan loader 1.2 alone.
@@ -149,16 +149,8 @@ fn cdi_device() {
     let with = summary(&["--device", DEVICE], loader_only);
     assert_eq!(venus_devices(&with), 1, "{with}");
     passed_on_venus(
-        &g.carbon_vm(&[
-            "--json",
-            "gpu",
-            "check",
-            MACHINE,
-            "--image",
-            loader_only,
-            "--cdi",
-        ]),
-        "gpu check --cdi of Debian 11",
+        &g.carbon_vm(&["--json", "gpu", "check", MACHINE, "--image", loader_only]),
+        "gpu check --image of Debian 11",
     );
 
     // An image with its own Venus Mesa: one Venus device through the device, as without it.
@@ -166,6 +158,35 @@ fn cdi_device() {
     assert_eq!(venus_devices(&summary(&[], own)), 1);
     let with = summary(&["--device", DEVICE], own);
     assert_eq!(venus_devices(&with), 1, "{with}");
+
+    // No Vulkan loader at all: the check names it, and the bundle's own loader, asked for, serves
+    // the compute workload.
+    let bare = "localhost/bookworm-bare";
+    let o = g.carbon_vm(&["--json", "gpu", "check", MACHINE, "--image", bare]);
+    assert_eq!(o.status.code(), Some(8), "{o:?}");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["missing"]["link"], "container-loader", "{r:#}");
+    let out = ok(
+        &podman(&[
+            "run",
+            "--rm",
+            "--device",
+            DEVICE,
+            "-e",
+            "LD_LIBRARY_PATH=/usr/lib/carbon-vm/venus/loader",
+            "-v",
+            "/work:/work:ro",
+            bare,
+            "/work/carbon-vk-compute",
+            "--n",
+            "128",
+            "--driver",
+            "DRIVER_ID_MESA_VENUS",
+        ]),
+        "compute workload with the bundle's loader",
+    );
+    let run: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(run["verified"], true, "{run}");
 
     // musl: the container starts with the device, and the check names the reason it gets no GPU.
     let started = ok(
@@ -192,7 +213,6 @@ fn cdi_device() {
         MACHINE,
         "--image",
         "localhost/musl",
-        "--cdi",
     ]);
     assert_eq!(o.status.code(), Some(8), "{o:?}");
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -1065,13 +1065,9 @@ fn mac_rehearsal() {
         name,
         "--image",
         lavapipe,
-        "--cdi",
         "--mac-pages",
     ]);
-    common::gpu::passed_on_venus(
-        &o,
-        "gpu check --image (no Venus of its own) --cdi --mac-pages",
-    );
+    common::gpu::passed_on_venus(&o, "gpu check --image (no Venus of its own) --mac-pages");
     // krunkit's REST API (Podman's endpoint: an unauthenticated HardStop) is a control port:
     // a container reaching for it through host.containers.internal is refused. (The container
     // borrows the guest's static busybox for its nc.)

@@ -343,15 +343,10 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
     let m = store(home).open(&a.name)?;
     let spec = m.spec()?;
     let gpu = spec.gpu || spec.driver.always_gpu();
-    let image = match (gpu, a.image) {
-        (true, Some(image)) => image,
-        (true, None) => check_image(home, &spec)?,
-        (false, _) => String::new(),
-    };
-    let scope = if a.cdi {
-        Scope::ContainerCdi
-    } else {
-        Scope::Container
+    let (image, scope) = match (gpu, a.image) {
+        (true, Some(image)) => (image, Scope::ContainerCdi),
+        (true, None) => (check_image(home, &spec)?, Scope::Container),
+        (false, _) => (String::new(), Scope::Container),
     };
     let start = settings::start_options(home)?;
     let mut report = machine::gpu::check(&m, &start, &spec, &image, scope)?;

@@ -9,6 +9,8 @@ use serde::Serialize;
 pub const DIR: &str = "/usr/lib/carbon-vm/venus";
 /// The bundle's description, `key=value` lines ([`Version::parse`]).
 pub const VERSION_FILE: &str = "VERSION";
+/// The bundle's ICD manifest, which the CDI device names in the loader's driver list.
+pub const ICD: &str = "/usr/lib/carbon-vm/venus/icd.d/carbon-venus.json";
 /// The CDI device that hands it out.
 pub const CDI_DEVICE: &str = "carbon-vm.dev/gpu=all";
 

@@ -11,9 +11,10 @@ use std::collections::HashMap;
 /// (device ID 16), so over PCI (QEMU) and MMIO (libkrun, krunkit) alike. Without `cdi` the
 /// container gets no explicit `--device`: the guest's containers.conf must give it /dev/dri by
 /// default; with `cdi` it gets the CDI device (`crate::bundle::CDI_DEVICE`), and the check also
-/// reads the Venus bundle's description and the container's C library. The container's script
-/// ends well whatever vulkaninfo did: an image without it lists no device, which is not a
-/// container that did not run.
+/// reads the Venus bundle's description and, in the container, as the image's own user: whether
+/// the render node opens, the C library, the Vulkan loader, and the loader's driver-list variables.
+/// The container's script needs only a POSIX shell and ends well whatever vulkaninfo did: an
+/// image without it lists no device, which is not a container that did not run.
 pub const GUEST_SCRIPT: &str = r#"
 echo @@virtio-gpu; grep -lx 0x0010 /sys/bus/virtio/devices/*/device 2>/dev/null
 echo @@render; stat -c '%n %a' /dev/dri/renderD* 2>/dev/null
@@ -27,11 +28,21 @@ if [ "$3" = cdi ]; then
 fi
 image=$1; shift 3
 if out=$(podman run --rm "$@" "$image" sh -c 'echo @@container-dri; ls /dev/dri 2>&1
+echo @@container-access
+for n in /dev/dri/renderD*; do
+    if [ -r "$n" ] && [ -w "$n" ]; then echo "$n rw"; else echo "$n denied"; fi
+done
+echo "uid $(id -u 2>/dev/null)"
 echo @@container-libc
 for f in /lib/ld-musl-*; do [ -e "$f" ] && echo musl; done
 for f in /lib/*-linux-gnu/libc.so.6 /lib64/libc.so.6 /usr/lib64/libc.so.6; do
-    [ -e "$f" ] && { "$f" 2>/dev/null | head -n 1; break; }
+    [ -e "$f" ] && { "$f" 2>/dev/null | { read -r l; echo "$l"; }; break; }
 done
+echo @@container-loader
+for f in /lib/*-linux-gnu/libvulkan.so.1 /usr/lib/*-linux-gnu/libvulkan.so.1 /lib64/libvulkan.so.1     /usr/lib64/libvulkan.so.1 /usr/lib/libvulkan.so.1; do [ -e "$f" ] && echo "$f"; done
+echo @@container-env
+echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-}"
+echo "VK_ICD_FILENAMES=${VK_ICD_FILENAMES:-}"
 echo @@container; vulkaninfo --summary 2>&1; exit 0' 2>&1)
 then echo "$out"
 else echo @@container-run; echo "$out"
@@ -61,6 +72,12 @@ pub enum Link {
     /// The container was given carbon-vm's Venus driver (the CDI device), but its C library
     /// cannot load it (musl, or a glibc older than the driver's).
     ContainerLibc,
+    /// The image's user cannot open the render node.
+    ContainerRenderNode,
+    /// The image has no Vulkan loader (libvulkan.so.1) to load any driver.
+    ContainerLoader,
+    /// The image sets the loader's driver list itself, over carbon-vm's.
+    ContainerIcdOverride,
 }
 
 impl Link {
@@ -76,6 +93,9 @@ impl Link {
             Link::ContainerDevice => "container-device",
             Link::ContainerMesa => "container-mesa",
             Link::ContainerLibc => "container-libc",
+            Link::ContainerRenderNode => "container-render-node",
+            Link::ContainerLoader => "container-loader",
+            Link::ContainerIcdOverride => "container-icd-override",
         }
     }
 
@@ -105,6 +125,15 @@ impl Link {
             }
             Link::ContainerLibc => {
                 "use an image based on glibc (Debian 11+, Ubuntu 20.04+, Fedora, RHEL 9), or one that brings its own Venus driver, with --device /dev/dri instead"
+            }
+            Link::ContainerRenderNode => {
+                "run the container as a user who may open /dev/dri/renderD128 (the guest makes it mode 0666; a custom image may need --group-add keep-groups or the render group)"
+            }
+            Link::ContainerLoader => {
+                "install the Vulkan loader in the image (libvulkan1), or use carbon-vm's: -e LD_LIBRARY_PATH=/usr/lib/carbon-vm/venus/loader"
+            }
+            Link::ContainerIcdOverride => {
+                "the image's VK_DRIVER_FILES or VK_ICD_FILENAMES replaces the driver list: unset it (-e VK_DRIVER_FILES= -e VK_ICD_FILENAMES=) or point it at /usr/lib/carbon-vm/venus/icd.d/carbon-venus.json"
             }
         }
     }
@@ -258,24 +287,61 @@ fn find_missing(
     }
     if !container.iter().any(Device::is_venus) {
         let lists = format!("the container's Vulkan loader lists {}", names(container));
-        if let Some(why) = unserved(s) {
-            return Some(Missing::new(Link::ContainerLibc, format!("{why}; {lists}")));
+        if let Some((link, why)) = why_no_venus(s) {
+            return Some(Missing::new(link, format!("{why}; {lists}")));
         }
         return Some(Missing::new(Link::ContainerMesa, lists));
     }
     None
 }
 
-/// Why a container given the Venus bundle cannot load it, if its C library is the reason.
-fn unserved(s: &HashMap<String, String>) -> Option<String> {
+/// For a container given the Venus bundle (the CDI device) that lists no Venus device: what of
+/// the image kept the driver from working, in the order the driver needs them.
+fn why_no_venus(s: &HashMap<String, String>) -> Option<(Link, String)> {
     let need = crate::bundle::Version::parse(s.get("bundle")?)?.glibc;
-    let libc = s.get("container-libc")?;
+    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("");
+    let access = get("container-access");
+    if let Some(node) = access.lines().find_map(|l| l.strip_suffix(" denied")) {
+        let uid = access
+            .lines()
+            .find_map(|l| l.strip_prefix("uid "))
+            .unwrap_or("?");
+        return Some((
+            Link::ContainerRenderNode,
+            format!("the image's user (uid {uid}) cannot open {node}"),
+        ));
+    }
+    if let Some(why) = unserved(get("container-libc"), &need) {
+        return Some((Link::ContainerLibc, why));
+    }
+    if get("container-loader").trim().is_empty() {
+        return Some((
+            Link::ContainerLoader,
+            "the image has no Vulkan loader (libvulkan.so.1)".into(),
+        ));
+    }
+    let ours = crate::bundle::ICD;
+    if let Some(var) = get("container-env").lines().find(|l| {
+        l.split_once('=')
+            .is_some_and(|(_, v)| !v.is_empty() && v != ours)
+    }) {
+        return Some((
+            Link::ContainerIcdOverride,
+            format!("the image sets {var}, which replaces carbon-vm's driver ({ours})"),
+        ));
+    }
+    None
+}
+
+/// Why a C library (the container's `container-libc` section) cannot load a bundle that needs
+/// glibc `need`, if it cannot.
+fn unserved(libc: &str, need: &str) -> Option<String> {
     let glibc = libc
         .lines()
         .find_map(|l| l.split("release version ").nth(1))
         .map(|v| v.trim().trim_end_matches('.').to_owned());
     let have = match glibc {
-        Some(v) if crate::bundle::glibc_serves(&v, &need) => return None,
+        Some(v) if crate::bundle::glibc_serves(&v, need) => return None,
         Some(v) => format!("glibc {v}"),
         None if libc.lines().any(|l| l.trim() == "musl") => "musl".to_owned(),
         None => "no glibc".to_owned(),
@@ -380,35 +446,61 @@ mod tests {
     }
 
     #[test]
-    fn a_c_library_that_cannot_load_the_bundle_is_named() {
+    fn what_of_an_image_keeps_the_bundle_from_working_is_named() {
         let llvmpipe_only: String = {
             let c = sections(GOOD)["container"].clone();
             let start = c.find("GPU0:").unwrap();
             let end = c.find("GPU1:").unwrap();
             format!("{}{}", &c[..start], &c[end..])
         };
-        let bundle = "@@bundle\nmesa=25.0.7-2\nvulkan_loader=1.4.309.0-1\nglibc=2.29\n";
-        let with = |libc: &str| {
+        let glibc = "GNU C Library (Debian GLIBC 2.36-9+deb12u4) stable release version 2.36.";
+        let loader = "/usr/lib/x86_64-linux-gnu/libvulkan.so.1";
+        let env = format!("VK_DRIVER_FILES={}\nVK_ICD_FILENAMES=", crate::bundle::ICD);
+        // An image the bundle serves: a glibc it loads in, a loader, a render node it opens.
+        let image = |access: &str, libc: &str, loader: &str, env: &str| {
             format!(
-                "{}{bundle}@@container-libc\n{libc}\n",
+                "{}@@bundle\nmesa=25.0.7-2\nvulkan_loader=1.4.309.0-1\nglibc=2.29\n\
+                 @@container-access\n{access}\n@@container-libc\n{libc}\n\
+                 @@container-loader\n{loader}\n@@container-env\n{env}\n",
                 with_section("container", &llvmpipe_only)
             )
         };
-        let r = diagnose(&with("musl"));
-        let m = r.missing.unwrap();
-        assert_eq!(m.link, Link::ContainerLibc);
-        assert!(
-            m.detail.contains("musl") && m.detail.contains("2.29"),
-            "{}",
-            m.detail
-        );
+        let rw = "/dev/dri/renderD128 rw\nuid 1000";
         let old = "GNU C Library (Debian GLIBC 2.28-10+deb10u2) stable release version 2.28.";
-        let m = diagnose(&with(old)).missing.unwrap();
-        assert_eq!(m.link, Link::ContainerLibc);
-        assert!(m.detail.contains("glibc 2.28"), "{}", m.detail);
-        // A glibc that serves it: the driver is not the C library's fault.
-        let new = "GNU C Library (Debian GLIBC 2.36-9+deb12u4) stable release version 2.36.";
-        assert_eq!(link(&with(new)), Some(Link::ContainerMesa));
+        let cases = [
+            (
+                image("/dev/dri/renderD128 denied\nuid 1000", glibc, loader, &env),
+                Link::ContainerRenderNode,
+                "uid 1000",
+            ),
+            (image(rw, "musl", "", ""), Link::ContainerLibc, "musl"),
+            (
+                image(rw, old, loader, &env),
+                Link::ContainerLibc,
+                "glibc 2.28",
+            ),
+            (
+                image(rw, glibc, "", &env),
+                Link::ContainerLoader,
+                "libvulkan.so.1",
+            ),
+            (
+                image(rw, glibc, loader, "VK_DRIVER_FILES=/etc/vk/mine.json"),
+                Link::ContainerIcdOverride,
+                "mine.json",
+            ),
+            // Nothing of the image's is to blame: Venus itself is not listed.
+            (
+                image(rw, glibc, loader, &env),
+                Link::ContainerMesa,
+                "lists only",
+            ),
+        ];
+        for (output, want, says) in cases {
+            let m = diagnose(&output).missing.unwrap();
+            assert_eq!(m.link, want, "{}", m.detail);
+            assert!(m.detail.contains(says), "{want:?}: {}", m.detail);
+        }
     }
 
     #[test]

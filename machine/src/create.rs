@@ -165,7 +165,9 @@ pub fn check_resources(
     gpu: bool,
     start: &crate::lifecycle::StartOptions,
 ) -> Result<(), CreateError> {
-    let limits = crate::lifecycle::driver_of(driver, Arch::host(), None, start).limits(gpu);
+    let limits = crate::lifecycle::driver_of(driver, Arch::host(), None, start)
+        .map_err(|e| CreateError::Driver(e.0))?
+        .limits(gpu);
     Ok(crate::spec::validate_resources(
         cpus, memory_mib, gpu, &limits,
     )?)
@@ -174,8 +176,7 @@ pub fn check_resources(
 /// Whether `driver` can share host folders on this host.
 pub fn can_share(driver: vmm::DriverKind, start: &crate::lifecycle::StartOptions) -> bool {
     crate::lifecycle::driver_of(driver, Arch::host(), None, start)
-        .limits(false)
-        .shares
+        .is_ok_and(|d| d.limits(false).shares)
 }
 
 pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateError> {

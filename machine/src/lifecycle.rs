@@ -8,7 +8,7 @@ mod drivers;
 mod gvproxy;
 mod tunnel;
 
-pub use drivers::{StartOptions, driver, driver_of};
+pub use drivers::{StartOptions, Unimplemented, driver, driver_of};
 
 use crate::store::*;
 use std::fs;
@@ -44,6 +44,8 @@ pub enum LifecycleError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Vmm(#[from] vmm::Error),
+    #[error(transparent)]
+    Unimplemented(#[from] Unimplemented),
     #[error(transparent)]
     Invalid(#[from] crate::spec::InvalidSpec),
     #[error(transparent)]
@@ -119,7 +121,10 @@ pub fn state(m: &MachineDir, o: &StartOptions) -> State {
     let Ok(spec) = m.spec() else {
         return State::Broken("machine.json cannot be read".into());
     };
-    let d = driver(&spec, o);
+    let d = match driver(&spec, o) {
+        Ok(d) => d,
+        Err(e) => return State::Broken(e.to_string()),
+    };
     match vm(m, &spec, o) {
         Ok(vm) => state_of(m, d.as_ref(), &vm),
         Err(e) => State::Broken(e.to_string()),
@@ -145,7 +150,7 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     let spec = m.spec()?;
     // Podman's one-machine rule and the REST port of an exposed machine; its start lock held.
     let _podman = crate::podman_machine::check_start(m, &spec)?;
-    let d = driver(&spec, o);
+    let d = driver(&spec, o)?;
     let vm = vm(m, &spec, o)?;
     // Up already: a start that got the guest's Ready pinned the host key (one interrupted before
     // did not, and that VM is restarted rather than trusted blindly); only the tunnel may be due.
@@ -298,7 +303,7 @@ pub fn stop(m: &MachineDir, o: &StartOptions, force: bool) -> Result<(), Lifecyc
 
 fn stop_locked(m: &MachineDir, o: &StartOptions, force: bool) -> Result<(), LifecycleError> {
     let spec = m.spec()?;
-    let d = driver(&spec, o);
+    let d = driver(&spec, o)?;
     let vm = vm(m, &spec, o)?;
     if force {
         return teardown(m, d.as_ref(), &vm);
@@ -340,8 +345,10 @@ pub fn remove(
         stop_locked(m, o, true)?;
     }
     let spec = m.spec()?;
-    let d = driver(&spec, o);
-    end_run(m, d.as_ref(), &vm(m, &spec, o)?);
+    // A machine whose driver has no implementation never ran: nothing to end, still removable.
+    if let Ok(d) = driver(&spec, o) {
+        end_run(m, d.as_ref(), &vm(m, &spec, o)?);
+    }
     crate::clients::unregister(&m.name)?;
     if let Some(pm) = &spec.podman_machine {
         crate::podman_machine::remove(&pm.file, &m.path(DISK))?;
@@ -379,7 +386,7 @@ pub fn set(m: &MachineDir, o: &StartOptions, c: Changes) -> Result<Spec, Lifecyc
     }
     spec.cpus = c.cpus.unwrap_or(spec.cpus);
     spec.memory_mib = c.memory_mib.unwrap_or(spec.memory_mib);
-    crate::spec::validate(&spec, &driver(&spec, o).limits(spec.gpu))?;
+    crate::spec::validate(&spec, &driver(&spec, o)?.limits(spec.gpu))?;
     let disk = m.path(DISK);
     let io = |e| StoreError::Io(disk.clone(), e);
     let f = fs::File::options().write(true).open(&disk).map_err(io)?;

@@ -24,9 +24,16 @@ pub struct StartOptions {
     pub state_dirs: Vec<PathBuf>,
 }
 
-/// The driver of a machine. `create` refuses kinds with no implementation (libkrun), so a spec
-/// naming one is an older or edited file: QEMU is tried.
-pub fn driver(spec: &Spec, o: &StartOptions) -> Box<dyn vmm::Driver> {
+/// A driver kind this carbon-vm has no implementation of (libkrun): `create` refuses it, so a
+/// spec naming one is an older or edited file. It is refused, never run as another kind.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the {0} driver has no implementation in this carbon-vm: the machine cannot run (`carbon-vm rm` it and create it with --driver qemu or krunkit)"
+)]
+pub struct Unimplemented(pub &'static str);
+
+/// The driver of a machine.
+pub fn driver(spec: &Spec, o: &StartOptions) -> Result<Box<dyn vmm::Driver>, Unimplemented> {
     // `create` checked the architecture; an edited spec's unknown one is the host's.
     let arch = Arch::from_name(&spec.arch).unwrap_or(Arch::host());
     driver_of(
@@ -44,15 +51,43 @@ pub fn driver_of(
     arch: Arch,
     rest_port: Option<u16>,
     o: &StartOptions,
-) -> Box<dyn vmm::Driver> {
+) -> Result<Box<dyn vmm::Driver>, Unimplemented> {
     match kind {
-        DriverKind::Krunkit => Box::new(vmm::krunkit::Krunkit {
+        DriverKind::Krunkit => Ok(Box::new(vmm::krunkit::Krunkit {
             driver: vmm::krunkit::Driver {
                 binary: o.krunkit.clone(),
                 ..vmm::krunkit::Driver::default()
             },
             rest_port,
-        }),
-        DriverKind::Qemu | DriverKind::Libkrun => Box::new(vmm::qemu::Qemu::new(arch, o.accel)),
+        })),
+        DriverKind::Qemu => Ok(Box::new(vmm::qemu::Qemu::new(arch, o.accel))),
+        DriverKind::Libkrun => Err(Unimplemented(kind.name())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unimplemented_kind_is_refused_not_run_as_another() {
+        let o = StartOptions {
+            accel: vmm::qemu::AccelChoice::Auto,
+            krunkit: "krunkit".into(),
+            gvproxy: "gvproxy".into(),
+            start_timeout: Duration::from_secs(1),
+            podman_timeout: None,
+            state_dirs: Vec::new(),
+        };
+        for kind in DriverKind::ALL {
+            match driver_of(kind, Arch::host(), None, &o) {
+                Ok(d) => assert_eq!(d.kind(), kind),
+                Err(e) => {
+                    assert_eq!(kind, DriverKind::Libkrun);
+                    assert!(e.to_string().contains("libkrun"), "{e}");
+                }
+            }
+        }
+        assert!(driver_of(DriverKind::Libkrun, Arch::host(), None, &o).is_err());
     }
 }

@@ -106,6 +106,7 @@ pub fn manifest(members: &[(&str, &[u8])]) -> Manifest {
                 name: "localhost/carbon-venus:latest".into(),
                 path: CONTAINER_IMAGE.into(),
             }],
+            container_driver: None,
         },
         members: members
             .iter()

@@ -193,7 +193,9 @@ root_run() {
     for d in "${HOME:-}" "${XDG_RUNTIME_DIR:-}" "${CARBON_VM_HOME:-}"; do
         [[ -n $d && -d $d ]] && want+=("$d")
     done
-    ((EUID == 0)) && [[ -d /etc/containers ]] && want+=(/etc/containers)
+    # Only into a root with a podman of its own: binding the nearest parent instead would put the
+    # host's whole /etc over the root's.
+    ((EUID == 0)) && [[ -d /etc/containers && -d $root/etc/containers ]] && want+=(/etc/containers)
     readarray -t want < <(printf '%s\n' "${want[@]}" | sort -u)
     for d in "${want[@]}"; do
         at=$d

@@ -334,7 +334,17 @@ fn control_ports(m: &Machine, ssh_port: u16) {
         }
     });
     let host = "192.168.127.254";
-    let answer = m.in_container(&[], &format!("{host} {port}"), "");
+    // nc's input stays open until the service has answered and closed: gvproxy may end a
+    // connection whose guest side already sent its FIN before it relays the host's answer.
+    let o = m.podman(&[
+        "run",
+        "--rm",
+        "localhost/attacker",
+        "sh",
+        "-c",
+        &format!("(echo hello; sleep 10) | busybox nc -w 10 {host} {port} 2>&1"),
+    ]);
+    let answer = text(&o);
     assert!(
         answer.contains("the user's service"),
         "the user's loopback service through {host}: {answer}"

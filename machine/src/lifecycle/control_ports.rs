@@ -12,10 +12,15 @@ use std::time::Duration;
 /// How long one guest may take to take a port; it keeps its list if it does not.
 const SHARE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The control ports known now: `ssh_port` (this run's SSH forward) and those of every machine
-/// of the store.
+/// The control ports known now: `ssh_port` (this run's SSH forward), this machine's own krunkit
+/// REST port, and those of every other machine of the store.
 pub(super) fn known(m: &MachineDir, ssh_port: u16) -> Vec<u16> {
     let mut ports = vec![ssh_port];
+    ports.extend(
+        m.spec()
+            .ok()
+            .and_then(|s| s.podman_machine.map(|p| p.rest_port)),
+    );
     for other in others(m) {
         ports.extend(other.run().map(|r| r.ssh_port));
         ports.extend(

@@ -78,7 +78,7 @@ impl ReadyChannel {
             let mut reader = BufReader::new(conn);
             let mut line = Vec::new();
             // Inside a line over MAX_LINE, until its end.
-            let mut skipping = false;
+            let mut overlong = false;
             loop {
                 // Never more than one byte past MAX_LINE, so `line` stays bounded.
                 let room = (MAX_LINE + 1 - line.len()) as u64;
@@ -86,17 +86,17 @@ impl ReadyChannel {
                     // That connection ended without Ready: wait for the next one.
                     Ok(0) => break,
                     Ok(_) if line.ends_with(b"\n") => {
-                        if !skipping
+                        if !overlong
                             && line.len() <= MAX_LINE
                             && let Some(key) = parse(&line)
                         {
                             return key;
                         }
-                        skipping = false;
+                        overlong = false;
                         line.clear();
                     }
                     Ok(_) if line.len() > MAX_LINE => {
-                        skipping = true;
+                        overlong = true;
                         line.clear();
                     }
                     Ok(_) => {}

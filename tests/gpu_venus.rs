@@ -271,10 +271,11 @@ fn a_host_whose_qemu_lacks_venus_refuses_a_gpu_start() {
 }
 
 /// The GPU tests' retry: a first try whose bounded command was killed with the guest's console
-/// showing the documented stall (a hung-task report in `virtio_gpu_vram_mmap`) runs once more;
-/// any other failure fails at once, a kill without that report too.
+/// showing the documented stall (a hung-task report in `virtio_gpu_vram_mmap`), or whose GPU
+/// check reported a stalled Venus (`venus-stalled`), runs once more; any other failure fails at
+/// once, a kill without that report too.
 #[test]
-fn only_the_documented_virtio_gpu_stall_is_retried() {
+fn only_the_documented_gpu_stalls_are_retried() {
     let killed = "\"/usr/bin/podman\" \"run\" was killed (signal: 9 (SIGKILL); limit 600 s)\n\n\n";
     let console = "--- /tmp/cvh/machines/gpu/console.log:\n\
         [  727.1] INFO: task vulkaninfo:913 blocked for more than 120 seconds.\n\
@@ -297,6 +298,14 @@ fn only_the_documented_virtio_gpu_stall_is_retried() {
         (n.get(), outcome.is_ok())
     };
     assert_eq!(tries(format!("{killed}{console}")), (2, true));
+    let check = |link: &str| {
+        format!(
+            "gpu check failed (exit status: 8):\nFAILED at {link}: vulkaninfo in the container did \
+             not answer within 180 s\n"
+        )
+    };
+    assert_eq!(tries(check("venus-stalled")), (2, true));
+    assert_eq!(tries(check("container-mesa")), (1, false));
     // A stall's report without the kill (an assertion that printed a console), a kill without
     // the stall, another hung task: no retry.
     assert_eq!(tries(format!("assertion failed: {console}")), (1, false));

@@ -14,12 +14,14 @@ use std::collections::HashMap;
 /// reads the Venus bundle's description and, in the container, as the image's own user: whether
 /// the render node opens, the C library, the Vulkan loader, and the loader's driver-list variables.
 /// The container's script needs only a POSIX shell and ends well whatever vulkaninfo did: an
-/// image without it lists no device, which is not a container that did not run.
+/// image without it lists no device, which is not a container that did not run. vulkaninfo is
+/// bounded ([`STALL_SECONDS`], where the image has `timeout`): Mesa's Venus driver waits for a
+/// renderer that stopped serving its ring for about 15 minutes before it aborts.
 pub const GUEST_SCRIPT: &str = r#"
 echo @@virtio-gpu; grep -lx 0x0010 /sys/bus/virtio/devices/*/device 2>/dev/null
 echo @@render; stat -c '%n %a' /dev/dri/renderD* 2>/dev/null
 echo @@icd; ls /usr/share/vulkan/icd.d/ 2>&1
-echo @@vm; vulkaninfo --summary 2>&1
+echo @@vm; timeout 180 vulkaninfo --summary 2>&1; echo @@vm-exit; echo $?
 [ "$2" = container ] || exit 0
 set --  "$1" "$2" "${3:-}"
 if [ "$3" = cdi ]; then
@@ -43,11 +45,18 @@ for f in /lib/*-linux-gnu/libvulkan.so.1 /usr/lib/*-linux-gnu/libvulkan.so.1 /li
 echo @@container-env
 echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-}"
 echo "VK_ICD_FILENAMES=${VK_ICD_FILENAMES:-}"
-echo @@container; vulkaninfo --summary 2>&1; exit 0' 2>&1)
+echo @@container
+if command -v timeout >/dev/null 2>&1; then timeout 180 vulkaninfo --summary 2>&1
+else vulkaninfo --summary 2>&1; fi
+echo @@container-exit; echo $?; exit 0' 2>&1)
 then echo "$out"
 else echo @@container-run; echo "$out"
 fi
 "#;
+
+/// How long the check gives one `vulkaninfo` (GUEST_SCRIPT's `timeout 180`): far above what it
+/// takes under emulation on a loaded host (seconds), far below Venus's own wait for a dead ring.
+pub const STALL_SECONDS: u32 = 180;
 
 /// The links of the chain, in the order a frame of Vulkan work crosses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +74,9 @@ pub enum Link {
     /// The device is there but Venus did not come up: the host's virglrenderer, render server or
     /// Vulkan driver.
     HostStack,
+    /// Venus came up but stopped answering: a Vulkan call waited [`STALL_SECONDS`] for the host's
+    /// renderer.
+    VenusStalled,
     /// Containers do not get /dev/dri.
     ContainerDevice,
     /// The container sees /dev/dri but its own Mesa has no working Venus driver.
@@ -90,6 +102,7 @@ impl Link {
             Link::RenderNodePermissions => "render-node-permissions",
             Link::GuestMesa => "guest-mesa",
             Link::HostStack => "host-stack",
+            Link::VenusStalled => "venus-stalled",
             Link::ContainerDevice => "container-device",
             Link::ContainerMesa => "container-mesa",
             Link::ContainerLibc => "container-libc",
@@ -116,6 +129,9 @@ impl Link {
             }
             Link::HostStack => {
                 "the host's Venus stack failed: `carbon-vm doctor` checks QEMU, virglrenderer's render server and the host Vulkan driver; the machine's vmm.log has QEMU's and virglrenderer's messages, its console.log the guest's"
+            }
+            Link::VenusStalled => {
+                "the host's renderer stopped serving the machine's GPU: restart the machine (`carbon-vm stop --force NAME`, then `start`); its vmm.log has QEMU's and virglrenderer's messages (docs/gpu.md, Known problems)"
             }
             Link::ContainerDevice => {
                 "containers get /dev/dri from the guest's containers.conf.d/50-carbon-gpu.conf (carbon-gpu-devices.service), or pass --device /dev/dri"
@@ -261,6 +277,12 @@ fn find_missing(
             "no Venus ICD (virtio_icd.json) in /usr/share/vulkan/icd.d",
         ));
     }
+    if stalled(get("vm-exit")) {
+        return Some(Missing::new(
+            Link::VenusStalled,
+            format!("vulkaninfo in the machine did not answer within {STALL_SECONDS} s"),
+        ));
+    }
     if !vm.iter().any(Device::is_venus) {
         return Some(Missing::new(
             Link::HostStack,
@@ -285,14 +307,70 @@ fn find_missing(
             "the container has no /dev/dri/renderD*",
         ));
     }
+    if stalled(get("container-exit")) {
+        return Some(Missing::new(
+            Link::VenusStalled,
+            format!(
+                "vulkaninfo in the container did not answer within {STALL_SECONDS} s (the machine's \
+                 own had listed {})",
+                names(vm)
+            ),
+        ));
+    }
     if !container.iter().any(Device::is_venus) {
-        let lists = format!("the container's Vulkan loader lists {}", names(container));
+        let mut lists = format!("the container's Vulkan loader lists {}", names(container));
+        if container.is_empty() {
+            lists.push_str(&said(get("container"), get("container-exit")));
+        }
         if let Some((link, why)) = why_no_venus(s) {
             return Some(Missing::new(link, format!("{why}; {lists}")));
         }
         return Some(Missing::new(Link::ContainerMesa, lists));
     }
     None
+}
+
+/// Whether a `vulkaninfo` exit status is `timeout`'s: it ran out of time.
+fn stalled(exit: &str) -> bool {
+    exit.trim() == "124"
+}
+
+/// What vulkaninfo said when it listed nothing: its error lines (the loader's, the driver's),
+/// else its last line, and how it ended, so that a failure names its cause rather than only its
+/// absence.
+fn said(output: &str, exit: &str) -> String {
+    let ended = match exit.trim() {
+        "" | "0" => String::new(),
+        "127" => "; not found in the image (exit 127)".to_owned(),
+        n => match n.parse::<u32>() {
+            Ok(c) if c > 128 => format!("; killed by signal {} (exit {c})", c - 128),
+            _ => format!("; exit {n}"),
+        },
+    };
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            ["error", "failed", "abort"].iter().any(|w| l.contains(w))
+        })
+        .take(3)
+        .collect();
+    let shown = if errors.is_empty() {
+        lines.last().map(|l| vec![*l]).unwrap_or_default()
+    } else {
+        errors
+    };
+    if shown.is_empty() {
+        return format!(" (vulkaninfo printed nothing{ended})");
+    }
+    let text: String = shown.join(" | ").chars().take(400).collect();
+    format!(" (vulkaninfo: {text}{ended})")
 }
 
 /// For a container given the Venus bundle (the CDI device) that lists no Venus device: what of
@@ -443,6 +521,60 @@ mod tests {
         for (output, want) in cases {
             assert_eq!(link(&output), Some(want), "{want:?}");
         }
+    }
+
+    #[test]
+    fn a_container_that_lists_nothing_says_what_vulkaninfo_said() {
+        let failed = "WARNING: [Loader Message] Code 0 : terminator_CreateInstance: skip\n\
+                      ERROR: [Loader Message] Code 0 : vkCreateInstance: Found no drivers!\n\
+                      Cannot create Vulkan instance.\n\
+                      ERROR at vulkaninfo.h:649:vkCreateInstance failed with \
+                      ERROR_INCOMPATIBLE_DRIVER\n";
+        let m = diagnose(&with_section("container", failed))
+            .missing
+            .unwrap();
+        assert_eq!(m.link, Link::ContainerMesa);
+        assert!(m.detail.contains("Found no drivers!"), "{}", m.detail);
+        assert!(
+            m.detail.contains("ERROR_INCOMPATIBLE_DRIVER"),
+            "{}",
+            m.detail
+        );
+        let silent = diagnose(&with_section("container", "")).missing.unwrap();
+        assert!(
+            silent.detail.ends_with("(vulkaninfo printed nothing)"),
+            "{}",
+            silent.detail
+        );
+        let aborted = format!(
+            "{}@@container-exit\n134\n",
+            with_section("container", "MESA-VIRTIO: debug: aborting\n")
+        );
+        let m = diagnose(&aborted).missing.unwrap();
+        assert_eq!(m.link, Link::ContainerMesa);
+        assert!(
+            m.detail.ends_with(
+                "(vulkaninfo: MESA-VIRTIO: debug: aborting; killed by signal 6 (exit 134))"
+            ),
+            "{}",
+            m.detail
+        );
+    }
+
+    #[test]
+    fn a_vulkaninfo_that_ran_out_of_time_is_a_stalled_venus() {
+        let m = diagnose(&format!("{GOOD}@@container-exit\n124\n"))
+            .missing
+            .unwrap();
+        assert_eq!(m.link, Link::VenusStalled);
+        assert!(m.detail.contains("in the container"), "{}", m.detail);
+        assert!(m.detail.contains("Virtio-GPU Venus"), "{}", m.detail);
+        let m = diagnose(&format!("{GOOD}@@vm-exit\n124\n"))
+            .missing
+            .unwrap();
+        assert_eq!(m.link, Link::VenusStalled);
+        assert!(m.detail.contains("in the machine"), "{}", m.detail);
+        assert!(diagnose(&format!("{GOOD}@@vm-exit\n0\n@@container-exit\n0\n")).ok);
     }
 
     #[test]

@@ -290,10 +290,20 @@ mod tests {
         fs::write(root.path().join(BUSYBOX), b"\x7fELF busybox").unwrap();
         fs::write(
             mods.join("modules.dep"),
-            "kernel/virtio_blk.ko.zst:\nkernel/virtio_mmio.ko:\nkernel/ext4.ko.zst:\n",
+            "kernel/virtio_blk.ko.zst:\nkernel/virtio_mmio.ko:\nkernel/ext4.ko.zst:\n\
+             kernel/virtio_net.ko: kernel/net_failover.ko kernel/failover.ko\n\
+             kernel/net_failover.ko: kernel/failover.ko\nkernel/failover.ko:\n\
+             kernel/virtio_console.ko:\n",
         )
         .unwrap();
-        fs::write(mods.join("modules.builtin"), "kernel/virtio_pci.ko\n").unwrap();
+        fs::write(
+            mods.join("modules.builtin"),
+            "kernel/virtio_pci.ko\nkernel/vmw_vsock_virtio_transport.ko\n",
+        )
+        .unwrap();
+        for m in ["virtio_net", "net_failover", "failover", "virtio_console"] {
+            fs::write(mods.join(format!("kernel/{m}.ko")), format!("\x7fELF {m}")).unwrap();
+        }
         fs::write(
             mods.join("kernel/virtio_blk.ko.zst"),
             zstd::encode_all(&b"\x7fELF blk"[..], 3).unwrap(),
@@ -328,7 +338,7 @@ mod tests {
         assert_eq!(seen["lib/modules/ext4.ko"].1, b"\x7fELF ext4");
         assert_eq!(
             seen["lib/modules/order"].1,
-            b"virtio_mmio\nvirtio_blk\next4\n"
+            b"virtio_mmio\nvirtio_blk\next4\nfailover\nnet_failover\nvirtio_net\nvirtio_console\n"
         );
         assert_eq!(seen["dev/console"].0, 0o020600);
     }
@@ -340,7 +350,8 @@ mod tests {
         fs::create_dir_all(&mods).unwrap();
         fs::write(
             mods.join("modules.dep"),
-            "kernel/virtio_pci.ko:\nkernel/virtio_mmio.ko:\nkernel/virtio_blk.ko:\nkernel/ext4.ko:\n",
+            "kernel/virtio_pci.ko:\nkernel/virtio_mmio.ko:\nkernel/virtio_blk.ko:\nkernel/ext4.ko:\n\
+             kernel/virtio_net.ko:\nkernel/virtio_console.ko:\nkernel/vmw_vsock_virtio_transport.ko:\n",
         )
         .unwrap();
         let e = build(root.path(), "6.12", &root.path().join("i")).unwrap_err();

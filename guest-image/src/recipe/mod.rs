@@ -39,6 +39,18 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         ),
     ),
     (
+        "etc/systemd/system/systemd-repart.service.d/carbon-when-grown.conf",
+        0o644,
+        include_str!(
+            "../../../configs/guest/files/etc/systemd/system/systemd-repart.service.d/carbon-when-grown.conf"
+        ),
+    ),
+    (
+        "usr/lib/carbon-vm/root-grows",
+        0o755,
+        include_str!("../../../configs/guest/files/usr/lib/carbon-vm/root-grows"),
+    ),
+    (
         "etc/systemd/system/carbon-ssh-hostkeys.service",
         0o644,
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-ssh-hostkeys.service"),
@@ -87,13 +99,6 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         "etc/systemd/system/carbon-network.service",
         0o644,
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-network.service"),
-    ),
-    (
-        "etc/systemd/system/sys-subsystem-net-devices-eth0.device.d/carbon.conf",
-        0o644,
-        include_str!(
-            "../../../configs/guest/files/etc/systemd/system/sys-subsystem-net-devices-eth0.device.d/carbon.conf"
-        ),
     ),
     (
         "usr/lib/carbon-vm/network",

@@ -68,7 +68,7 @@ pub fn check_llama(
     Ok(venus::llama::diagnose(&out))
 }
 
-/// Runs `script` with `args` (quoted, single quotes dropped) in the running guest over SSH;
+/// Runs `script` with `args` (each quoted for the guest's shell) in the running guest over SSH;
 /// returns its output.
 fn in_guest(
     m: &MachineDir,
@@ -76,12 +76,10 @@ fn in_guest(
     script: &str,
     args: &[&str],
 ) -> Result<String, GpuError> {
-    let args: Vec<String> = args
-        .iter()
-        .map(|a| format!("'{}'", a.replace('\'', "")))
-        .collect();
+    // Command-line arguments and image names hold no NUL, the one thing shlex cannot quote.
+    let args = shlex::try_join(args.iter().copied()).expect("arguments without NUL");
     let out = crate::lifecycle::ssh(m, o)?
-        .arg(format!("sh -s -- {}", args.join(" ")))
+        .arg(format!("sh -s -- {args}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -18,13 +18,13 @@ pub const IMAGE: &str = "localhost/carbon-llama:latest";
 /// default. Outputs are hex, so generated text cannot fake a section marker.
 const GUEST_SCRIPT: &str = r#"
 case $1 in
-/*) image="--rootfs $1:O" ;;
-*) image="--pull=never $1" ;;
+/*) how=--rootfs image="$1:O" ;;
+*) how=--pull=never image=$1 ;;
 esac
 run() {
     podman run --rm \
         -e VK_DRIVER_FILES=/usr/share/vulkan/icd.d/virtio_icd.json -e GGML_VK_VISIBLE_DEVICES=0 \
-        $image llama-completion @COMPLETION@ "$@"
+        "$how" "$image" llama-completion @COMPLETION@ "$@"
 }
 for side in vulkan cpu; do
     if [ $side = vulkan ]; then dev="--device Vulkan0 -ngl 999"; else dev="--device none -ngl 0"; fi
@@ -62,8 +62,8 @@ pub const COMPLETION: [&str; 16] = [
 
 /// The guest side with [`COMPLETION`] in it.
 pub fn guest_script() -> String {
-    let args: Vec<String> = COMPLETION.iter().map(|a| format!("'{a}'")).collect();
-    GUEST_SCRIPT.replace("@COMPLETION@", &args.join(" "))
+    let args = shlex::try_join(COMPLETION).expect("COMPLETION holds no NUL");
+    GUEST_SCRIPT.replace("@COMPLETION@", &args)
 }
 
 /// What the workload showed; `failure` is `None` when it passed.
@@ -243,10 +243,12 @@ mod tests {
     #[test]
     fn the_guest_script_runs_the_completion_on_both_sides() {
         let s = guest_script();
-        assert!(s.contains(
-            "llama-completion '-m' '/opt/carbon-llama/tiny.gguf' '-p' 'carbon-vm runs llama.cpp'"
-        ));
         assert!(!s.contains("@COMPLETION@"));
+        // The arguments as the guest's shell reads them back: each one whole.
+        let line = s.lines().find(|l| l.contains("llama-completion")).unwrap();
+        let words = shlex::split(line.trim().trim_end_matches(r#" "$@""#)).unwrap();
+        let at = words.iter().position(|w| w == "llama-completion").unwrap();
+        assert_eq!(words[at + 1..], COMPLETION);
     }
 
     #[test]

@@ -46,7 +46,28 @@ pub fn check(
         Scope::ContainerCdi => &[image, "container", "cdi"],
     };
     let out = in_guest(m, o, check::GUEST_SCRIPT, args)?;
-    Ok(check::diagnose(&out))
+    Ok(printable(check::diagnose(&out)))
+}
+
+/// The report with what the guest and the image said (device names, vulkaninfo's errors in the
+/// failure's detail) escaped: an image's output must not drive the user's terminal.
+fn printable(mut r: Report) -> Report {
+    use guest_image::untrusted::escaped;
+    for text in [
+        &mut r.device,
+        &mut r.host_device,
+        &mut r.driver_info,
+        &mut r.api_version,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *text = escaped(text);
+    }
+    if let Some(m) = &mut r.missing {
+        m.detail = escaped(&m.detail);
+    }
+    r
 }
 
 /// The GPU blobs the guest created since the machine started, against a Mac host's 16 KiB
@@ -101,4 +122,27 @@ fn in_guest(
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_an_image_prints_reaches_the_terminal_escaped() {
+        // The real output of a working machine, but its container's vulkaninfo prints a terminal
+        // escape and lists nothing.
+        let good = include_str!("../../venus/tests/data/guest-check-venus.txt");
+        let head = &good[..good.find("@@container\n").unwrap()];
+        let out = format!(
+            "{head}@@container\nERROR: \x1b]0;owned\x07\x1b[2J failed\n@@container-exit\n1\n"
+        );
+        let r = printable(check::diagnose(&out));
+        let detail = r.missing.expect("the container lists nothing").detail;
+        assert!(
+            !detail.contains('\x1b') && !detail.contains('\x07'),
+            "{detail:?}"
+        );
+        assert!(detail.contains(r"\u{1b}[2J failed"), "{detail}");
+    }
 }

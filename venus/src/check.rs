@@ -562,6 +562,12 @@ mod tests {
     }
 
     #[test]
+    fn the_script_bounds_both_vulkaninfo_runs_by_stall_seconds() {
+        let bounded = format!("timeout {STALL_SECONDS} vulkaninfo --summary");
+        assert_eq!(GUEST_SCRIPT.matches(&bounded).count(), 2);
+    }
+
+    #[test]
     fn a_vulkaninfo_that_ran_out_of_time_is_a_stalled_venus() {
         let m = diagnose(&format!("{GOOD}@@container-exit\n124\n"))
             .missing

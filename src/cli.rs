@@ -52,6 +52,22 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page, or write one page per command into a directory.
     Man(ManArgs),
+    /// carbon-vm's own: the ggml device's server supervisor, which `start` runs.
+    #[command(name = machine::ggml::SERVE_COMMAND, hide = true)]
+    GgmlServe(GgmlServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GgmlServeArgs {
+    #[arg(long)]
+    pub socket: std::path::PathBuf,
+    #[arg(long)]
+    pub state: std::path::PathBuf,
+    #[arg(long)]
+    pub vmm_pid: i32,
+    /// The server's command line.
+    #[arg(last = true, required = true)]
+    pub server: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -193,6 +209,11 @@ pub struct CreateArgs {
     /// Give the machine a virtio-gpu Venus device.
     #[arg(long)]
     pub gpu: bool,
+    /// Give its containers the ggml device carbon-vm.dev/ggml=all: ggml's RPC server on the
+    /// host's own backend (CARBON_VM_GGML_SERVER, else ggml-rpc-server), for llama.cpp and
+    /// other ggml tools.
+    #[arg(long)]
+    pub ggml: bool,
     #[arg(long, default_value_t = 2)]
     pub cpus: u8,
     /// Memory in MiB.
@@ -272,8 +293,9 @@ pub struct GpuCheckArgs {
     /// image the guest bundles for this, with the default /dev/dri.
     #[arg(long)]
     pub image: Option<String>,
-    /// Also run a real application's Vulkan code: `llama` decodes with llama.cpp on the Venus
-    /// device and on the CPU in a container, and compares (image: `scripts/llama-root image NAME`).
+    /// Also run a real application: `llama` decodes with llama.cpp on the Venus device and on
+    /// the CPU in a container, and compares; `llama-rpc` does so through the ggml device
+    /// (image: `scripts/llama-root image NAME`).
     #[arg(long, value_enum)]
     pub workload: Option<Workload>,
     /// The workload's image.
@@ -293,4 +315,7 @@ pub struct GpuCheckArgs {
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum Workload {
     Llama,
+    /// llama.cpp through the ggml device (`create --ggml`): every layer on the host's ggml
+    /// server, compared with the container's CPU.
+    LlamaRpc,
 }

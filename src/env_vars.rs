@@ -18,6 +18,9 @@ pub const KRUNKIT: &str = "CARBON_VM_KRUNKIT";
 /// The gvproxy executable (default: `gvproxy` from PATH), e.g. the one Podman's installer keeps
 /// in /opt/podman/bin.
 pub const GVPROXY: &str = "CARBON_VM_GVPROXY";
+/// The ggml device's server command line (default: `ggml-rpc-server` from PATH), e.g.
+/// `ggml-rpc-server -d Vulkan0` or a wrapper that runs one from a root.
+pub const GGML_SERVER: &str = "CARBON_VM_GGML_SERVER";
 /// Seconds `start` waits for the guest's Ready signal once the VMM runs (default 900: a first boot
 /// under TCG on a small host takes minutes).
 pub const START_TIMEOUT: &str = "CARBON_VM_START_TIMEOUT";

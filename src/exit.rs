@@ -215,11 +215,8 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
         {
             return (GPU_CHECK, Some(MAC_PAGES_HINT));
         }
-        if cause
-            .downcast_ref::<crate::commands::machine::WorkloadFailed>()
-            .is_some()
-        {
-            return (GPU_CHECK, Some(machine::host::LLAMA_HINT));
+        if let Some(w) = cause.downcast_ref::<crate::commands::machine::WorkloadFailed>() {
+            return (GPU_CHECK, Some(w.1));
         }
         match cause.downcast_ref::<machine::create::CreateError>() {
             Some(machine::create::CreateError::Driver(_)) => return (NOT_IMPLEMENTED, None),

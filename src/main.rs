@@ -54,6 +54,14 @@ fn run(command: Command, out: output::Printer) -> anyhow::Result<()> {
     match command {
         Command::Completions(a) => return commands::shell::completions(a),
         Command::Man(a) => return commands::shell::man(a, out),
+        Command::GgmlServe(a) => {
+            return Ok(machine::ggml::serve(machine::ggml::Serve {
+                socket: a.socket,
+                state: a.state,
+                vmm_pid: a.vmm_pid,
+                server: a.server,
+            })?);
+        }
         _ => {}
     }
     let home = home::Home::from_env()?;
@@ -70,6 +78,8 @@ fn run(command: Command, out: output::Printer) -> anyhow::Result<()> {
         Command::Env(a) => commands::machine::env(a, &home, out),
         Command::Gpu(GpuCommand::Check(a)) => commands::machine::gpu_check(a, &home, out),
         Command::Doctor => commands::doctor::run(&home, out),
-        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
+        Command::Completions(_) | Command::Man(_) | Command::GgmlServe(_) => {
+            unreachable!("handled above")
+        }
     }
 }

@@ -85,7 +85,34 @@ pub fn start_options(home: &Home) -> anyhow::Result<machine::lifecycle::StartOpt
             .unwrap_or(machine::lifecycle::START_TIMEOUT),
         podman_timeout: seconds(env_vars::PODMAN_TIMEOUT)?,
         state_dirs: home.state_dirs(),
+        ggml_server: ggml_server()?,
     })
+}
+
+/// The ggml device's server: `CARBON_VM_GGML_SERVER` (a command line, e.g. with options of
+/// its own), else `ggml-rpc-server` or `rpc-server` from PATH, else where Debian's
+/// llama.cpp-tools-extra keeps it. Empty when there is none (a --ggml machine cannot start).
+pub fn ggml_server() -> anyhow::Result<Vec<String>> {
+    if let Some(line) = std::env::var(env_vars::GGML_SERVER)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        return shlex::split(&line)
+            .filter(|w| !w.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!("{} is not a command line: {line:?}", env_vars::GGML_SERVER)
+            });
+    }
+    let debian = format!(
+        "/usr/libexec/{}-linux-gnu/llama/bin/ggml-rpc-server",
+        std::env::consts::ARCH
+    );
+    Ok(machine::host::which("ggml-rpc-server")
+        .or_else(|| machine::host::which("rpc-server"))
+        .or_else(|| Some(debian.into()).filter(|p: &PathBuf| p.is_file()))
+        .map(|p| p.display().to_string())
+        .into_iter()
+        .collect())
 }
 
 #[cfg(test)]

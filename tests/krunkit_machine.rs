@@ -5,9 +5,11 @@
 //! carbon-vm does not know it talks to a stand-in.
 //!
 //! The Mac rehearsal (`the_mac_rehearsal...`) boots the aarch64 default image as a `--gpu
-//! --podman-machine` machine and drives it as a Mac user and Podman would: start (Ready over
-//! vsock, host key pinned), `gpu check`, a Venus container through `podman -c`, Podman's own
-//! stop request on the machine's REST endpoint, start again, stop, rm.
+//! --ggml --podman-machine` machine and drives it as a Mac user and Podman would: start (Ready
+//! over vsock, host key pinned, the ggml device's server up), `gpu check`, a Venus container
+//! through `podman -c`, Podman's own stop request on the machine's REST endpoint (the ggml
+//! server ends with krunkit), start again, stop, rm. The ggml server is Debian's
+//! ggml-rpc-server on this host's CPU (scripts/llama-root) where a Mac runs one on Metal.
 //!
 //! Podman's rules at `start` (`exposed_start_keeps_podmans_rules`): with the real podman, one
 //! of the user's own Podman machines running keeps an exposed machine from starting, and so
@@ -861,10 +863,11 @@ fn the_mac_rehearsal_boots_runs_venus_containers_and_answers_podman() {
 }
 
 fn mac_rehearsal() {
-    let (Some(image), Some(root), Some(images)) = (
+    let (Some(image), Some(root), Some(images), Some(_llama)) = (
         common::aarch64_image(),
         common::gpu_root(),
         common::vk_images_aarch64(),
+        common::llama_root(),
     ) else {
         return;
     };
@@ -888,7 +891,15 @@ fn mac_rehearsal() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let mut g = common::gpu::GpuEnv::new(root).with_var("CARBON_VM_KRUNKIT", &krunkit);
+    // The ggml device's server: Debian's, on this host's CPU, where a Mac's runs on Metal.
+    let ggml_server = format!(
+        "{}/scripts/llama-root run /usr/libexec/{}-linux-gnu/llama/bin/ggml-rpc-server",
+        env!("CARGO_MANIFEST_DIR"),
+        std::env::consts::ARCH
+    );
+    let mut g = common::gpu::GpuEnv::new(root)
+        .with_var("CARBON_VM_KRUNKIT", &krunkit)
+        .with_var("CARBON_VM_GGML_SERVER", &ggml_server);
     if !gvproxy_has_vfkit() {
         eprintln!(
             "NOTE: this host's gvproxy cannot listen in vfkit mode (Linux builds before 0.8.9): \
@@ -911,6 +922,7 @@ fn mac_rehearsal() {
             "--driver",
             "krunkit",
             "--gpu",
+            "--ggml",
             "--podman-machine",
             "--image",
             id,
@@ -933,6 +945,7 @@ fn mac_rehearsal() {
 
     // Start: EDK2 boots the disk, the guest says Ready on vsock 1025 with its host key.
     ok(&g.carbon_vm(&["start", name]), "start");
+    let (supervisor, server) = ggml_serving(&g, &machine);
     let known = std::fs::read_to_string(machine.join("known_hosts")).unwrap();
     assert!(
         known.starts_with(&format!("carbon-vm-{name} ssh-ed25519 ")),
@@ -1117,6 +1130,8 @@ fn mac_rehearsal() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(gone(krunkit));
+    // The ggml device's supervisor saw krunkit end, and ended its server and itself.
+    assert!(gone(supervisor) && gone(server));
     let console = std::fs::read_to_string(machine.join("console.log")).unwrap();
     // The guest shut itself down (the power button), not killed.
     assert!(
@@ -1152,8 +1167,9 @@ fn mac_rehearsal() {
     );
     assert!(out.is_empty(), "{out}");
     let krunkit = k_pid(&machine);
+    let (supervisor, server) = ggml_serving(&g, &machine);
     ok(&g.carbon_vm(&["stop", name]), "stop");
-    assert!(gone(krunkit));
+    assert!(gone(krunkit) && gone(supervisor) && gone(server));
     let refused = podman_rest(rest_port, "GET", "").unwrap_err();
     assert_eq!(
         refused.kind(),
@@ -1167,6 +1183,26 @@ fn mac_rehearsal() {
         "connections",
     );
     assert!(!conns.lines().any(|l| l == name), "{conns}");
+}
+
+/// The ggml device's supervisor and server PIDs, once the server announced its protocol.
+fn ggml_serving(g: &common::gpu::GpuEnv, machine: &Path) -> (i32, i32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: Value =
+            serde_json::from_str(&ok(&g.carbon_vm(&["--json", "inspect", "mac"]), "inspect"))
+                .unwrap();
+        let d = &v["ggml"];
+        if d["running"] == true && d["rpc_version"].is_string() {
+            let supervisor = std::fs::read_to_string(machine.join("ggml.pid")).unwrap();
+            return (
+                supervisor.trim().parse().unwrap(),
+                d["server_pid"].as_i64().unwrap() as i32,
+            );
+        }
+        assert!(Instant::now() < deadline, "no ggml server: {v:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The running krunkit of a machine directory.

@@ -57,6 +57,8 @@ pub struct CreateOptions<'a> {
     pub memory_mib: u32,
     pub disk_gib: u32,
     pub gpu: bool,
+    /// The ggml device (crate::ggml).
+    pub ggml: bool,
     pub podman_default: bool,
     pub image: &'a CachedImage,
     /// The krunkit to ask whether the krunkit driver is available.
@@ -279,6 +281,7 @@ fn spec_of(
             .map_or(0, |d| d.as_secs()),
         podman_machine,
         volumes: o.volumes.to_vec(),
+        ggml: o.ggml,
     }
 }
 

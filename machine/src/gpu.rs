@@ -89,6 +89,18 @@ pub fn check_llama(
     Ok(venus::llama::diagnose(&out))
 }
 
+/// Runs llama.cpp through the ggml device and on the CPU in a container of `image`
+/// (`gpu check --workload llama-rpc`).
+pub fn check_llama_rpc(
+    m: &MachineDir,
+    o: &StartOptions,
+    image: &str,
+) -> Result<venus::llama::rpc::Report, GpuError> {
+    let out = in_guest(m, o, &venus::llama::rpc::guest_script(), &[image])?;
+    let server = crate::lifecycle::ggml_status(m).rpc_version;
+    Ok(venus::llama::rpc::diagnose(&out, server.as_deref()))
+}
+
 /// Runs `script` with `args` (each quoted for the guest's shell) in the running guest over SSH;
 /// returns its output.
 fn in_guest(

@@ -3,6 +3,7 @@
 
 pub use venus::blobs::BlobAudit;
 pub use venus::check::{Missing as GpuMissing, Report as GpuReport};
+pub use venus::llama::rpc::{HINT as LLAMA_RPC_HINT, Report as LlamaRpcReport};
 pub use venus::llama::{COMPLETION as LLAMA_COMPLETION, HINT as LLAMA_HINT, Report as LlamaReport};
 pub use venus::probe as gpu_probe;
 pub use vmm::krunkit::{INSTALL_HINT as KRUNKIT_INSTALL_HINT, JSON_REST, probe as krunkit};

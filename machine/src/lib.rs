@@ -9,6 +9,7 @@ mod child;
 pub mod clients;
 pub mod create;
 pub mod docker;
+pub mod ggml;
 pub mod gpu;
 pub mod host;
 pub mod lifecycle;

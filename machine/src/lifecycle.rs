@@ -5,10 +5,12 @@
 
 mod control_ports;
 mod drivers;
+mod ggml_server;
 mod gvproxy;
 mod tunnel;
 
 pub use drivers::{StartOptions, Unimplemented, driver, driver_of};
+pub use ggml_server::{GgmlStatus, status as ggml_status};
 
 use crate::store::*;
 use std::fs;
@@ -37,6 +39,8 @@ pub enum State {
 const NO_NETWORK: &str = "gvproxy is not running: no network";
 /// Why it is broken when its network runs but the Podman socket tunnel does not.
 const NO_TUNNEL: &str = "the Podman socket is not forwarded (a start did not finish, or the tunnel dropped; `carbon-vm start` repairs it)";
+/// Why it is broken when the ggml device's supervisor does not run.
+const NO_GGML: &str = "the ggml device's server supervisor is not running (`carbon-vm start` repairs it; ggml.log in the machine's dir says why it ended)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -81,6 +85,10 @@ pub enum LifecycleError {
     Clients(#[from] crate::clients::ClientsError),
     #[error(transparent)]
     PodmanMachine(#[from] crate::podman_machine::ExposeError),
+    #[error(
+        "no ggml RPC server for the ggml device: install ggml-rpc-server (Debian: llama.cpp-tools-extra) or name one in CARBON_VM_GGML_SERVER"
+    )]
+    NoGgmlServer,
     #[error("I/O error")]
     Io(#[from] std::io::Error),
 }
@@ -126,12 +134,12 @@ pub fn state(m: &MachineDir, o: &StartOptions) -> State {
         Err(e) => return State::Broken(e.to_string()),
     };
     match vm(m, &spec, o) {
-        Ok(vm) => state_of(m, d.as_ref(), &vm),
+        Ok(vm) => state_of(m, &spec, d.as_ref(), &vm),
         Err(e) => State::Broken(e.to_string()),
     }
 }
 
-fn state_of(m: &MachineDir, d: &dyn Driver, vm: &Vm) -> State {
+fn state_of(m: &MachineDir, spec: &Spec, d: &dyn Driver, vm: &Vm) -> State {
     match d.running(vm) {
         Ok(false) => State::Stopped,
         Err(e) => State::Broken(format!("the VMM does not answer: {e}")),
@@ -139,6 +147,7 @@ fn state_of(m: &MachineDir, d: &dyn Driver, vm: &Vm) -> State {
             State::Broken(NO_NETWORK.into())
         }
         Ok(true) if tunnel::pid(m).is_none() => State::Broken(NO_TUNNEL.into()),
+        Ok(true) if spec.ggml && ggml_server::pid(m).is_none() => State::Broken(NO_GGML.into()),
         Ok(true) => State::Running,
     }
 }
@@ -159,6 +168,9 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         && m.path(KNOWN_HOSTS).is_file()
         && let Some(run) = m.run()
     {
+        if spec.ggml && ggml_server::pid(m).is_none() {
+            ggml_server::start(m, o, vmm_pid(&vm)?)?;
+        }
         if tunnel::pid(m).is_none() {
             tunnel::start(m, run.ssh_port)?;
         }
@@ -217,6 +229,10 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         &m.path(KNOWN_HOSTS),
         format!("{} {host_key}\n", crate::ssh::host_alias(&spec.name)).as_bytes(),
     )?;
+    // Before the tunnel, which serves its socket in the guest.
+    if spec.ggml {
+        ggml_server::start(m, o, vmm_pid(&vm)?)?;
+    }
     tunnel::start(m, run.ssh_port)?;
     // Podman's service is socket-activated: its first answer can take long on a loaded TCG host.
     let podman_timeout = o
@@ -227,6 +243,14 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     control_ports::share(m, o, run.ssh_port);
     guard.disarm();
     Ok(run)
+}
+
+/// The running VMM's PID, from its pidfile.
+fn vmm_pid(vm: &Vm) -> Result<i32, LifecycleError> {
+    fs::read_to_string(&vm.pidfile)?
+        .trim()
+        .parse()
+        .map_err(|_| LifecycleError::Exited("the VMM", "its pidfile holds no PID".into()))
 }
 
 /// While waiting for Ready: the VMM and gvproxy still run, and nobody asked to stop.
@@ -283,6 +307,7 @@ fn teardown(m: &MachineDir, d: &dyn Driver, vm: &Vm) -> Result<(), LifecycleErro
 /// tunnel and gvproxy, killed; then the run is forgotten.
 fn end_run(m: &MachineDir, d: &dyn Driver, vm: &Vm) {
     tunnel::kill(m);
+    ggml_server::kill(m);
     gvproxy::kill(m, &d.network(vm));
     forget_run(m, d, vm);
 }
@@ -310,6 +335,7 @@ fn stop_locked(m: &MachineDir, o: &StartOptions, force: bool) -> Result<(), Life
     }
     d.stop(&vm, StopMode::Graceful)?;
     tunnel::kill(m);
+    ggml_server::kill(m);
     gvproxy::stop(m, &d.network(&vm));
     forget_run(m, d.as_ref(), &vm);
     Ok(())
@@ -445,6 +471,9 @@ fn credentials(
                 .join(" ")
         ),
     ];
+    if spec.ggml {
+        c.push("io.systemd.credential:carbon.ggml=1".into());
+    }
     if !spec.volumes.is_empty() {
         let fstab = crate::volumes::fstab_extra(&spec.volumes);
         c.push(format!(

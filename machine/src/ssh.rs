@@ -2,7 +2,7 @@
 //! tunnel that forwards the guest's Podman socket to the host. Commands only: whether the
 //! machine runs is the lifecycle's to say (`lifecycle::ssh`).
 
-use crate::store::{KEY, KNOWN_HOSTS, MachineDir, PODMAN_SOCKET};
+use crate::store::{GGML_SOCKET, KEY, KNOWN_HOSTS, MachineDir, PODMAN_SOCKET};
 use std::process::Command;
 
 /// The SSH host-key alias: the port changes per start, the pinned key does not.
@@ -22,9 +22,14 @@ const DESTINATION: &str = "root@127.0.0.1";
 /// Where rootful Podman listens in the guest.
 const GUEST_PODMAN_SOCKET: &str = "/run/podman/podman.sock";
 
+/// Where the guest reaches the ggml device's server (`-R`; the guest's sshd makes it 0666 in a
+/// directory of root's: its containers' relays run as their users).
+const GUEST_GGML_SOCKET: &str = "/run/carbon-vm/ggml.sock";
+
 /// `ssh -N -L` that serves the guest's Podman API on the machine's PODMAN_SOCKET (mode 0600),
-/// checking the pinned host key, and exits when the guest's SSH connection is lost.
-pub fn podman_forward(m: &MachineDir, ssh_port: u16) -> Command {
+/// checking the pinned host key, and exits when the guest's SSH connection is lost. With `ggml`,
+/// it also serves the ggml device's relay (GGML_SOCKET) in the guest.
+pub fn podman_forward(m: &MachineDir, ssh_port: u16, ggml: bool) -> Command {
     let mut c = to_guest(m, ssh_port);
     c.args([
         "-N",
@@ -43,8 +48,14 @@ pub fn podman_forward(m: &MachineDir, ssh_port: u16) -> Command {
     .arg(format!(
         "{}:{GUEST_PODMAN_SOCKET}",
         m.socket(PODMAN_SOCKET).display()
-    ))
-    .arg(DESTINATION);
+    ));
+    if ggml {
+        c.arg("-R").arg(format!(
+            "{GUEST_GGML_SOCKET}:{}",
+            m.socket(GGML_SOCKET).display()
+        ));
+    }
+    c.arg(DESTINATION);
     c
 }
 

@@ -43,6 +43,13 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 pub const NET_SOCKET: &str = "net.sock";
 pub const READY_SOCKET: &str = "ready.sock";
 pub const PODMAN_SOCKET: &str = "podman.sock";
+/// The ggml device (`create --ggml`, crate::ggml): its supervisor's PID and log (the server's
+/// output too), the relay's socket and the supervisor's word on its server, in the runtime
+/// directory.
+pub const GGML_PID: &str = "ggml.pid";
+pub const GGML_LOG: &str = "ggml.log";
+pub const GGML_SOCKET: &str = "ggml.sock";
+pub const GGML_STATE: &str = "ggml.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spec {
@@ -69,6 +76,9 @@ pub struct Spec {
     /// Host folders shared into the guest (machines made before volumes existed have none).
     #[serde(default)]
     pub volumes: Vec<crate::volumes::Volume>,
+    /// The ggml device: ggml's RPC server on the host for this machine's containers.
+    #[serde(default)]
+    pub ggml: bool,
 }
 
 fn host_arch() -> String {

@@ -88,6 +88,7 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
             }
         })
         .collect();
+    checks.push(ggml_check());
     match host {
         machine::DriverKind::Krunkit => checks.push(krunkit_check()),
         _ => {
@@ -153,6 +154,24 @@ fn krunkit_check() -> Check {
             },
         }),
         fix: INSTALL_HINT,
+    }
+}
+
+/// The ggml device's server: needed only by machines created with --ggml.
+fn ggml_check() -> Check {
+    let server = crate::settings::ggml_server();
+    let found = match &server {
+        Ok(line) if line.is_empty() => None,
+        Ok(line) => Some(shlex::try_join(line.iter().map(String::as_str)).unwrap_or_default()),
+        Err(e) => Some(e.to_string()),
+    };
+    Check {
+        requirement: "ggml-rpc-server",
+        needed_for: "--ggml",
+        ok: server.is_ok_and(|l| !l.is_empty()),
+        optional: true,
+        found,
+        fix: "apt-get install llama.cpp-tools-extra (Debian sid), or name a server in CARBON_VM_GGML_SERVER (docs/gpu.md)",
     }
 }
 

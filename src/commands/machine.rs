@@ -34,6 +34,9 @@ struct MachineView {
     memory_mib: u32,
     disk_gib: u32,
     gpu: bool,
+    /// The ggml device's server, on a machine created with --ggml.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ggml: Option<lifecycle::GgmlStatus>,
     image: guest_image::Sha256Digest,
     volumes: Vec<machine::volumes::Volume>,
     ssh_port: Option<u16>,
@@ -54,6 +57,7 @@ fn view(m: &machine::MachineDir, o: &lifecycle::StartOptions) -> anyhow::Result<
         memory_mib: spec.memory_mib,
         disk_gib: spec.disk_gib,
         gpu: spec.gpu,
+        ggml: spec.ggml.then(|| lifecycle::ggml_status(m)),
         image: spec.image,
         volumes: spec.volumes,
         ssh_port: m.run().filter(|_| running).map(|r| r.ssh_port),
@@ -77,7 +81,7 @@ fn line(v: &MachineView) -> String {
         v.memory_mib,
         v.disk_gib,
         if v.gpu { " gpu" } else { "" }
-    )
+    ) + if v.ggml.is_some() { " ggml" } else { "" }
 }
 
 /// `--volume`s, else the home directory (unless it is the guest's own, root's /root, or this host
@@ -154,6 +158,7 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
             memory_mib: a.memory,
             disk_gib: a.disk_size,
             gpu: a.gpu,
+            ggml: a.ggml,
             podman_default: a.default,
             image: &image,
             krunkit: &krunkit,
@@ -350,13 +355,18 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
     };
     let start = settings::start_options(home)?;
     let mut report = machine::gpu::check(&m, &start, &spec, &image, scope)?;
-    // The workload runs only on a machine whose Venus works.
-    let workload = match (a.workload, &report.missing) {
-        (Some(Workload::Llama), None) => {
-            Some(machine::gpu::check_llama(&m, &start, &a.workload_image)?)
-        }
-        _ => None,
-    };
+    // The Venus workload runs only on a machine whose Venus works; the ggml device's needs
+    // no Venus.
+    let workload =
+        match (a.workload, &report.missing) {
+            (Some(Workload::Llama), None) => Some(WorkloadReport::Venus(
+                machine::gpu::check_llama(&m, &start, &a.workload_image)?,
+            )),
+            (Some(Workload::LlamaRpc), _) => Some(WorkloadReport::Rpc(
+                machine::gpu::check_llama_rpc(&m, &start, &a.workload_image)?,
+            )),
+            _ => None,
+        };
     // Read last, so the blobs of every Vulkan program above are in it.
     if gpu {
         report.blobs = machine::gpu::blob_audit(&m);
@@ -366,7 +376,7 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
         #[serde(flatten)]
         venus: &'a machine::host::GpuReport,
         #[serde(skip_serializing_if = "Option::is_none")]
-        workload: Option<&'a machine::host::LlamaReport>,
+        workload: Option<&'a WorkloadReport>,
     }
     let record = Record {
         venus: &report,
@@ -388,17 +398,23 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
         }
         match &workload {
             None => venus,
-            Some(w) => match &w.failure {
+            Some(w) => match w.failure() {
                 None => format!(
                     "{venus}\nok: llama.cpp ran {} layers on {} and decoded as the CPU does: {:?}",
-                    w.layers.as_deref().unwrap_or_default(),
-                    w.device.as_deref().unwrap_or_default(),
-                    w.vulkan_text
+                    w.layers().unwrap_or_default(),
+                    w.device().unwrap_or_default(),
+                    w.text()
                 ),
                 Some(f) => format!("{venus}\nFAILED: llama.cpp workload: {f}"),
             },
         }
     });
+    // The ggml device's workload is its own check: its failure first.
+    if let Some(WorkloadReport::Rpc(w)) = &workload
+        && let Some(f) = &w.failure
+    {
+        return Err(WorkloadFailed(f.clone(), machine::host::LLAMA_RPC_HINT).into());
+    }
     if let Some(m) = report.missing {
         return Err(GpuCheckFailed(m).into());
     }
@@ -411,9 +427,44 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
         ))
         .into());
     }
-    match workload.and_then(|w| w.failure) {
-        Some(f) => Err(WorkloadFailed(f).into()),
+    match workload.as_ref().and_then(WorkloadReport::failure) {
+        Some(f) => Err(WorkloadFailed(f.to_owned(), machine::host::LLAMA_HINT).into()),
         None => Ok(()),
+    }
+}
+
+/// What `gpu check --workload` ran: llama.cpp on Venus, or through the ggml device.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WorkloadReport {
+    Venus(machine::host::LlamaReport),
+    Rpc(machine::host::LlamaRpcReport),
+}
+
+impl WorkloadReport {
+    fn failure(&self) -> Option<&str> {
+        match self {
+            Self::Venus(w) => w.failure.as_deref(),
+            Self::Rpc(w) => w.failure.as_deref(),
+        }
+    }
+    fn layers(&self) -> Option<&str> {
+        match self {
+            Self::Venus(w) => w.layers.as_deref(),
+            Self::Rpc(w) => w.layers.as_deref(),
+        }
+    }
+    fn device(&self) -> Option<&str> {
+        match self {
+            Self::Venus(w) => w.device.as_deref(),
+            Self::Rpc(w) => w.device.as_deref(),
+        }
+    }
+    fn text(&self) -> &str {
+        match self {
+            Self::Venus(w) => &w.vulkan_text,
+            Self::Rpc(w) => &w.rpc_text,
+        }
     }
 }
 
@@ -443,10 +494,10 @@ fn blob_line(b: &machine::host::BlobAudit) -> String {
 #[error("the guest's GPU memory would not map on a Mac host: {0}")]
 pub struct MacPagesFailed(pub String);
 
-/// `gpu check --workload` ran the workload and it failed.
+/// `gpu check --workload` ran the workload and it failed; the hint says what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("the GPU workload failed: {0}")]
-pub struct WorkloadFailed(pub String);
+pub struct WorkloadFailed(pub String, pub &'static str);
 
 pub fn env(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = store(home).open(&a.name)?;

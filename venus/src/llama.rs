@@ -5,6 +5,8 @@
 //!
 //! The image and its model come from scripts/llama-root (`image MACHINE` imports it).
 
+pub mod rpc;
+
 use crate::check::sections;
 use serde::Serialize;
 

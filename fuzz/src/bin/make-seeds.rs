@@ -457,6 +457,17 @@ warning: no usable GPU found, --gpu-layers option will be ignored\n",
     );
     assert!(venus::llama::diagnose(&llama).ok);
     write("guest_output", "llama.txt", llama.as_bytes());
+    let rpc = format!(
+        "@@rpc-status\n0\n@@rpc\n{}\n@@rpc-log\n\
+0.00.275 I llama_prepare_model_devices: using device RPC0 (127.0.0.1:50052) (unknown id) - 24105 MiB free\n\
+0.00.374 I load_tensors: offloaded 3/3 layers to GPU\n\
+@@cpu-status\n0\n@@cpu\n{}\n@@cpu-log\n\n@@image-ggml\n{}\n",
+        hex(text),
+        hex(text),
+        hex("0.27.0-1")
+    );
+    assert!(venus::llama::rpc::diagnose(&rpc, Some("8.0.0")).ok);
+    write("guest_output", "llama-rpc.txt", rpc.as_bytes());
     let trace = "\
 12345@1764640000.123456:virtio_gpu_cmd_res_create_blob res 0x1, size 147456
 virtio_gpu_cmd_res_create_blob res 0x2, size 16384

@@ -91,6 +91,21 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/usr/lib/carbon-vm/gpu-devices"),
     ),
     (
+        "usr/lib/carbon-vm/ggml-device",
+        0o755,
+        include_str!("../../../configs/guest/files/usr/lib/carbon-vm/ggml-device"),
+    ),
+    (
+        "usr/lib/carbon-vm/ggml-relay",
+        0o755,
+        include_str!("../../../configs/guest/files/usr/lib/carbon-vm/ggml-relay"),
+    ),
+    (
+        "etc/ssh/sshd_config.d/20-carbon-ggml.conf",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/ssh/sshd_config.d/20-carbon-ggml.conf"),
+    ),
+    (
         "etc/containers/podman-machine",
         0o644,
         include_str!("../../../configs/guest/files/etc/containers/podman-machine"),

@@ -13,9 +13,11 @@ use std::time::Duration;
 const SHARE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The control ports known now: `ssh_port` (this run's SSH forward), this machine's own krunkit
-/// REST port, and those of every other machine of the store.
+/// REST port and ggml server port (where it has one on the host), and those of every other
+/// machine of the store.
 pub(super) fn known(m: &MachineDir, ssh_port: u16) -> Vec<u16> {
     let mut ports = vec![ssh_port];
+    ports.extend(ggml_port(m));
     ports.extend(
         m.spec()
             .ok()
@@ -23,6 +25,7 @@ pub(super) fn known(m: &MachineDir, ssh_port: u16) -> Vec<u16> {
     );
     for other in others(m) {
         ports.extend(other.run().map(|r| r.ssh_port));
+        ports.extend(ggml_port(&other));
         ports.extend(
             other
                 .spec()
@@ -46,6 +49,11 @@ pub(super) fn share(m: &MachineDir, o: &StartOptions, ssh_port: u16) {
             add(&other, run.ssh_port, &[ssh_port]);
         }
     }
+}
+
+/// The host port of `m`'s ggml server, where it listens on the host's loopback (not on Linux).
+fn ggml_port(m: &MachineDir) -> Option<u16> {
+    crate::ggml::read_state(&m.socket(crate::store::GGML_STATE))?.host_port
 }
 
 /// The machines of `m`'s store but `m`.

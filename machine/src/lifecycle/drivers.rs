@@ -22,6 +22,8 @@ pub struct StartOptions {
     /// carbon-vm's own directories (configuration, image cache, machines, runtime): hidden
     /// from every guest whose shared folder contains them, and never shared themselves.
     pub state_dirs: Vec<PathBuf>,
+    /// The ggml device's server command line (crate::ggml): `ggml-rpc-server` and its options.
+    pub ggml_server: Vec<String>,
 }
 
 /// A driver kind this carbon-vm has no implementation of (libkrun): `create` refuses it, so a
@@ -78,6 +80,7 @@ mod tests {
             start_timeout: Duration::from_secs(1),
             podman_timeout: None,
             state_dirs: Vec::new(),
+            ggml_server: Vec::new(),
         };
         for kind in DriverKind::ALL {
             match driver_of(kind, Arch::host(), None, &o) {

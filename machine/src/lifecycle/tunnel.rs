@@ -13,7 +13,8 @@ use vmm::process::{self, Signal};
 
 pub(super) fn start(m: &MachineDir, ssh_port: u16) -> Result<(), LifecycleError> {
     let log = fs::File::create(m.path(FORWARD_LOG))?;
-    let child = crate::ssh::podman_forward(m, ssh_port)
+    let ggml = m.spec().is_ok_and(|s| s.ggml);
+    let child = crate::ssh::podman_forward(m, ssh_port, ggml)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

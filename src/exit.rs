@@ -160,6 +160,16 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                     HOST,
                     Some("`carbon-vm doctor` lists what this host is missing"),
                 ),
+                L::NoGgmlServer(_) => (
+                    HOST,
+                    Some("`carbon-vm doctor` shows the ggml server it looks for"),
+                ),
+                L::GgmlFailed(_) => (
+                    FAILURE,
+                    Some(
+                        "ggml.log in the machine's dir says more; on Linux the server needs unprivileged user namespaces",
+                    ),
+                ),
                 L::Exited("gvproxy", _) => (
                     FAILURE,
                     Some(
@@ -190,6 +200,15 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                 L::Store(s) => store_class(s),
                 _ => (FAILURE, None),
             };
+        }
+        if cause
+            .downcast_ref::<crate::settings::BadSetting>()
+            .is_some()
+        {
+            return (
+                USAGE,
+                Some("docs/configuration.md lists carbon-vm's environment variables"),
+            );
         }
         if cause
             .downcast_ref::<crate::commands::doctor::HostNotReady>()

@@ -7,6 +7,11 @@ use machine::host::{Accel, AccelChoice};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// An environment variable carbon-vm cannot use (a usage error: exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadSetting(String);
+
 /// QEMU's accelerator (`CARBON_VM_ACCEL`): `auto` is KVM where QEMU can really run a guest with
 /// it (probed when a machine starts), else TCG.
 fn accel() -> anyhow::Result<AccelChoice> {
@@ -14,10 +19,11 @@ fn accel() -> anyhow::Result<AccelChoice> {
         Ok("kvm") => Ok(AccelChoice::Use(Accel::Kvm)),
         Ok("tcg") => Ok(AccelChoice::Use(Accel::Tcg)),
         Ok("auto") | Err(_) => Ok(AccelChoice::Auto),
-        Ok(other) => anyhow::bail!(
+        Ok(other) => Err(BadSetting(format!(
             "{} must be auto, kvm or tcg, not {other:?}",
             env_vars::ACCEL
-        ),
+        ))
+        .into()),
     }
 }
 
@@ -50,7 +56,9 @@ fn seconds(var: &str) -> anyhow::Result<Option<Duration>> {
         Err(_) => Ok(None),
         Ok(s) => match s.parse::<u64>() {
             Ok(secs) => Ok(Some(Duration::from_secs(secs))),
-            Err(_) => anyhow::bail!("{var} must be a number of seconds, not {s:?}"),
+            Err(_) => {
+                Err(BadSetting(format!("{var} must be a number of seconds, not {s:?}")).into())
+            }
         },
     }
 }
@@ -100,7 +108,11 @@ pub fn ggml_server() -> anyhow::Result<Vec<String>> {
         return shlex::split(&line)
             .filter(|w| !w.is_empty())
             .ok_or_else(|| {
-                anyhow::anyhow!("{} is not a command line: {line:?}", env_vars::GGML_SERVER)
+                BadSetting(format!(
+                    "{} is not a command line: {line:?}",
+                    env_vars::GGML_SERVER
+                ))
+                .into()
             });
     }
     let debian = format!(

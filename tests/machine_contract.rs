@@ -195,6 +195,41 @@ fn bad_specs_images_in_use_and_qemu_failures_leave_nothing_behind() {
     assert_nothing_runs(&env, "dev");
     assert_eq!(env.json(&["list"])[0]["state"], "stopped");
 
+    // The ggml device without a server to run: refused before anything starts.
+    let o = run(
+        &env,
+        &[
+            "create",
+            "gg",
+            "--image",
+            &sha,
+            "--ggml",
+            "--disk-size",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env
+        .process()
+        .env(
+            "CARBON_VM_GGML_SERVER",
+            "/nonexistent/ggml-rpc-server -d Vulkan0",
+        )
+        .args(["start", "gg"])
+        .output()
+        .unwrap();
+    fails(&o, 6, "/nonexistent/ggml-rpc-server is not an executable");
+    assert_nothing_runs(&env, "gg");
+    let o = env
+        .process()
+        .env("CARBON_VM_GGML_SERVER", "ggml-rpc-server 'unbalanced")
+        .args(["start", "gg"])
+        .output()
+        .unwrap();
+    fails(&o, 2, "CARBON_VM_GGML_SERVER is not a command line");
+    assert_nothing_runs(&env, "gg");
+    assert!(run(&env, &["rm", "gg"]).status.success());
+
     // The image is in use: `image rm` refuses, naming the machine; --force removes it anyway.
     let o = run(&env, &["image", "rm", &sha]);
     fails(&o, 1, "in use by machine(s) dev");

@@ -86,9 +86,11 @@ pub enum LifecycleError {
     #[error(transparent)]
     PodmanMachine(#[from] crate::podman_machine::ExposeError),
     #[error(
-        "no ggml RPC server for the ggml device: install ggml-rpc-server (Debian: llama.cpp-tools-extra) or name one in CARBON_VM_GGML_SERVER"
+        "no ggml RPC server for the ggml device ({0}): install ggml-rpc-server (Debian: llama.cpp-tools-extra) or name one in CARBON_VM_GGML_SERVER"
     )]
-    NoGgmlServer,
+    NoGgmlServer(String),
+    #[error("the ggml device's server supervisor did not come up; its log:\n{0}")]
+    GgmlFailed(String),
     #[error("I/O error")]
     Io(#[from] std::io::Error),
 }
@@ -181,6 +183,9 @@ pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     // Before anything runs: a spec or a host that cannot work is refused, not half-started.
     crate::spec::validate(&spec, &d.limits(spec.gpu))?;
     crate::volumes::check_present(&spec.volumes, &o.state_dirs)?;
+    if spec.ggml {
+        ggml_server::check(o)?;
+    }
     // What a share hides must be there to be covered: one made later would be the guest's.
     let mut private = fs::DirBuilder::new();
     std::os::unix::fs::DirBuilderExt::mode(private.recursive(true), 0o700);

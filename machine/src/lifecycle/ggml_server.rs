@@ -9,10 +9,28 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vmm::process::{self, Signal};
 
-pub(super) fn start(m: &MachineDir, o: &StartOptions, vmm_pid: i32) -> Result<(), LifecycleError> {
-    if o.ggml_server.is_empty() {
-        return Err(LifecycleError::NoGgmlServer);
+/// The server's program is there to run (a path, or a name in PATH).
+pub(super) fn check(o: &StartOptions) -> Result<(), LifecycleError> {
+    let Some(program) = o.ggml_server.first() else {
+        return Err(LifecycleError::NoGgmlServer("none found".into()));
+    };
+    let found = if program.contains('/') {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(program).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    } else {
+        crate::host::which(program).is_some()
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(LifecycleError::NoGgmlServer(format!(
+            "{program} is not an executable"
+        )))
     }
+}
+
+pub(super) fn start(m: &MachineDir, o: &StartOptions, vmm_pid: i32) -> Result<(), LifecycleError> {
+    check(o)?;
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -38,10 +56,10 @@ pub(super) fn start(m: &MachineDir, o: &StartOptions, vmm_pid: i32) -> Result<()
     while !m.socket(GGML_SOCKET).exists() {
         if child.try_wait()?.is_some() || Instant::now() > deadline {
             kill(m);
-            return Err(LifecycleError::Exited(
-                "the ggml device's server supervisor",
-                super::tail(&m.path(GGML_LOG), 2000),
-            ));
+            return Err(LifecycleError::GgmlFailed(super::tail(
+                &m.path(GGML_LOG),
+                2000,
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -522,3 +522,141 @@ pub fn env(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// docs/cli.md's field lists are the records' (`--json` is stable: a field renamed or added in
+/// the code and not in the docs, or the other way round, fails here).
+#[cfg(test)]
+mod docs_contract {
+    use super::*;
+
+    const CLI_MD: &str = include_str!("../../docs/cli.md");
+
+    /// The top-level names of the brace list that follows `marker` in docs/cli.md: `{a, b (..,
+    /// ..), c: {..}}` gives a, b, c.
+    fn documented(marker: &str) -> Vec<String> {
+        let at = CLI_MD
+            .find(marker)
+            .unwrap_or_else(|| panic!("docs/cli.md: no {marker:?}"));
+        let text = &CLI_MD[at + marker.len()..];
+        let text = &text[text.find('{').expect("a field list") + 1..];
+        let (mut depth, mut fields, mut word, mut taking) = (0, Vec::new(), String::new(), true);
+        for c in text.chars() {
+            match c {
+                '{' | '(' | '[' => depth += 1,
+                '}' | ')' | ']' if depth == 0 => break,
+                '}' | ')' | ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    fields.push(std::mem::take(&mut word));
+                    taking = true;
+                    continue;
+                }
+                _ => {}
+            }
+            if depth == 0 && taking {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    word.push(c);
+                } else if !word.is_empty() {
+                    taking = false;
+                }
+            }
+        }
+        fields.push(word);
+        fields.retain(|f| !f.is_empty());
+        fields
+    }
+
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    fn same(mut doc: Vec<String>, mut code: Vec<String>, what: &str) {
+        doc.sort();
+        code.sort();
+        assert_eq!(
+            doc, code,
+            "docs/cli.md's {what} (left) against the code's (right)"
+        );
+    }
+
+    #[test]
+    fn the_machine_record_is_as_documented() {
+        let view = MachineView {
+            name: "dev".into(),
+            state: State::Broken("why".into()),
+            driver: machine::DriverKind::Qemu,
+            arch: "x86_64".into(),
+            cpus: 2,
+            memory_mib: 4096,
+            disk_gib: 8,
+            gpu: true,
+            ggml: Some(lifecycle::GgmlStatus {
+                running: true,
+                server_pid: Some(1),
+                rpc_version: Some("8.0.0".into()),
+                starts: 1,
+                log: "ggml.log".into(),
+            }),
+            image: guest_image::Sha256Digest::of(b""),
+            volumes: Vec::new(),
+            ssh_port: Some(22),
+            podman_socket: "podman.sock".into(),
+            dir: "dir".into(),
+        };
+        let v = serde_json::to_value(&view).unwrap();
+        same(
+            documented("A machine record: `"),
+            keys(&v),
+            "machine record",
+        );
+        same(
+            documented("machines created with `--ggml`: `"),
+            keys(&v["ggml"]),
+            "machine record's ggml",
+        );
+    }
+
+    #[test]
+    fn the_llama_rpc_workload_record_is_as_documented() {
+        let w = machine::host::LlamaRpcReport {
+            ok: true,
+            device: None,
+            layers: None,
+            rpc_text: String::new(),
+            cpu_text: String::new(),
+            image_ggml: None,
+            failure: None,
+        };
+        let v = serde_json::to_value(WorkloadReport::Rpc(w)).unwrap();
+        same(
+            documented("with `--workload llama-rpc` `workload: "),
+            keys(&v),
+            "llama-rpc workload",
+        );
+    }
+
+    /// Every exit code src/exit.rs declares is in docs/cli.md's table, and nothing else is.
+    #[test]
+    fn the_exit_codes_are_as_documented() {
+        let section = &CLI_MD[CLI_MD.find("## Exit codes").unwrap()..];
+        let section = &section[..section[3..].find("\n## ").unwrap()];
+        let mut doc: Vec<u8> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| ")?.split(' ').next()?.parse().ok())
+            .collect();
+        let mut code: Vec<u8> = include_str!("../exit.rs")
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("pub const ")?;
+                let (_, value) = rest.split_once(": u8 = ")?;
+                value.trim_end_matches(';').parse().ok()
+            })
+            .chain([0])
+            .collect();
+        doc.sort_unstable();
+        code.sort_unstable();
+        assert_eq!(
+            doc, code,
+            "docs/cli.md's exit codes (left) against src/exit.rs's"
+        );
+    }
+}

@@ -113,16 +113,8 @@ fn failure(
     vulkan_text: &str,
     cpu_text: &str,
 ) -> Option<String> {
-    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("").trim();
-    for side in ["vulkan", "cpu"] {
-        if get(&format!("{side}-status")) != "0" {
-            let log = get(&format!("{side}-log"));
-            if let Some(l) = log.lines().find(|l| l.contains("image not known")) {
-                return Some(format!("the image is not in the machine ({})", l.trim()));
-            }
-            let last = log.lines().last().unwrap_or("no output");
-            return Some(format!("llama.cpp failed on the {side} side: {last}"));
-        }
+    if let Some(f) = failed_side(s, &["vulkan", "cpu"], |_| None) {
+        return Some(f);
     }
     let Some(device) = device else {
         return Some("ggml used no Vulkan device: llama.cpp fell back to the CPU".into());
@@ -141,6 +133,34 @@ fn failure(
         ));
     }
     None
+}
+
+/// The first of `sides` whose container failed, said from its log: what `cause` finds in it,
+/// else a missing image, else the log's last line that is not a backtrace frame.
+fn failed_side(
+    s: &std::collections::HashMap<String, String>,
+    sides: &[&str],
+    cause: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("").trim();
+    let side = sides
+        .iter()
+        .find(|side| get(&format!("{side}-status")) != "0")?;
+    let log = get(&format!("{side}-log"));
+    if let Some(c) = cause(log) {
+        return Some(c);
+    }
+    if let Some(l) = log.lines().find(|l| l.contains("image not known")) {
+        return Some(format!("the image is not in the machine ({})", l.trim()));
+    }
+    let last = log
+        .lines()
+        .rfind(|l| !l.trim().is_empty() && !l.contains("(+0x") && !l.contains(") [0x"))
+        .unwrap_or("no output");
+    Some(format!(
+        "llama.cpp failed on the {side} side: {}",
+        last.trim()
+    ))
 }
 
 /// `using device Vulkan0 (NAME) (...)`: NAME, whose own parentheses nest.

@@ -103,28 +103,17 @@ fn failure(
     rpc_text: &str,
     cpu_text: &str,
 ) -> Option<String> {
-    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("").trim();
-    for side in ["rpc", "cpu"] {
-        if get(&format!("{side}-status")) != "0" {
-            let log = get(&format!("{side}-log"));
-            if let Some(l) = log.lines().find(|l| l.contains("image not known")) {
-                return Some(format!("the image is not in the machine ({})", l.trim()));
-            }
-            if let Some(l) = log.lines().find(|l| l.contains("unresolvable CDI devices")) {
-                return Some(format!(
-                    "the machine has no ggml device (was it created with --ggml?): {}",
-                    l.trim()
-                ));
-            }
-            let last = log
-                .lines()
-                .rfind(|l| !l.trim().is_empty() && !l.contains("(+0x") && !l.contains("[0x"))
-                .unwrap_or("no output");
-            return Some(format!(
-                "llama.cpp failed on the {side} side: {}",
-                last.trim()
-            ));
-        }
+    let no_device = |log: &str| {
+        let l = log
+            .lines()
+            .find(|l| l.contains("unresolvable CDI devices"))?;
+        Some(format!(
+            "the machine has no ggml device (was it created with --ggml?): {}",
+            l.trim()
+        ))
+    };
+    if let Some(f) = super::failed_side(s, &["rpc", "cpu"], no_device) {
+        return Some(f);
     }
     let Some(device) = device else {
         return Some("ggml used no RPC device: llama.cpp did not reach the ggml server".into());

@@ -52,12 +52,12 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page, or write one page per command into a directory.
     Man(ManArgs),
-    /// carbon-vm's own: the ggml device's server supervisor, which `start` runs.
-    #[command(name = machine::ggml::SERVE_COMMAND, hide = true)]
-    GgmlServe(GgmlServeArgs),
 }
 
-#[derive(Args, Debug)]
+/// carbon-vm's own command, not the user's (no completion, no man page): the ggml device's
+/// server supervisor, which `start` runs as `carbon-vm ggml-serve ...`.
+#[derive(Parser, Debug)]
+#[command(name = machine::ggml::SERVE_COMMAND)]
 pub struct GgmlServeArgs {
     #[arg(long)]
     pub socket: std::path::PathBuf,

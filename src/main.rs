@@ -13,6 +13,12 @@ use cli::{Cli, Command, GpuCommand};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == machine::ggml::SERVE_COMMAND)
+    {
+        return ggml_serve();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -49,19 +55,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// `carbon-vm ggml-serve ...` (cli::GgmlServeArgs): runs until the machine's VMM ends; its
+/// messages go to its stderr, the machine's ggml.log.
+fn ggml_serve() -> ExitCode {
+    let a = match cli::GgmlServeArgs::try_parse_from(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let served = machine::ggml::serve(machine::ggml::Serve {
+        socket: a.socket,
+        state: a.state,
+        vmm_pid: a.vmm_pid,
+        server: a.server,
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if let Some(cause) = std::error::Error::source(&e) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
 fn run(command: Command, out: output::Printer) -> anyhow::Result<()> {
     // Neither needs (or should create) carbon-vm's directories.
     match command {
         Command::Completions(a) => return commands::shell::completions(a),
         Command::Man(a) => return commands::shell::man(a, out),
-        Command::GgmlServe(a) => {
-            return Ok(machine::ggml::serve(machine::ggml::Serve {
-                socket: a.socket,
-                state: a.state,
-                vmm_pid: a.vmm_pid,
-                server: a.server,
-            })?);
-        }
         _ => {}
     }
     let home = home::Home::from_env()?;
@@ -78,8 +104,6 @@ fn run(command: Command, out: output::Printer) -> anyhow::Result<()> {
         Command::Env(a) => commands::machine::env(a, &home, out),
         Command::Gpu(GpuCommand::Check(a)) => commands::machine::gpu_check(a, &home, out),
         Command::Doctor => commands::doctor::run(&home, out),
-        Command::Completions(_) | Command::Man(_) | Command::GgmlServe(_) => {
-            unreachable!("handled above")
-        }
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }

@@ -23,8 +23,6 @@ pub const BUSY: u8 = 9;
 
 const MAC_PAGES_HINT: &str = "a 16 KiB-page guest kernel rounds every blob (the aarch64 default image \
      boots one); on a 4 KiB-page guest only a Mesa that aligns its allocations to 16 KiB does";
-const KRUNKIT_HINT: &str = "krunkit runs on macOS (`brew tap slp/krun && brew install krunkit`); \
-    CARBON_VM_KRUNKIT names the krunkit to run";
 const CATALOG_HINT: &str = "CARBON_VM_CATALOG names the catalog file (docs/configuration.md)";
 const BUILD_HINT: &str = "no image of that name is cached: `carbon-vm image build -o guest.tar.zst` \
     then `image pull guest.tar.zst --sha256 HEX` caches one (or `--image ID` picks a cached image)";
@@ -182,8 +180,7 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
                         "the machine's console.log (in the dir `carbon-vm inspect` shows) has the whole boot, and its vmm.log the VMM's own messages",
                     ),
                 ),
-                L::Vmm(VmmError::Krunkit(e)) if e.is_spawn() => (HOST, Some(KRUNKIT_HINT)),
-                L::Vmm(VmmError::GpuMemory(_))
+                L::Vmm(VmmError::Resources(_))
                 | L::Invalid(_)
                 | L::Shrink { .. }
                 | L::PodmanOwnsResources(_) => (USAGE, None),
@@ -239,9 +236,9 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&'static str>) {
         }
         match cause.downcast_ref::<machine::create::CreateError>() {
             Some(machine::create::CreateError::Driver(_)) => return (NOT_IMPLEMENTED, None),
-            Some(machine::create::CreateError::NoKrunkit(_)) => {
-                return (NOT_IMPLEMENTED, Some(KRUNKIT_HINT));
-            }
+            Some(machine::create::CreateError::Unavailable(VmmError::Unavailable {
+                hint, ..
+            })) => return (NOT_IMPLEMENTED, Some(hint)),
             Some(
                 machine::create::CreateError::PodmanMachineDriver
                 | machine::create::CreateError::Arch { .. }

@@ -1,5 +1,6 @@
-//! `create`: a machine directory made complete in a scratch directory (disk cloned from the
-//! image, SSH key generated, spec written), then renamed into place only if the name is free.
+//! `create`: first a [`Plan`] (every refusal that needs no image, before anything is pulled or
+//! written), then the machine directory made complete in a scratch directory (disk cloned from
+//! the image, SSH key generated, spec written) and renamed into place only if the name is free.
 
 use crate::podman_machine::{self, ExposeError};
 use crate::store::{
@@ -11,7 +12,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vmm::qemu::Arch;
+use vmm::{Arch, DriverKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -21,14 +22,14 @@ pub enum CreateError {
     Exists(String),
     #[error("the {0} driver is not available on this host yet (use --driver qemu)")]
     Driver(&'static str),
-    #[error("the krunkit driver is not available on this host")]
-    NoKrunkit(#[source] vmm::krunkit::ProbeError),
+    #[error(transparent)]
+    Unavailable(vmm::Error),
     #[error("image {image} is for {arch}; the {driver} driver runs {runs} guests")]
     Arch {
         image: String,
         arch: String,
         driver: &'static str,
-        runs: &'static str,
+        runs: String,
     },
     #[error("--podman-machine needs --driver krunkit (Podman's libkrun machines run on krunkit)")]
     PodmanMachineDriver,
@@ -50,9 +51,9 @@ pub enum CreateError {
     Keygen(String),
 }
 
-pub struct CreateOptions<'a> {
+/// A new machine as asked for, before its image is known.
+pub struct Request<'a> {
     pub name: &'a str,
-    pub driver: vmm::DriverKind,
     pub cpus: u8,
     pub memory_mib: u32,
     pub disk_gib: u32,
@@ -60,60 +61,89 @@ pub struct CreateOptions<'a> {
     /// The ggml device (crate::ggml).
     pub ggml: bool,
     pub podman_default: bool,
-    pub image: &'a CachedImage,
-    /// The krunkit to ask whether the krunkit driver is available.
-    pub krunkit: &'a Path,
     /// Expose the machine to Podman as a libkrun machine (`--podman-machine`).
-    pub podman_machine: Option<PodmanTarget<'a>>,
-    /// How this host runs VMMs: the limits a machine is checked against.
-    pub start: &'a crate::lifecycle::StartOptions,
+    pub podman_machine: bool,
     /// Host folders shared into the guest.
-    pub volumes: &'a [crate::volumes::Volume],
+    pub volumes: Vec<crate::volumes::Volume>,
 }
 
 /// Where Podman keeps its machine files, and which podman reads them.
-#[derive(Debug, Clone, Copy)]
-pub struct PodmanTarget<'a> {
+#[derive(Debug, Clone)]
+pub struct PodmanTarget {
     /// Podman's config home: `$XDG_CONFIG_HOME`, else `$HOME/.config`.
-    pub config_home: &'a Path,
+    pub config_home: PathBuf,
     /// `podman --version` output.
-    pub version: &'a str,
+    pub version: String,
 }
 
-/// Refuses a driver this host cannot run machines with, before anything is pulled or written:
-/// krunkit is available where `krunkit --version` names a krunkit.
-pub fn check_driver(driver: vmm::DriverKind, krunkit: &Path) -> Result<(), CreateError> {
-    match driver {
-        vmm::DriverKind::Qemu => Ok(()),
-        vmm::DriverKind::Krunkit => vmm::krunkit::probe(krunkit)
-            .map(drop)
-            .map_err(CreateError::NoKrunkit),
-        vmm::DriverKind::Libkrun => Err(CreateError::Driver("libkrun")),
+/// The driver of `kind` for a new machine on this host: refused when this carbon-vm has no
+/// implementation of it, or this host cannot run it (no krunkit).
+pub fn host_driver(
+    kind: DriverKind,
+    start: &crate::lifecycle::StartOptions,
+) -> Result<Box<dyn vmm::Driver>, CreateError> {
+    let d = crate::lifecycle::driver_of(kind, Arch::host(), None, start)
+        .map_err(|e| CreateError::Driver(e.0))?;
+    d.available().map_err(CreateError::Unavailable)?;
+    Ok(d)
+}
+
+/// A request the host's driver can carry out: made only by [`plan`], which refused everything
+/// that needs no image; [`create`] checks only what the image decides.
+pub struct Plan<'a> {
+    req: Request<'a>,
+    driver: Box<dyn vmm::Driver>,
+    podman: Option<PodmanTarget>,
+}
+
+impl Plan<'_> {
+    /// The architecture of the catalog image the machine gets when it names none.
+    pub fn arch(&self) -> Arch {
+        self.driver.capabilities().arches[0]
+    }
+
+    pub fn driver(&self) -> &dyn vmm::Driver {
+        self.driver.as_ref()
     }
 }
 
-/// Refuses what `--podman-machine` cannot do, before anything is pulled or written: a driver
-/// Podman's libkrun machines do not run on, then a podman whose machine-file schema was not
-/// checked. Returns `podman --version`'s output.
-pub fn check_podman_machine(
-    driver: vmm::DriverKind,
-    podman_version: impl FnOnce() -> Result<String, ExposeError>,
-) -> Result<String, CreateError> {
-    if driver != vmm::DriverKind::Krunkit {
-        return Err(CreateError::PodmanMachineDriver);
+/// Checks `req` against `driver` on this host: `--podman-machine` (then `podman`, asked only
+/// then), resources, folders. Nothing is pulled or written.
+pub fn plan<'a>(
+    driver: Box<dyn vmm::Driver>,
+    req: Request<'a>,
+    state_dirs: &[PathBuf],
+    podman: impl FnOnce() -> Result<PodmanTarget, ExposeError>,
+) -> Result<Plan<'a>, CreateError> {
+    let podman = if req.podman_machine {
+        if !driver.capabilities().podman_machine {
+            return Err(CreateError::PodmanMachineDriver);
+        }
+        let t = podman()?;
+        podman_machine::schema_of(&t.version)?;
+        Some(t)
+    } else {
+        None
+    };
+    crate::spec::validate_resources(req.cpus, req.memory_mib, req.gpu, &driver.limits(req.gpu))?;
+    crate::volumes::validate(&req.volumes, state_dirs)?;
+    if !req.volumes.is_empty() && !driver.limits(false).shares {
+        return Err(crate::volumes::VolumeError::Unsupported(
+            driver.kind().name(),
+            crate::volumes::INSTALL_HINT,
+        )
+        .into());
     }
-    let version = podman_version()?;
-    podman_machine::schema_of(&version)?;
-    Ok(version)
+    Ok(Plan {
+        req,
+        driver,
+        podman,
+    })
 }
 
 /// The Podman machine of a new machine, unless Podman already has one of that name.
-fn reserve_podman_machine(
-    o: &CreateOptions,
-    t: PodmanTarget,
-) -> Result<PodmanMachine, CreateError> {
-    check_podman_machine(o.driver, || Ok(t.version.to_owned()))?;
-    let file = podman_machine::store_dir(t.config_home).join(format!("{}.json", o.name));
+fn reserve_podman_machine(name: &str, t: &PodmanTarget) -> Result<PodmanMachine, CreateError> {
+    let file = podman_machine::store_dir(&t.config_home).join(format!("{name}.json"));
     if file.exists() {
         return Err(ExposeError::Exists(file).into());
     }
@@ -131,69 +161,29 @@ fn reserve_podman_machine(
     })
 }
 
-/// The architecture of the catalog image a machine of `driver` gets: krunkit runs Apple Silicon
-/// guests; QEMU the host's own.
-pub fn guest_arch(driver: vmm::DriverKind) -> Arch {
-    match driver {
-        vmm::DriverKind::Krunkit => Arch::Aarch64,
-        _ => Arch::host(),
-    }
-}
-
-/// The image's architecture, if the driver runs it: QEMU runs both (another architecture than
-/// the host's under TCG, slowly); krunkit runs aarch64 guests only (Apple Silicon).
-fn check_arch(driver: vmm::DriverKind, img: &CachedImage) -> Result<Arch, CreateError> {
-    let arch = Arch::from_name(&img.manifest.arch);
-    let runs = match driver {
-        vmm::DriverKind::Krunkit => "aarch64",
-        _ => "x86_64 and aarch64",
-    };
-    match arch {
-        Some(a) if driver != vmm::DriverKind::Krunkit || a == Arch::Aarch64 => Ok(a),
+/// The image's architecture, if the driver runs it (QEMU runs both, another architecture than
+/// the host's under TCG, slowly; krunkit aarch64 only: Apple Silicon).
+fn check_arch(driver: &dyn vmm::Driver, img: &CachedImage) -> Result<Arch, CreateError> {
+    let arches = driver.capabilities().arches;
+    match Arch::from_name(&img.manifest.arch) {
+        Some(a) if arches.contains(&a) => Ok(a),
         _ => Err(CreateError::Arch {
             image: img.record.id.short(),
             arch: img.manifest.arch.clone(),
-            driver: driver.name(),
-            runs,
+            driver: driver.kind().name(),
+            runs: arches
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join(" and "),
         }),
     }
 }
 
-/// Refuses, before anything is pulled or written, CPUs and memory the driver cannot give here.
-pub fn check_resources(
-    driver: vmm::DriverKind,
-    cpus: u8,
-    memory_mib: u32,
-    gpu: bool,
-    start: &crate::lifecycle::StartOptions,
-) -> Result<(), CreateError> {
-    let limits = crate::lifecycle::driver_of(driver, Arch::host(), None, start)
-        .map_err(|e| CreateError::Driver(e.0))?
-        .limits(gpu);
-    Ok(crate::spec::validate_resources(
-        cpus, memory_mib, gpu, &limits,
-    )?)
-}
-
-/// Whether `driver` can share host folders on this host.
-pub fn can_share(driver: vmm::DriverKind, start: &crate::lifecycle::StartOptions) -> bool {
-    crate::lifecycle::driver_of(driver, Arch::host(), None, start)
-        .is_ok_and(|d| d.limits(false).shares)
-}
-
-pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateError> {
-    check_driver(o.driver, o.krunkit)?;
-    check_resources(o.driver, o.cpus, o.memory_mib, o.gpu, o.start)?;
-    crate::volumes::validate(o.volumes, &o.start.state_dirs)?;
-    if !o.volumes.is_empty() && !can_share(o.driver, o.start) {
-        return Err(crate::volumes::VolumeError::Unsupported(
-            o.driver.name(),
-            crate::volumes::INSTALL_HINT,
-        )
-        .into());
-    }
-    let img = o.image;
-    let arch = check_arch(o.driver, img)?;
+/// Makes the planned machine from `img`.
+pub fn create(store: &Store, plan: &Plan, img: &CachedImage) -> Result<MachineDir, CreateError> {
+    let o = &plan.req;
+    let arch = check_arch(plan.driver(), img)?;
     let image_disk = img.member_path(&img.manifest.boot.disk);
     let image_disk_len = std::fs::metadata(&image_disk)
         .map_err(|e| StoreError::Io(image_disk.clone(), e))?
@@ -205,9 +195,10 @@ pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateErro
         return Err(CreateError::Exists(o.name.into()));
     }
     check_space(machines, &image_disk)?;
-    let podman_machine = o
-        .podman_machine
-        .map(|t| reserve_podman_machine(o, t))
+    let podman_machine = plan
+        .podman
+        .as_ref()
+        .map(|t| reserve_podman_machine(o.name, t))
         .transpose()?;
     let io = |e| StoreError::Io(machines.to_owned(), e);
     let scratch = tempfile::Builder::new()
@@ -223,7 +214,8 @@ pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateErro
     clone_disk(&image_disk, &disk, u64::from(o.disk_gib) << 30).map_err(CreateError::Disk)?;
     keygen(&scratch.path().join(KEY), o.name)?;
     let spec = spec_of(
-        o,
+        plan,
+        img,
         arch,
         img.member_path(&img.manifest.boot.kernel),
         img.member_path(&img.manifest.boot.initrd),
@@ -247,8 +239,8 @@ pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateErro
         });
     }
     sync_dir(machines)?;
-    if let (Some(p), Some(t)) = (&spec.podman_machine, o.podman_machine)
-        && let Err(e) = podman_machine::expose(&m, &spec, p, t.version)
+    if let (Some(p), Some(t)) = (&spec.podman_machine, &plan.podman)
+        && let Err(e) = podman_machine::expose(&m, &spec, p, &t.version)
     {
         let _ = std::fs::remove_dir_all(&m.dir); // no machine without the file it was asked for
         return Err(e.into());
@@ -257,30 +249,32 @@ pub fn create(store: &Store, o: &CreateOptions) -> Result<MachineDir, CreateErro
 }
 
 fn spec_of(
-    o: &CreateOptions,
+    plan: &Plan,
+    img: &CachedImage,
     arch: Arch,
     kernel: PathBuf,
     initrd: PathBuf,
     podman_machine: Option<PodmanMachine>,
 ) -> Spec {
+    let o = &plan.req;
     Spec {
         name: o.name.into(),
-        driver: o.driver,
+        driver: plan.driver.kind(),
         arch: arch.name().into(),
         cpus: o.cpus,
         memory_mib: o.memory_mib,
         disk_gib: o.disk_gib,
         gpu: o.gpu,
-        image: o.image.record.id,
+        image: img.record.id,
         kernel,
         initrd,
-        cmdline: o.image.manifest.boot.cmdline.clone(),
+        cmdline: img.manifest.boot.cmdline.clone(),
         podman_default: o.podman_default,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         podman_machine,
-        volumes: o.volumes.to_vec(),
+        volumes: o.volumes.clone(),
         ggml: o.ggml,
     }
 }

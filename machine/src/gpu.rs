@@ -28,16 +28,52 @@ pub enum Scope {
     ContainerCdi,
 }
 
-/// Runs the check in the (running) machine; a machine without a GPU fails it without asking
-/// (a krunkit machine has one, `--gpu` or not).
+/// A machine's GPU as its driver gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineGpu {
+    /// Asked for, or given anyway (a krunkit machine has one, `--gpu` or not).
+    pub present: bool,
+    caps: vmm::Capabilities,
+}
+
+impl MachineGpu {
+    pub fn of(spec: &Spec, o: &StartOptions) -> Result<MachineGpu, GpuError> {
+        let caps = crate::lifecycle::driver(spec, o)
+            .map_err(crate::lifecycle::LifecycleError::from)?
+            .capabilities();
+        Ok(MachineGpu {
+            present: spec.gpu || caps.always_gpu,
+            caps,
+        })
+    }
+
+    /// The GPU blobs the guest created since the machine started, against a Mac host's 16 KiB
+    /// pages; `None` without a GPU or where the VMM does not trace them.
+    pub fn blob_audit(&self, m: &MachineDir) -> Option<venus::blobs::BlobAudit> {
+        if !self.present || !self.caps.traces_blobs {
+            return None;
+        }
+        std::fs::read_to_string(m.path(crate::store::VMM_LOG))
+            .ok()
+            .map(|log| venus::blobs::audit(&log))
+    }
+
+    /// Whether a working Venus keeps to a Mac's 16 KiB pages: on a host that maps them itself
+    /// it does; elsewhere the blobs the VMM traced say.
+    pub fn mac_pages_ok(&self, audit: Option<&venus::blobs::BlobAudit>) -> bool {
+        self.caps.maps_16k_pages || audit.is_some_and(|b| b.mac_ok)
+    }
+}
+
+/// Runs the check in the (running) machine; a machine without a GPU fails it without asking.
 pub fn check(
     m: &MachineDir,
     o: &StartOptions,
-    spec: &Spec,
+    gpu: MachineGpu,
     image: &str,
     scope: Scope,
 ) -> Result<Report, GpuError> {
-    if !spec.gpu && !spec.driver.always_gpu() {
+    if !gpu.present {
         return Ok(check::no_gpu());
     }
     let args: &[&str] = match scope {
@@ -68,14 +104,6 @@ fn printable(mut r: Report) -> Report {
         m.detail = escaped(&m.detail);
     }
     r
-}
-
-/// The GPU blobs the guest created since the machine started, against a Mac host's 16 KiB
-/// pages; `None` where the VMM does not trace them (only QEMU does).
-pub fn blob_audit(m: &MachineDir) -> Option<venus::blobs::BlobAudit> {
-    std::fs::read_to_string(m.path(crate::store::VMM_LOG))
-        .ok()
-        .map(|log| venus::blobs::audit(&log))
 }
 
 /// Runs llama.cpp on the machine's Venus device and on the CPU in a container of `image`

@@ -10,8 +10,8 @@ pub use vmm::krunkit::{INSTALL_HINT as KRUNKIT_INSTALL_HINT, JSON_REST, probe as
 pub use vmm::qemu::virtiofs::{
     INSTALL_HINT as VIRTIOFSD_INSTALL_HINT, check_walls as shared_folder_walls, find as virtiofsd,
 };
-pub use vmm::qemu::{Accel, AccelChoice, Arch};
-pub use vmm::{Error as VmmError, UnknownDriver, kvm};
+pub use vmm::qemu::{Accel, AccelChoice};
+pub use vmm::{Arch, Error as VmmError, UnknownDriver, kvm};
 
 /// `program` found as a shell would (PATH), or in the system directories a user's PATH may lack
 /// (/usr/sbin, /sbin); an executable file only.

@@ -19,10 +19,13 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vmm::ready::{ReadyChannel, ReadyError};
-use vmm::{Driver, StopMode, Vm};
+use vmm::{Driver, Vm};
 
 /// Under TCG a first boot takes minutes on a small host; KVM takes seconds.
 pub const START_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long a guest may take to power down before `stop` gives up and says to use --force, on
+/// every driver: a stop without --force never kills (a guest writing its disk is not cut off).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long `stop --force` and `rm --force` wait for a start they interrupted to let go.
 const PREEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -68,6 +71,8 @@ pub enum LifecycleError {
     NoPodman(String, String),
     #[error("gvproxy cannot listen on 127.0.0.1:{0} (the port is taken): {1}")]
     PortTaken(u16, String),
+    #[error("the guest did not power down within {0:?} (`carbon-vm stop --force` kills its VMM)")]
+    NoPowerdown(Duration),
     #[error("machine {0} is not running (`carbon-vm start {0}`)")]
     NotRunning(String),
     #[error("machine {0} is running (stop it first, or use --force)")]
@@ -302,7 +307,7 @@ impl Drop for Teardown<'_> {
 /// Kills the VMM, gvproxy and the tunnel of this machine, whatever state they are in, and
 /// forgets the run (its pinned key included: the next guest proves itself again).
 fn teardown(m: &MachineDir, d: &dyn Driver, vm: &Vm) -> Result<(), LifecycleError> {
-    d.stop(vm, StopMode::Force)?;
+    d.kill(vm)?;
     end_run(m, d, vm);
     let _ = fs::remove_file(m.path(KNOWN_HOSTS));
     Ok(())
@@ -338,7 +343,9 @@ fn stop_locked(m: &MachineDir, o: &StartOptions, force: bool) -> Result<(), Life
     if force {
         return teardown(m, d.as_ref(), &vm);
     }
-    d.stop(&vm, StopMode::Graceful)?;
+    if !d.shut_down(&vm, STOP_TIMEOUT)? {
+        return Err(LifecycleError::NoPowerdown(STOP_TIMEOUT));
+    }
     tunnel::kill(m);
     ggml_server::kill(m);
     gvproxy::stop(m, &d.network(&vm));

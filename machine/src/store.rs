@@ -82,7 +82,7 @@ pub struct Spec {
 }
 
 fn host_arch() -> String {
-    vmm::qemu::Arch::host().name().into()
+    vmm::Arch::host().name().into()
 }
 
 /// What a machine exposed to Podman keeps fixed for its whole life, because Podman's machine

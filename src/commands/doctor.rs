@@ -64,10 +64,10 @@ fn is_executable(p: &Path) -> bool {
 
 pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
     // Each host is checked for its own driver: QEMU (and its GPU stack) on Linux, krunkit on macOS.
-    let host = machine::DriverKind::host_default();
+    let mac = cfg!(target_os = "macos");
     let mut checks: Vec<Check> = TOOLS
         .iter()
-        .filter(|(tool, ..)| host == machine::DriverKind::Qemu || !tool.starts_with("qemu-"))
+        .filter(|(tool, ..)| !mac || !tool.starts_with("qemu-"))
         .map(|&(tool, needed_for, fix)| {
             // gvproxy is whichever CARBON_VM_GVPROXY names.
             let found = match tool {
@@ -80,22 +80,19 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
                 ok: found.is_some(),
                 // A Mac pulls images; building them is for Linux hosts. The docker CLI is the
                 // user's choice: without it there is no context to register.
-                optional: (host != machine::DriverKind::Qemu
-                    && needed_for.starts_with("image build"))
-                    || tool == "docker",
+                optional: (mac && needed_for.starts_with("image build")) || tool == "docker",
                 found: found.map(|p| p.display().to_string()),
                 fix,
             }
         })
         .collect();
     checks.push(ggml_check());
-    match host {
-        machine::DriverKind::Krunkit => checks.push(krunkit_check()),
-        _ => {
-            checks.push(kvm_check());
-            checks.extend(folder_checks());
-            checks.extend(gpu_checks());
-        }
+    if mac {
+        checks.push(krunkit_check());
+    } else {
+        checks.push(kvm_check());
+        checks.extend(folder_checks());
+        checks.extend(gpu_checks());
     }
     let failed = checks.iter().filter(|c| !c.ok && !c.optional).count();
     let report = Report {

@@ -4,7 +4,7 @@ use crate::cli::{CreateArgs, GpuCheckArgs, NameArg, RmArgs, SetArgs, SshArgs, St
 use crate::home::Home;
 use crate::output::Printer;
 use crate::settings;
-use machine::create::{CreateOptions, PodmanTarget, create};
+use machine::create::{PodmanTarget, Request};
 use machine::gpu::Scope;
 use machine::guest_image::{
     self, Cache, Trust,
@@ -124,57 +124,47 @@ fn volumes(
 }
 
 pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
-    let driver = match &a.driver {
+    let kind = match &a.driver {
         Some(d) => d.parse()?,
         None => machine::DriverKind::host_default(),
     };
-    let krunkit = settings::krunkit();
-    machine::create::check_driver(driver, &krunkit)?;
     let start = settings::start_options(home)?;
-    let podman = if a.podman_machine {
-        let version =
-            machine::create::check_podman_machine(driver, machine::podman_machine::podman_version)?;
-        Some((settings::podman_config_home()?, version))
-    } else {
-        None
+    let driver = machine::create::host_driver(kind, &start)?;
+    let volumes = volumes(&a, driver.limits(false).shares, out)?;
+    let config_home = match a.podman_machine {
+        true => Some(settings::podman_config_home()?),
+        false => None,
     };
-    // Before anything is pulled: resources this host's driver cannot give, folders that are not.
-    machine::create::check_resources(driver, a.cpus, a.memory, a.gpu, &start)?;
-    let volumes = volumes(&a, machine::create::can_share(driver, &start), out)?;
-    machine::volumes::validate(&volumes, &start.state_dirs)?;
-    let image = image_for(
-        a.image.as_deref(),
-        machine::create::guest_arch(driver).name(),
-        home,
-        out,
-    )?;
-    let st = store(home);
-    let m = create(
-        &st,
-        &CreateOptions {
+    // Before anything is pulled: what this host's driver cannot give.
+    let plan = machine::create::plan(
+        driver,
+        Request {
             name: &a.name,
-            driver,
             cpus: a.cpus,
             memory_mib: a.memory,
             disk_gib: a.disk_size,
             gpu: a.gpu,
             ggml: a.ggml,
             podman_default: a.default,
-            image: &image,
-            krunkit: &krunkit,
-            podman_machine: podman.as_ref().map(|(config_home, version)| PodmanTarget {
-                config_home,
-                version,
-            }),
-            start: &start,
-            volumes: &volumes,
+            podman_machine: a.podman_machine,
+            volumes,
+        },
+        &start.state_dirs,
+        || {
+            Ok(PodmanTarget {
+                config_home: config_home.expect("read for --podman-machine"),
+                version: machine::podman_machine::podman_version()?,
+            })
         },
     )?;
-    if driver == machine::DriverKind::Krunkit && !a.gpu {
-        out.warn(
-            "krunkit always gives the guest a Venus GPU and cannot turn it off; without --gpu, \
-             the machine's memory is not checked against the GPU's memory window",
-        );
+    let image = image_for(a.image.as_deref(), plan.arch().name(), home, out)?;
+    let m = machine::create::create(&store(home), &plan, &image)?;
+    if plan.driver().capabilities().always_gpu && !a.gpu {
+        out.warn(&format!(
+            "the {} driver always gives the guest a Venus GPU and cannot turn it off; without \
+             --gpu, the machine's memory is not checked against the GPU's memory window",
+            kind.name()
+        ));
     }
     let v = view(&m, &start)?;
     out.record(&v, || format!("created {}", line(&v)));
@@ -251,8 +241,10 @@ fn warn_without_venus(
     o: &lifecycle::StartOptions,
     spec: &store::Spec,
 ) {
-    let report = check_image(home, spec)
-        .and_then(|image| Ok(machine::gpu::check(m, o, spec, &image, Scope::Vm)?));
+    let report = check_image(home, spec).and_then(|image| {
+        let gpu = machine::gpu::MachineGpu::of(spec, o)?;
+        Ok(machine::gpu::check(m, o, gpu, &image, Scope::Vm)?)
+    });
     match report {
         Ok(r) if r.device.is_some() => {}
         Ok(r) => {
@@ -347,14 +339,14 @@ fn check_image(home: &Home, spec: &store::Spec) -> anyhow::Result<String> {
 pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = store(home).open(&a.name)?;
     let spec = m.spec()?;
-    let gpu = spec.gpu || spec.driver.always_gpu();
-    let (image, scope) = match (gpu, a.image) {
+    let start = settings::start_options(home)?;
+    let gpu = machine::gpu::MachineGpu::of(&spec, &start)?;
+    let (image, scope) = match (gpu.present, a.image) {
         (true, Some(image)) => (image, Scope::ContainerCdi),
         (true, None) => (check_image(home, &spec)?, Scope::Container),
         (false, _) => (String::new(), Scope::Container),
     };
-    let start = settings::start_options(home)?;
-    let mut report = machine::gpu::check(&m, &start, &spec, &image, scope)?;
+    let mut report = machine::gpu::check(&m, &start, gpu, &image, scope)?;
     // The Venus workload runs only on a machine whose Venus works; the ggml device's needs
     // no Venus.
     let workload =
@@ -368,9 +360,7 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
             _ => None,
         };
     // Read last, so the blobs of every Vulkan program above are in it.
-    if gpu {
-        report.blobs = machine::gpu::blob_audit(&m);
-    }
+    report.blobs = gpu.blob_audit(&m);
     #[derive(Serialize)]
     struct Record<'a> {
         #[serde(flatten)]
@@ -418,11 +408,9 @@ pub fn gpu_check(a: GpuCheckArgs, home: &Home, out: Printer) -> anyhow::Result<(
     if let Some(m) = report.missing {
         return Err(GpuCheckFailed(m).into());
     }
-    // On a host that maps in 16 KiB pages itself, a Venus that works keeps to them.
-    let mac_ok = spec.driver.maps_16k_pages() || report.blobs.as_ref().is_some_and(|b| b.mac_ok);
-    if a.mac_pages && !mac_ok {
+    if a.mac_pages && !gpu.mac_pages_ok(report.blobs.as_ref()) {
         return Err(MacPagesFailed(report.blobs.map_or_else(
-            || "this machine's VMM records no GPU blob sizes (only QEMU does)".into(),
+            || "this machine's VMM records no GPU blob sizes".into(),
             |b| blob_line(&b),
         ))
         .into());

@@ -10,7 +10,7 @@ mod driver;
 pub mod rest;
 mod version;
 
-pub use driver::{Driver, Krunkit, StartError, State, StopError, Stopped};
+pub use driver::{Krunkit, Runner, StartError, State, StopError, Stopped};
 pub use version::{
     INSTALL_HINT, JSON_REST, ProbeError, Version, VersionError, parse_version, probe,
 };

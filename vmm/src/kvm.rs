@@ -79,8 +79,8 @@ fn probe_args(firmware: &Path) -> Vec<String> {
 }
 
 /// Ok when QEMU runs guest code under KVM here; else why not.
-pub fn probe(arch: crate::qemu::Arch) -> Result<(), KvmUnusable> {
-    if arch != crate::qemu::Arch::X86_64 {
+pub fn probe(arch: crate::Arch) -> Result<(), KvmUnusable> {
+    if arch != crate::Arch::X86_64 {
         return Err(KvmUnusable::NoProbe);
     }
     if pvm_only(Path::new(SYS_MODULE)) {

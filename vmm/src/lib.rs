@@ -1,6 +1,8 @@
 //! carbon-vm's VMM drivers behind one narrow trait, [`Driver`]: qemu (Linux) and krunkit (macOS);
-//! libkrun is a later implementation of the same trait. `machine` owns the one start/stop
-//! sequence around it (gvproxy, the Ready wait, clean-up on every error path).
+//! libkrun is a later implementation of the same trait. A driver answers what it can do
+//! ([`Capabilities`], [`Limits`]); `machine` owns the one start/stop sequence around it
+//! (gvproxy, the Ready wait, the stop policy, clean-up on every error path) and the one mapping
+//! from a [`DriverKind`] to its implementation.
 
 pub mod gvproxy;
 pub mod krunkit;
@@ -36,18 +38,6 @@ impl DriverKind {
         }
     }
 
-    /// Whether every machine of this driver has a Venus GPU, asked for or not: krunkit always
-    /// gives the guest one and cannot turn it off.
-    pub fn always_gpu(self) -> bool {
-        matches!(self, DriverKind::Krunkit)
-    }
-
-    /// Whether the host maps guest memory in 16 KiB pages itself: krunkit runs on Apple
-    /// Silicon, where a GPU blob of another size fails its mapping, and with it Venus.
-    pub fn maps_16k_pages(self) -> bool {
-        matches!(self, DriverKind::Krunkit)
-    }
-
     /// The driver a machine gets when `--driver` is not given.
     pub fn host_default() -> DriverKind {
         if cfg!(target_os = "macos") {
@@ -70,6 +60,56 @@ impl std::str::FromStr for DriverKind {
             .find(|d| d.name() == s)
             .ok_or_else(|| UnknownDriver(s.to_owned()))
     }
+}
+
+/// A guest's architecture (an image's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub const fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    /// The architecture an image names in its manifest (`x86_64`, `aarch64`).
+    pub fn from_name(name: &str) -> Option<Arch> {
+        match name {
+            "x86_64" => Some(Arch::X86_64),
+            "aarch64" => Some(Arch::Aarch64),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+}
+
+/// What a driver can do, whatever the machine: `machine` asks this instead of matching on
+/// [`DriverKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The guest architectures it runs; a machine that names no image gets the first's.
+    pub arches: &'static [Arch],
+    /// Every machine has a Venus GPU, asked for or not (krunkit cannot turn it off).
+    pub always_gpu: bool,
+    /// The host maps guest memory in 16 KiB pages itself (Apple Silicon), so a GPU blob of
+    /// another size fails its mapping, and with it Venus.
+    pub maps_16k_pages: bool,
+    /// The VMM's log records the GPU blobs a `gpu: true` guest creates (`venus::blobs`).
+    pub traces_blobs: bool,
+    /// Podman's libkrun machines run on it (`--podman-machine`).
+    pub podman_machine: bool,
 }
 
 /// One machine as its VMM sees it: resources, and the host paths the VMM reads, writes or
@@ -148,20 +188,15 @@ impl Limits {
 /// The smallest guest that boots carbon-vm's image and runs Podman.
 pub const MIN_MEMORY_MIB: u32 = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopMode {
-    /// The guest shuts down (ACPI power button, krunkit's REST `Stop`), escalating only when the
-    /// driver's protocol says so.
-    Graceful,
-    /// The VMM is killed.
-    Force,
-}
-
 /// The contract every VMM implements. Drivers keep no state between calls: everything is found
 /// again from the [`Vm`]'s paths (pidfiles checked against the process's command line, control
 /// sockets).
 pub trait Driver {
     fn kind(&self) -> DriverKind;
+    fn capabilities(&self) -> Capabilities;
+    /// Refuses a host this driver cannot run any machine on (no krunkit), before anything is
+    /// pulled or written.
+    fn available(&self) -> Result<(), Error>;
     /// What runs guest code: `kvm`, `tcg`, `hvf`.
     fn accelerator(&self) -> &'static str;
     /// What a machine may ask of this driver on this host.
@@ -174,41 +209,65 @@ pub trait Driver {
     fn launch(&self, vm: &Vm) -> Result<(), Error>;
     /// Whether this machine's VMM runs.
     fn running(&self, vm: &Vm) -> Result<bool, Error>;
-    /// Ends the VMM; returns once it is gone.
-    fn stop(&self, vm: &Vm, mode: StopMode) -> Result<(), Error>;
+    /// Asks the guest to power down (ACPI's power button, krunkit's REST `Stop`) and waits up to
+    /// `within` for the VMM to end: false if it still runs then. A VMM that is not running is
+    /// down. What happens next is `machine`'s one stop policy, not the driver's.
+    fn shut_down(&self, vm: &Vm, within: Duration) -> Result<bool, Error>;
+    /// Kills the VMM; returns once it is gone.
+    fn kill(&self, vm: &Vm) -> Result<(), Error>;
     /// Removes what a dead run leaves behind (pidfile, control socket).
     fn clean_stale(&self, vm: &Vm);
 }
 
+/// An implementation's own error, carried by [`Error`] without naming its type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What can go wrong behind the contract, by class: callers act on the class (install a tool,
+/// ask for less), never on which implementation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot run {0} (install it: {1})")]
     Missing(String, &'static str, #[source] io::Error),
+    #[error("the {driver} driver is not available on this host")]
+    Unavailable {
+        driver: &'static str,
+        /// How to get it.
+        hint: &'static str,
+        #[source]
+        source: BoxError,
+    },
     #[error("{0} exited during start-up: {1}")]
     Exited(&'static str, String),
     #[error("this host cannot give the machine its Venus GPU")]
     Gpu(#[from] venus::probe::ProbeError),
+    /// The machine asks for more than the driver gives on this host.
     #[error(transparent)]
-    GpuMemory(#[from] krunkit::NoRoomForGpu),
-    #[error("QMP")]
-    Qmp(#[from] qmp::QmpError),
-    #[error("krunkit")]
-    Krunkit(#[from] krunkit::StartError),
-    #[error("cannot stop krunkit")]
-    KrunkitStop(#[from] krunkit::StopError),
-    #[error("krunkit's REST API fails")]
-    Rest(#[from] krunkit::rest::RestError),
+    Resources(BoxError),
     #[error(
         "the guest stopped: QEMU says {0:?}; this host's KVM cannot run it (CARBON_VM_ACCEL=tcg \
          runs it without KVM)"
     )]
     KvmFailed(String),
-    #[error("the guest did not power down within {0:?} (use --force)")]
-    NoPowerdown(Duration),
     #[error("the VMM (pid {0}) is still running after SIGKILL")]
     Unkillable(i32),
+    /// The VMM or its control protocol failed (QMP, krunkit's REST API): `what` says which.
+    #[error("{what}")]
+    Vmm {
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
     #[error("I/O error")]
     Io(#[from] io::Error),
+}
+
+impl Error {
+    pub fn vmm(what: &'static str, source: impl Into<BoxError>) -> Error {
+        Error::Vmm {
+            what,
+            source: source.into(),
+        }
+    }
 }
 
 #[cfg(test)]

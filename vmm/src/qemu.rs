@@ -9,39 +9,11 @@ pub use driver::Qemu;
 use std::path::{Path, PathBuf};
 use venus::probe::Display;
 
-/// The guest architecture QEMU emulates: an image's. KVM runs only the host's own; another
-/// architecture is emulated by TCG (the aarch64 image on an x86_64 host, as CI proves it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    X86_64,
-    Aarch64,
-}
+use crate::Arch;
 
+/// QEMU's view of a guest architecture. KVM runs only the host's own; another architecture is
+/// emulated by TCG (the aarch64 image on an x86_64 host, as CI proves it).
 impl Arch {
-    pub const fn host() -> Arch {
-        if cfg!(target_arch = "aarch64") {
-            Arch::Aarch64
-        } else {
-            Arch::X86_64
-        }
-    }
-
-    /// The architecture an image names in its manifest (`x86_64`, `aarch64`).
-    pub fn from_name(name: &str) -> Option<Arch> {
-        match name {
-            "x86_64" => Some(Arch::X86_64),
-            "aarch64" => Some(Arch::Aarch64),
-            _ => None,
-        }
-    }
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Aarch64 => "aarch64",
-        }
-    }
-
     /// The system emulator for this architecture.
     pub const fn qemu(self) -> &'static str {
         match self {

@@ -1,10 +1,11 @@
-//! The one place that maps a machine's driver kind to its `vmm::Driver`.
+//! The one place that maps a machine's driver kind to its `vmm::Driver`: a new driver is its
+//! module in `vmm` and one line in [`driver_of`].
 
 use crate::store::Spec;
 use std::path::PathBuf;
 use std::time::Duration;
+use vmm::Arch;
 use vmm::DriverKind;
-use vmm::qemu::Arch;
 
 /// How this host runs VMMs; the CLI chooses from its environment.
 #[derive(Debug, Clone)]
@@ -56,9 +57,9 @@ pub fn driver_of(
 ) -> Result<Box<dyn vmm::Driver>, Unimplemented> {
     match kind {
         DriverKind::Krunkit => Ok(Box::new(vmm::krunkit::Krunkit {
-            driver: vmm::krunkit::Driver {
+            runner: vmm::krunkit::Runner {
                 binary: o.krunkit.clone(),
-                ..vmm::krunkit::Driver::default()
+                ..vmm::krunkit::Runner::default()
             },
             rest_port,
         })),

@@ -15,9 +15,8 @@ use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vmm::StopMode;
 use vmm::krunkit::rest::{self, Endpoint};
-use vmm::krunkit::{Driver, KrunkitConfig, StartError, State, Stopped};
+use vmm::krunkit::{KrunkitConfig, Runner, StartError, State, Stopped};
 use vmm::ready::{ReadyChannel, ReadyError};
 
 const STANDIN: &str = env!("CARGO_BIN_EXE_krunkit-standin");
@@ -42,7 +41,7 @@ struct Machine {
     config: KrunkitConfig,
     /// Plays gvproxy's `-listen-vfkit` socket.
     gvproxy: UnixDatagram,
-    driver: Driver,
+    runner: Runner,
 }
 
 impl Machine {
@@ -94,17 +93,16 @@ impl Machine {
         )
         .unwrap();
         std::fs::set_permissions(&krunkit, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let driver = Driver {
+        let runner = Runner {
             binary: krunkit,
             start_timeout: Duration::from_secs(60),
-            stop_timeout: Duration::from_secs(5),
-            signal_timeout: Duration::from_secs(10),
+            kill_timeout: Duration::from_secs(10),
         };
         Machine {
             dir,
             config,
             gvproxy,
-            driver,
+            runner,
         }
     }
 
@@ -116,12 +114,12 @@ impl Machine {
     fn start(&self) -> Result<Started<'_>, StartError> {
         let _ = std::fs::remove_file(&self.config.ready_socket);
         let ready = ReadyChannel::bind(&self.config.ready_socket).unwrap();
-        self.driver.start(&self.config, &self.log())?;
+        self.runner.start(&self.config, &self.log())?;
         Ok(Started { m: self, ready })
     }
 
     fn state(&self) -> State {
-        Driver::state(&self.config).unwrap()
+        Runner::state(&self.config).unwrap()
     }
 
     fn rest_socket(&self) -> &Path {
@@ -159,7 +157,7 @@ impl Started<'_> {
     /// The guest's host key, waited for as carbon-vm does: until krunkit's REST API goes away.
     fn wait_ready(&self, timeout: Duration) -> Result<String, ReadyError<Gone>> {
         self.ready
-            .wait(timeout, || match Driver::state(&self.m.config) {
+            .wait(timeout, || match Runner::state(&self.m.config) {
                 Ok(State::Vm(_)) => Ok(()),
                 _ => Err(Gone),
             })
@@ -224,13 +222,11 @@ fn start_runs_the_vm_and_a_second_start_is_refused() {
     }
     // A second start does not start a second VM.
     assert!(matches!(m.start(), Err(StartError::AlreadyRunning)));
-    m.driver.stop(&m.config, StopMode::Force).unwrap();
+    m.runner.kill(&m.config).unwrap();
     assert_eq!(m.state(), State::Stopped);
     // Stopping a stopped machine is not an error.
-    assert_eq!(
-        m.driver.stop(&m.config, StopMode::Graceful).unwrap(),
-        Stopped::Already
-    );
+    assert!(m.runner.shut_down(&m.config, Duration::ZERO).unwrap());
+    assert_eq!(m.runner.kill(&m.config).unwrap(), Stopped::Already);
 }
 
 #[test]
@@ -239,10 +235,7 @@ fn hard_stop() {
     let m = Machine::new(&root);
     m.start().unwrap();
     let pid = m.pid();
-    assert_eq!(
-        m.driver.stop(&m.config, StopMode::Force).unwrap(),
-        Stopped::ByRequest
-    );
+    assert_eq!(m.runner.kill(&m.config).unwrap(), Stopped::ByRequest);
     assert_eq!(m.state(), State::Stopped);
     assert!(process_gone(pid));
 }
@@ -272,7 +265,7 @@ fn a_crashed_vmm_takes_its_vm_along_and_its_leftovers_do_not_block_the_next_star
     m.start().unwrap();
     assert_ne!(m.pid(), pid);
     assert!(is_running(&m.state()));
-    m.driver.stop(&m.config, StopMode::Force).unwrap();
+    m.runner.kill(&m.config).unwrap();
 }
 
 #[test]
@@ -286,12 +279,13 @@ fn stale_sockets_from_an_earlier_run_are_removed_before_start() {
     m.start().unwrap();
     assert!(is_running(&m.state()));
     assert_ne!(m.pid(), 999999);
-    m.driver.stop(&m.config, StopMode::Force).unwrap();
+    m.runner.kill(&m.config).unwrap();
 }
 
-/// The firmware, with no OS to boot, ignores the power button: so does a hung guest.
+/// The firmware, with no OS to boot, ignores the power button: so does a hung guest. A shut-down
+/// that is not obeyed kills nothing (carbon-vm's stop then says to use --force); a kill does.
 #[test]
-fn a_guest_that_ignores_stop_is_terminated() {
+fn a_guest_that_ignores_stop_runs_on_until_killed() {
     let Some(root) = gpu_root() else { return };
     let m = Machine::new(&root);
     let running = m.start().unwrap();
@@ -300,10 +294,14 @@ fn a_guest_that_ignores_stop_is_terminated() {
         Err(ReadyError::Timeout(_))
     ));
     let pid = m.pid();
-    assert_eq!(
-        m.driver.stop(&m.config, StopMode::Graceful).unwrap(),
-        Stopped::Terminated
+    assert!(
+        !m.runner
+            .shut_down(&m.config, Duration::from_secs(5))
+            .unwrap()
     );
+    assert!(is_running(&m.state()), "{:?}", m.state());
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(m.runner.kill(&m.config).unwrap(), Stopped::ByRequest);
     assert!(process_gone(pid));
     assert_eq!(m.state(), State::Stopped);
 }
@@ -371,10 +369,7 @@ fn rest_on_a_loopback_port() {
         (s.state.as_str(), s.can_stop),
         (rest::STOPPING, Some(false))
     );
-    assert_eq!(
-        m.driver.stop(&m.config, StopMode::Force).unwrap(),
-        Stopped::ByRequest
-    );
+    assert_eq!(m.runner.kill(&m.config).unwrap(), Stopped::ByRequest);
     assert_eq!(m.state(), State::Stopped);
 }
 
@@ -391,7 +386,7 @@ fn the_version_probe_names_the_krunkit() {
 #[test]
 fn a_missing_krunkit_says_how_to_install_it() {
     let mut m = Machine::new(Path::new("/nonexistent/gpu-root"));
-    m.driver.binary = m.dir.path().join("no-krunkit");
+    m.runner.binary = m.dir.path().join("no-krunkit");
     let e = m.start().unwrap_err();
     assert!(matches!(e, StartError::Spawn(..)));
     assert!(e.to_string().contains("brew install krunkit"), "{e}");

@@ -4,7 +4,7 @@
 
 use super::rest::{self, Endpoint, RestError, StateChange, VmState};
 use super::{InvalidConfig, KrunkitConfig, command_line};
-use crate::{DriverKind, Limits, StopMode, Vm};
+use crate::{Capabilities, DriverKind, Limits, Vm};
 use std::fs;
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -14,39 +14,36 @@ use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_millis(20);
 
-/// How to run krunkit and how long to wait for it.
+/// How to run krunkit and how long to wait for it: its processes, not the driver contract
+/// ([`Krunkit`] is that).
 #[derive(Debug, Clone)]
-pub struct Driver {
+pub struct Runner {
     /// The krunkit executable (a name looked up in PATH, or a path).
     pub binary: PathBuf,
     /// From spawning to the REST API answering `Running`.
     pub start_timeout: Duration,
-    /// From a graceful `Stop` to exit, before SIGTERM.
-    pub stop_timeout: Duration,
-    /// After `HardStop` or a signal, before the next escalation.
-    pub signal_timeout: Duration,
+    /// After `HardStop`, before SIGKILL; after SIGKILL, before giving up.
+    pub kill_timeout: Duration,
 }
 
-impl Default for Driver {
+impl Default for Runner {
     fn default() -> Self {
-        Driver {
+        Runner {
             binary: "krunkit".into(),
             start_timeout: Duration::from_secs(30),
-            stop_timeout: Duration::from_secs(90),
-            signal_timeout: Duration::from_secs(10),
+            kill_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// How a stop ended.
+/// How a kill ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
     /// Nothing was running.
     Already,
-    /// krunkit exited after the REST request.
+    /// krunkit exited on REST `HardStop`.
     ByRequest,
-    /// krunkit exited on SIGTERM.
-    Terminated,
+    /// krunkit exited on SIGKILL.
     Killed,
 }
 
@@ -79,10 +76,16 @@ pub enum StartError {
     Rest(RestError),
 }
 
-impl StartError {
-    /// krunkit could not be run at all (not installed, not executable).
-    pub fn is_spawn(&self) -> bool {
-        matches!(self, StartError::Spawn(..))
+impl From<StartError> for crate::Error {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::Spawn(binary, e) => crate::Error::Missing(
+                binary.display().to_string(),
+                super::version::INSTALL_HINT,
+                e,
+            ),
+            e => crate::Error::vmm("krunkit", e),
+        }
     }
 }
 
@@ -96,7 +99,7 @@ pub enum StopError {
     Unkillable(i32),
 }
 
-impl Driver {
+impl Runner {
     /// Starts krunkit for `c`; returns once its REST API reports the VM running. krunkit's
     /// stdout and stderr (start-up errors included) are appended to `log`. The host must listen
     /// on `c.ready_socket` already (see READY_VSOCK_PORT).
@@ -161,40 +164,44 @@ impl Driver {
         }
     }
 
-    /// Stops the VM and removes the sockets and pidfile krunkit leaves behind.
-    pub fn stop(&self, c: &KrunkitConfig, mode: StopMode) -> Result<Stopped, StopError> {
-        let outcome = self.stop_process(c, mode)?;
+    /// Asks the guest to power down (REST `Stop`) and waits up to `within` for krunkit to exit:
+    /// false if it still runs then.
+    pub fn shut_down(&self, c: &KrunkitConfig, within: Duration) -> Result<bool, StopError> {
+        match rest::change_state(&c.rest, StateChange::Stop) {
+            Err(RestError::Gone) => {}
+            Ok(_) if wait_gone(&c.rest, within) => {}
+            Ok(_) => return Ok(false),
+            Err(e) => return Err(StopError::Rest(e)),
+        }
+        let _ = remove_leftovers(c);
+        Ok(true)
+    }
+
+    /// Ends krunkit (REST `HardStop`, then SIGKILL) and removes the sockets and pidfile it
+    /// leaves behind.
+    pub fn kill(&self, c: &KrunkitConfig) -> Result<Stopped, StopError> {
+        let outcome = self.kill_process(c)?;
         let _ = remove_leftovers(c);
         Ok(outcome)
     }
 
-    fn stop_process(&self, c: &KrunkitConfig, mode: StopMode) -> Result<Stopped, StopError> {
-        let (change, wait) = match mode {
-            StopMode::Graceful => (StateChange::Stop, self.stop_timeout),
-            StopMode::Force => (StateChange::HardStop, self.signal_timeout),
-        };
-        match rest::change_state(&c.rest, change) {
+    fn kill_process(&self, c: &KrunkitConfig) -> Result<Stopped, StopError> {
+        match rest::change_state(&c.rest, StateChange::HardStop) {
             Err(RestError::Gone) => return Ok(Stopped::Already),
             Ok(_) => {
-                if wait_gone(&c.rest, wait) {
+                if wait_gone(&c.rest, self.kill_timeout) {
                     return Ok(Stopped::ByRequest);
                 }
             }
-            // krunkit runs but refused the request: fall through to signals.
-            Err(e) => tracing::warn!(error = %e, "krunkit refused {change:?}"),
+            // krunkit runs but refused the request: a signal, then.
+            Err(e) => tracing::warn!(error = %e, "krunkit refused HardStop"),
         }
         // Only the process whose command line serves this machine's REST endpoint is signalled:
         // a stale pidfile may name a PID reused by another program.
         let pid = crate::process::live_pid(&c.pidfile, &c.rest.uri())
             .ok_or_else(|| StopError::NoPid(c.pidfile.clone()))?;
-        if mode == StopMode::Graceful {
-            crate::process::signal(pid, crate::process::Signal::TERM);
-            if wait_gone(&c.rest, self.signal_timeout) {
-                return Ok(Stopped::Terminated);
-            }
-        }
         crate::process::signal(pid, crate::process::Signal::KILL);
-        if wait_gone(&c.rest, self.signal_timeout) {
+        if wait_gone(&c.rest, self.kill_timeout) {
             Ok(Stopped::Killed)
         } else {
             Err(StopError::Unkillable(pid))
@@ -249,7 +256,7 @@ fn read_from(log: &Path, offset: u64) -> String {
 
 /// krunkit behind the driver contract: a machine's [`Vm`] as krunkit's configuration.
 pub struct Krunkit {
-    pub driver: Driver,
+    pub runner: Runner,
     /// krunkit's REST API on this loopback port instead of the machine's control socket, for
     /// Podman (which reaches krunkit over TCP only).
     pub rest_port: Option<u16>,
@@ -281,6 +288,27 @@ impl crate::Driver for Krunkit {
         DriverKind::Krunkit
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            arches: &[crate::Arch::Aarch64],
+            always_gpu: true,
+            maps_16k_pages: true,
+            traces_blobs: false,
+            podman_machine: true,
+        }
+    }
+
+    /// krunkit is available where `krunkit --version` names a krunkit.
+    fn available(&self) -> Result<(), crate::Error> {
+        super::probe(&self.runner.binary)
+            .map(drop)
+            .map_err(|e| crate::Error::Unavailable {
+                driver: "krunkit",
+                hint: "krunkit runs on macOS: brew tap slp/krun && brew install krunkit",
+                source: e.into(),
+            })
+    }
+
     /// Hypervisor.framework, krunkit's only accelerator.
     fn accelerator(&self) -> &'static str {
         "hvf"
@@ -300,7 +328,8 @@ impl crate::Driver for Krunkit {
 
     fn check_host(&self, vm: &Vm) -> Result<(), crate::Error> {
         if vm.gpu {
-            super::fit_memory(vm.memory_mib, crate::platform::host_ram_bytes() >> 20)?;
+            super::fit_memory(vm.memory_mib, crate::platform::host_ram_bytes() >> 20)
+                .map_err(|e| crate::Error::Resources(e.into()))?;
         }
         Ok(())
     }
@@ -310,22 +339,36 @@ impl crate::Driver for Krunkit {
     }
 
     fn launch(&self, vm: &Vm) -> Result<(), crate::Error> {
-        Ok(self.driver.start(&self.config(vm), &vm.vmm_log)?)
+        Ok(self.runner.start(&self.config(vm), &vm.vmm_log)?)
     }
 
     fn running(&self, vm: &Vm) -> Result<bool, crate::Error> {
-        Ok(matches!(Driver::state(&self.config(vm))?, State::Vm(_)))
+        match Runner::state(&self.config(vm)) {
+            Ok(s) => Ok(matches!(s, State::Vm(_))),
+            Err(e) => Err(crate::Error::vmm("krunkit's REST API fails", e)),
+        }
     }
 
-    fn stop(&self, vm: &Vm, mode: StopMode) -> Result<(), crate::Error> {
-        let outcome = self.driver.stop(&self.config(vm), mode)?;
-        tracing::info!(machine = %vm.name, ?outcome, "krunkit stopped");
-        Ok(())
+    fn shut_down(&self, vm: &Vm, within: Duration) -> Result<bool, crate::Error> {
+        self.runner
+            .shut_down(&self.config(vm), within)
+            .map_err(|e| crate::Error::vmm("cannot stop krunkit", e))
+    }
+
+    fn kill(&self, vm: &Vm) -> Result<(), crate::Error> {
+        match self.runner.kill(&self.config(vm)) {
+            Ok(outcome) => {
+                tracing::info!(machine = %vm.name, ?outcome, "krunkit killed");
+                Ok(())
+            }
+            Err(StopError::Unkillable(pid)) => Err(crate::Error::Unkillable(pid)),
+            Err(e) => Err(crate::Error::vmm("cannot stop krunkit", e)),
+        }
     }
 
     fn clean_stale(&self, vm: &Vm) {
         let c = self.config(vm);
-        if matches!(Driver::state(&c), Ok(State::Stopped)) {
+        if matches!(Runner::state(&c), Ok(State::Stopped)) {
             let _ = remove_leftovers(&c);
         }
     }

@@ -4,14 +4,12 @@
 use super::virtiofs;
 use super::{Accel, AccelChoice, Arch, Gpu, QemuConfig, command_line, environment, marker};
 use crate::process::{self, Signal};
-use crate::{Driver, DriverKind, Error, Limits, StopMode, Vm};
+use crate::{Capabilities, Driver, DriverKind, Error, Limits, Vm};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// How long a guest may take to power down before `stop` gives up (and says to use --force).
-const POWERDOWN_TIMEOUT: Duration = Duration::from_secs(180);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// What QEMU prints when KVM cannot go on running the guest.
 const KVM_FAILED: &str = "KVM internal error";
@@ -127,9 +125,30 @@ impl Qemu {
     }
 }
 
+/// The host's own architecture first: KVM may run it; the other runs under TCG.
+const ARCHES: &[Arch] = match Arch::host() {
+    Arch::X86_64 => &[Arch::X86_64, Arch::Aarch64],
+    Arch::Aarch64 => &[Arch::Aarch64, Arch::X86_64],
+};
+
 impl Driver for Qemu {
     fn kind(&self) -> DriverKind {
         DriverKind::Qemu
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            arches: ARCHES,
+            always_gpu: false,
+            maps_16k_pages: false,
+            traces_blobs: true,
+            podman_machine: false,
+        }
+    }
+
+    /// QEMU itself is looked for when a machine starts (its architecture's emulator).
+    fn available(&self) -> Result<(), Error> {
+        Ok(())
     }
 
     fn accelerator(&self) -> &'static str {
@@ -202,17 +221,20 @@ impl Driver for Qemu {
         }
     }
 
-    fn stop(&self, vm: &Vm, mode: StopMode) -> Result<(), Error> {
+    fn shut_down(&self, vm: &Vm, within: Duration) -> Result<bool, Error> {
+        let Some(pid) = self.pid(vm) else {
+            return Ok(true);
+        };
+        crate::qmp::Qmp::connect(&vm.control_socket)
+            .and_then(|mut q| q.execute("system_powerdown"))
+            .map_err(|e| Error::vmm("QMP", e))?;
+        Ok(process::wait_exit(pid, within))
+    }
+
+    fn kill(&self, vm: &Vm) -> Result<(), Error> {
         let Some(pid) = self.pid(vm) else {
             return Ok(());
         };
-        if mode == StopMode::Graceful {
-            crate::qmp::Qmp::connect(&vm.control_socket)?.execute("system_powerdown")?;
-            if !process::wait_exit(pid, POWERDOWN_TIMEOUT) {
-                return Err(Error::NoPowerdown(POWERDOWN_TIMEOUT));
-            }
-            return Ok(());
-        }
         process::signal(pid, Signal::KILL);
         if process::wait_exit(pid, KILL_TIMEOUT) {
             Ok(())

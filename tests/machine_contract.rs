@@ -249,10 +249,7 @@ fn bad_specs_images_in_use_and_qemu_failures_leave_nothing_behind() {
 }
 
 fn which(tool: &str) -> PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap())
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{tool} is installed (scripts/install-deps)"))
+    which::which(tool).unwrap_or_else(|_| panic!("{tool} is installed (scripts/install-deps)"))
 }
 
 #[test]

@@ -13,18 +13,14 @@ pub use vmm::qemu::virtiofs::{
 pub use vmm::qemu::{Accel, AccelChoice};
 pub use vmm::{Arch, Error as VmmError, UnknownDriver, kvm};
 
-/// `program` found as a shell would (PATH), or in the system directories a user's PATH may lack
-/// (/usr/sbin, /sbin); an executable file only.
-pub fn which(program: &str) -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+/// `program` as carbon-vm runs it: a path as it is, a bare name found as a shell would (PATH),
+/// or in the system directories a user's PATH may lack (/usr/sbin, /sbin); an executable file
+/// only.
+pub fn which(program: impl AsRef<std::ffi::OsStr>) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(Into::into));
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    which::which_in(program, std::env::join_paths(dirs).ok(), cwd).ok()
 }
 
 /// Bytes available to this user on the filesystem holding `path`.

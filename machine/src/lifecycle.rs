@@ -569,6 +569,26 @@ fn wait_podman(m: &MachineDir, ssh_port: u16, timeout: Duration) -> Result<(), L
     }
 }
 
+/// Waits until `child` serves `socket` (the file is there), at most `limit`: `Err(Some(status))`
+/// when it exited first, `Err(None)` when the time ran out (it runs on; the caller ends it).
+fn until_serving(
+    child: &mut std::process::Child,
+    socket: &Path,
+    limit: Duration,
+) -> std::io::Result<Result<(), Option<std::process::ExitStatus>>> {
+    let deadline = Instant::now() + limit;
+    while !socket.exists() {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Err(Some(status)));
+        }
+        if Instant::now() > deadline {
+            return Ok(Err(None));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Ok(()))
+}
+
 fn console_tail(console: &Path) -> String {
     tail(console, 3000)
 }

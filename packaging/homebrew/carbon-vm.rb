@@ -1,4 +1,5 @@
-# Homebrew formula for a tap (e.g. OWNER/homebrew-carbon-vm, Formula/carbon-vm.rb). Its
+# Homebrew formula for a tap (Homebrew installs formulae from taps only; docs/macos.md puts it in
+# a local one, `brew tap-new local/carbon-vm`). Its
 # placeholders (names between at signs) are filled by `scripts/build-macos release VERSION`, which
 # writes the formula for that release as dist/carbon-vm.rb (a release asset): copy that into the tap.
 class CarbonVm < Formula

@@ -4,7 +4,7 @@ use crate::home::Home;
 use crate::output::Printer;
 use machine::host::which;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Serialize)]
 struct Check {
@@ -46,22 +46,6 @@ const TOOLS: [(&str, &str, &str); 10] = [
     ("docker", "the docker context", "apt-get install docker-cli"),
 ];
 
-/// A program as carbon-vm runs it: a path as it is, a bare name from PATH.
-fn locate(program: &Path) -> Option<PathBuf> {
-    match program.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => {
-            is_executable(program).then(|| program.to_owned())
-        }
-        _ => which(program.to_str()?),
-    }
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
     // Each host is checked for its own driver: QEMU (and its GPU stack) on Linux, krunkit on macOS.
     let mac = cfg!(target_os = "macos");
@@ -71,7 +55,7 @@ pub fn run(home: &Home, out: Printer) -> anyhow::Result<()> {
         .map(|&(tool, needed_for, fix)| {
             // gvproxy is whichever CARBON_VM_GVPROXY names.
             let found = match tool {
-                "gvproxy" => locate(&crate::settings::gvproxy()),
+                "gvproxy" => which(crate::settings::gvproxy()),
                 _ => which(tool),
             };
             Check {

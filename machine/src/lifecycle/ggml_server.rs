@@ -6,7 +6,7 @@ use crate::store::{GGML_LOG, GGML_PID, GGML_SOCKET, GGML_STATE, MachineDir};
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vmm::process::{self, Signal};
 
 /// The server's program is there to run (a path, or a name in PATH).
@@ -14,13 +14,7 @@ pub(super) fn check(o: &StartOptions) -> Result<(), LifecycleError> {
     let Some(program) = o.ggml_server.first() else {
         return Err(LifecycleError::NoGgmlServer("none found".into()));
     };
-    let found = if program.contains('/') {
-        use std::os::unix::fs::PermissionsExt;
-        fs::metadata(program).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    } else {
-        crate::host::which(program).is_some()
-    };
-    if found {
+    if crate::host::which(program).is_some() {
         Ok(())
     } else {
         Err(LifecycleError::NoGgmlServer(format!(
@@ -52,16 +46,12 @@ pub(super) fn start(m: &MachineDir, o: &StartOptions, vmm_pid: i32) -> Result<()
     // Serving once its socket is there (its state, a port included, is written by then); one
     // that cannot (no user namespaces) has said why in its log.
     let mut child = child;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !m.socket(GGML_SOCKET).exists() {
-        if child.try_wait()?.is_some() || Instant::now() > deadline {
-            kill(m);
-            return Err(LifecycleError::GgmlFailed(super::tail(
-                &m.path(GGML_LOG),
-                2000,
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if super::until_serving(&mut child, &m.socket(GGML_SOCKET), READY_TIMEOUT)?.is_err() {
+        kill(m);
+        return Err(LifecycleError::GgmlFailed(super::tail(
+            &m.path(GGML_LOG),
+            2000,
+        )));
     }
     Ok(())
 }

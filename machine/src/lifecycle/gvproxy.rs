@@ -6,7 +6,7 @@ use crate::store::{GVPROXY_LOG, GVPROXY_PID, MachineDir, NET_SOCKET, PodmanMachi
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vmm::gvproxy::{GvproxyConfig, Listen};
 use vmm::process::{self, Signal};
 
@@ -75,29 +75,27 @@ fn spawn(
                 e,
             )
         })?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !m.socket(NET_SOCKET).exists() {
-        if let Some(status) = gv.try_wait()? {
+    match super::until_serving(&mut gv, &m.socket(NET_SOCKET), Duration::from_secs(20))? {
+        Ok(()) => Ok(()),
+        Err(Some(status)) => {
             let log = tail(&m.path(GVPROXY_LOG), 2000);
             if log.contains("address already in use") {
                 return Err(LifecycleError::PortTaken(ssh_port, log));
             }
-            return Err(LifecycleError::Exited(
+            Err(LifecycleError::Exited(
                 "gvproxy",
                 format!("{status}: {log}"),
-            ));
+            ))
         }
-        if Instant::now() > deadline {
+        Err(None) => {
             let _ = gv.kill();
             let _ = gv.wait();
-            return Err(LifecycleError::Exited(
+            Err(LifecycleError::Exited(
                 "gvproxy",
                 "its socket never appeared".into(),
-            ));
+            ))
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
 }
 
 pub(super) fn live_pid(m: &MachineDir, listen: &Listen) -> Option<i32> {

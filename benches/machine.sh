@@ -26,7 +26,7 @@ now() { date +%s.%N; }
 create_vs_cp() {
     local home=$1 label=$2 disk t0 t1 t2 t3
     CARBON_VM_HOME=$home "$bin" -q image pull "$image" --sha256 "$sha"
-    disk=$(CARBON_VM_HOME=$home "$bin" --json image ls | sed -n 's/.*"disk": "\(.*\)".*/\1/p' | head -1)
+    disk=$(CARBON_VM_HOME=$home "$bin" --json image ls | jq -r '.[0].disk')
     sync; t0=$(now); cp --reflink=never --sparse=always "$disk" "$home/copy.raw"; sync; t1=$(now)
     rm -f "$home/copy.raw"
     sync; t2=$(now); CARBON_VM_HOME=$home "$bin" -q create bench --disk-size 20; sync; t3=$(now)

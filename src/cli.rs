@@ -227,7 +227,7 @@ pub struct CreateArgs {
     pub image: Option<String>,
     /// qemu, krunkit or libkrun (default: krunkit on macOS, qemu on Linux).
     #[arg(long)]
-    pub driver: Option<String>,
+    pub driver: Option<machine::DriverKind>,
     /// Make this machine Podman's default connection.
     #[arg(long)]
     pub default: bool,

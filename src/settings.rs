@@ -2,6 +2,7 @@
 
 use crate::env_vars;
 use crate::home::Home;
+use machine::exit_class::{Class, Classify, Code};
 use machine::guest_image;
 use machine::host::{Accel, AccelChoice};
 use std::path::PathBuf;
@@ -11,6 +12,12 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct BadSetting(String);
+
+impl Classify for BadSetting {
+    fn class(&self) -> Option<Class> {
+        Some(Code::Usage.hint("docs/configuration.md lists carbon-vm's environment variables"))
+    }
+}
 
 /// QEMU's accelerator (`CARBON_VM_ACCEL`): `auto` is KVM where QEMU can really run a guest with
 /// it (probed when a machine starts), else TCG.

@@ -69,6 +69,17 @@ pub enum CacheError {
     Io(PathBuf, #[source] io::Error),
 }
 
+impl exit_class::Classify for CacheError {
+    fn class(&self) -> Option<exit_class::Class> {
+        match self {
+            CacheError::NotFound(_) | CacheError::Ambiguous(_) | CacheError::ShortId(_) => {
+                Some(exit_class::Code::NotFound.hint("`carbon-vm image ls` lists cached images"))
+            }
+            _ => None,
+        }
+    }
+}
+
 pub struct Cache {
     root: PathBuf,
 }

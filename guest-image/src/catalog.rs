@@ -69,6 +69,42 @@ pub enum CatalogError {
     Cache(#[from] CacheError),
 }
 
+/// Where the catalog itself is at fault.
+const CATALOG_HINT: &str = "CARBON_VM_CATALOG names the catalog file (docs/configuration.md)";
+/// Where the catalog's image is neither cached nor fetchable.
+const BUILD_HINT: &str = "no image of that name is cached: `carbon-vm image build -o guest.tar.zst` \
+    then `image pull guest.tar.zst --sha256 HEX` caches one (or `--image ID` picks a cached image)";
+
+impl exit_class::Classify for CatalogError {
+    fn class(&self) -> Option<exit_class::Class> {
+        use exit_class::{Class, Code};
+        match self {
+            CatalogError::Invalid { .. } => Some(Code::Usage.hint(CATALOG_HINT)),
+            CatalogError::NoEntry { .. } => Some(
+                Code::NotFound.hint("`--image ID` names a cached image (`carbon-vm image ls`)"),
+            ),
+            // Boxed, so the chain holds no PullError of its own to find below.
+            CatalogError::Pull { source, .. } => {
+                let pulled = source.class()?;
+                let not_cached = matches!(
+                    source.failure,
+                    crate::pull::PullFailure::Unpinned | crate::pull::PullFailure::Fetch(_)
+                );
+                Some(Class {
+                    hint: if not_cached {
+                        Some(BUILD_HINT)
+                    } else {
+                        pulled.hint
+                    },
+                    ..pulled
+                })
+            }
+            CatalogError::WrongImage { .. } => Some(Code::Verification.hint(CATALOG_HINT)),
+            _ => None,
+        }
+    }
+}
+
 impl Catalog {
     /// Parses and checks a catalog; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Catalog, CatalogError> {

@@ -16,6 +16,12 @@ pub struct Sha256Digest([u8; 32]);
 )]
 pub struct BadDigest(String);
 
+impl exit_class::Classify for BadDigest {
+    fn class(&self) -> Option<exit_class::Class> {
+        Some(exit_class::Code::Usage.bare())
+    }
+}
+
 impl Sha256Digest {
     pub fn of(data: &[u8]) -> Self {
         Self(Sha256::digest(data).into())

@@ -68,6 +68,17 @@ pub enum PackError {
     Io(PathBuf, #[source] io::Error),
 }
 
+impl exit_class::Classify for PackError {
+    fn class(&self) -> Option<exit_class::Class> {
+        match self {
+            PackError::MissingTool(..) | PackError::NoBootloader(_) => {
+                Some(exit_class::Code::Host.hint(exit_class::DOCTOR_HINT))
+            }
+            _ => None,
+        }
+    }
+}
+
 pub struct PackOptions {
     pub name: String,
     pub arch: String,

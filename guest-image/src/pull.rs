@@ -50,6 +50,25 @@ pub enum PullFailure {
     Cache(CacheError),
 }
 
+impl exit_class::Classify for PullError {
+    fn class(&self) -> Option<exit_class::Class> {
+        use exit_class::Code;
+        Some(match &self.failure {
+            PullFailure::Fetch(_) => {
+                Code::Fetch.hint("check the source and the network; nothing was cached")
+            }
+            PullFailure::Unpinned => Code::Verification
+                .hint("`carbon-vm image build` and `image pack` print the sha256 to pin"),
+            PullFailure::Cache(_) => Code::Failure.bare(),
+            PullFailure::NoSpace(_) => Code::Failure
+                .hint("free space where CARBON_VM_HOME keeps its cache; nothing was cached"),
+            _ => Code::Verification.hint(
+                "the image was refused and nothing was cached; check the source and its sha256",
+            ),
+        })
+    }
+}
+
 pub struct PullOptions<'a> {
     /// The artifact's sha256 as the user (or the catalog) pinned it.
     pub pin: Option<Sha256Digest>,

@@ -35,6 +35,19 @@ pub enum SignError {
     Io(PathBuf, #[source] io::Error),
 }
 
+impl exit_class::Classify for SignError {
+    fn class(&self) -> Option<exit_class::Class> {
+        match self {
+            SignError::Key(_) | SignError::KeyRead(..) | SignError::Layout(_) => Some(
+                exit_class::Code::Usage.hint(
+                    "a key from `minisign -G -W` (or its password in CARBON_VM_SIGN_PASSWORD) and an artifact from `image build` or `image pack`",
+                ),
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// A minisign secret key.
 #[derive(Clone)]
 pub struct SigningKey(minisign::SecretKey);

@@ -19,6 +19,12 @@ pub enum SourceError {
     Oci(String, #[source] oci_client::ParseError),
 }
 
+impl exit_class::Classify for SourceError {
+    fn class(&self) -> Option<exit_class::Class> {
+        Some(exit_class::Code::Usage.bare())
+    }
+}
+
 impl std::str::FromStr for Source {
     type Err = SourceError;
     fn from_str(s: &str) -> Result<Self, SourceError> {

@@ -30,6 +30,18 @@ pub enum VerifyError {
     Venus(#[from] InspectError),
 }
 
+impl exit_class::Classify for VerifyError {
+    fn class(&self) -> Option<exit_class::Class> {
+        match self {
+            VerifyError::Cache(_) => None,
+            _ => Some(
+                exit_class::Code::Verification
+                    .hint("re-pull the image: `carbon-vm image rm ID` then `image pull`"),
+            ),
+        }
+    }
+}
+
 /// Re-hashes every member of image `id`; returns it when all still match.
 pub fn verify(
     cache: &Cache,

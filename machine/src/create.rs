@@ -51,6 +51,30 @@ pub enum CreateError {
     Keygen(String),
 }
 
+impl exit_class::Classify for CreateError {
+    fn class(&self) -> Option<exit_class::Class> {
+        use exit_class::Code;
+        match self {
+            CreateError::Driver(_) => Some(Code::NotImplemented.bare()),
+            CreateError::Unavailable(vmm::Error::Unavailable { hint, .. }) => {
+                Some(Code::NotImplemented.hint(hint))
+            }
+            CreateError::PodmanMachineDriver | CreateError::Arch { .. } => {
+                Some(Code::Usage.bare())
+            }
+            CreateError::NoSpace { .. } => Some(Code::Failure.hint(
+                "free space there, or put CARBON_VM_HOME on a larger filesystem; nothing was created",
+            )),
+            // Transparent: the wrapped error is not in the chain of its own.
+            CreateError::Store(e) => e.class(),
+            CreateError::Invalid(e) => e.class(),
+            CreateError::PodmanMachine(e) => e.class(),
+            CreateError::Volume(e) => e.class(),
+            _ => None,
+        }
+    }
+}
+
 /// A new machine as asked for, before its image is known.
 pub struct Request<'a> {
     pub name: &'a str,

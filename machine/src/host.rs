@@ -11,7 +11,7 @@ pub use vmm::qemu::virtiofs::{
     INSTALL_HINT as VIRTIOFSD_INSTALL_HINT, check_walls as shared_folder_walls, find as virtiofsd,
 };
 pub use vmm::qemu::{Accel, AccelChoice};
-pub use vmm::{Arch, Error as VmmError, UnknownDriver, kvm};
+pub use vmm::{Arch, kvm};
 
 /// `program` as carbon-vm runs it: a path as it is, a bare name found as a shell would (PATH),
 /// or in the system directories a user's PATH may lack (/usr/sbin, /sbin); an executable file

@@ -20,6 +20,7 @@ pub mod ssh;
 pub mod store;
 pub mod volumes;
 
+pub use exit_class;
 pub use guest_image;
 pub use store::{MachineDir, Store};
 pub use vmm::DriverKind;

@@ -100,6 +100,48 @@ pub enum LifecycleError {
     Io(#[from] std::io::Error),
 }
 
+impl exit_class::Classify for LifecycleError {
+    fn class(&self) -> Option<exit_class::Class> {
+        use exit_class::{Code, DOCTOR_HINT};
+        use vmm::Error as V;
+        Some(match self {
+            LifecycleError::Vmm(V::Gpu(_)) => {
+                Code::Host.hint("`carbon-vm doctor` shows what the host's Venus stack lacks")
+            }
+            // The error's text has the remedy (CARBON_VM_ACCEL=tcg).
+            LifecycleError::Vmm(V::KvmFailed(_)) => Code::Host.bare(),
+            LifecycleError::Vmm(V::Missing(..)) | LifecycleError::Missing(..) => {
+                Code::Host.hint(DOCTOR_HINT)
+            }
+            LifecycleError::NoGgmlServer(_) => {
+                Code::Host.hint("`carbon-vm doctor` shows the ggml server it looks for")
+            }
+            LifecycleError::GgmlFailed(_) => Code::Failure.hint(
+                "ggml.log in the machine's dir says more; on Linux the server needs unprivileged user namespaces",
+            ),
+            LifecycleError::Exited("gvproxy", _) => Code::Failure.hint(
+                "gvproxy.log in the machine's dir (`carbon-vm inspect` shows it) says more; krunkit machines need a gvproxy that listens in vfkit mode (macOS builds do; on Linux, 0.8.9 and later; CARBON_VM_GVPROXY names another)",
+            ),
+            LifecycleError::NotReady(..)
+            | LifecycleError::Exited(..)
+            | LifecycleError::Vmm(V::Exited(..)) => Code::Failure.hint(
+                "the machine's console.log (in the dir `carbon-vm inspect` shows) has the whole boot, and its vmm.log the VMM's own messages",
+            ),
+            LifecycleError::Vmm(V::Resources(_))
+            | LifecycleError::Invalid(_)
+            | LifecycleError::Shrink { .. }
+            | LifecycleError::PodmanOwnsResources(_) => Code::Usage.bare(),
+            LifecycleError::NoPodman(..) => Code::Failure.hint(
+                "the guest booted but its Podman API did not answer, so the machine was stopped; the podman-forward.log and console.log in its dir say more",
+            ),
+            LifecycleError::PortTaken(..) => Code::Failure
+                .hint("the port is fixed in the Podman machine file; free it and start again"),
+            LifecycleError::Store(s) => return s.class(),
+            _ => Code::Failure.bare(),
+        })
+    }
+}
+
 /// The machine as its driver sees it.
 fn vm(m: &MachineDir, spec: &Spec, o: &StartOptions) -> Result<Vm, LifecycleError> {
     Ok(Vm {

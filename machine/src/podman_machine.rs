@@ -276,6 +276,22 @@ pub enum ExposeError {
     StartLocked(PathBuf, Duration),
 }
 
+impl exit_class::Classify for ExposeError {
+    fn class(&self) -> Option<exit_class::Class> {
+        use exit_class::Code;
+        Some(match self {
+            ExposeError::NoPodman(_) | ExposeError::Unparseable(_) | ExposeError::Unsupported(_) => {
+                Code::Host.hint(
+                    "without --podman-machine, `podman -c NAME` reaches the machine through the connection `start` registers",
+                )
+            }
+            ExposeError::Exists(_) => Code::Failure
+                .hint("choose another machine name; `podman machine ls` lists Podman's"),
+            _ => Code::Failure.bare(),
+        })
+    }
+}
+
 fn stop_command(machine: &str, carbon_vm: bool) -> String {
     if carbon_vm {
         format!("`carbon-vm stop {machine}`")

@@ -25,6 +25,12 @@ pub enum InvalidSpec {
     Disk { got: u32, min: u32, max: u32 },
 }
 
+impl exit_class::Classify for InvalidSpec {
+    fn class(&self) -> Option<exit_class::Class> {
+        Some(exit_class::Code::Usage.bare())
+    }
+}
+
 pub fn validate(spec: &Spec, limits: &Limits) -> Result<(), InvalidSpec> {
     validate_resources(spec.cpus, spec.memory_mib, spec.gpu, limits)
 }

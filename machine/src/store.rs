@@ -120,6 +120,20 @@ pub enum StoreError {
     Io(PathBuf, #[source] io::Error),
 }
 
+impl exit_class::Classify for StoreError {
+    fn class(&self) -> Option<exit_class::Class> {
+        use exit_class::Code;
+        Some(match self {
+            StoreError::NotFound(_) => Code::NotFound.hint("`carbon-vm list` lists machines"),
+            StoreError::BadName(_) => Code::Usage.bare(),
+            StoreError::Busy(..) => Code::Busy
+                .hint("wait for it to finish; `carbon-vm stop --force NAME` interrupts a start"),
+            StoreError::NotPrivate(..) => Code::Host.bare(),
+            _ => Code::Failure.bare(),
+        })
+    }
+}
+
 pub fn valid_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())

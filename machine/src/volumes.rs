@@ -42,6 +42,16 @@ pub enum VolumeError {
     Gone(PathBuf, String),
 }
 
+impl exit_class::Classify for VolumeError {
+    fn class(&self) -> Option<exit_class::Class> {
+        use exit_class::Code;
+        Some(match self {
+            VolumeError::Gone(..) => Code::Failure.bare(),
+            _ => Code::Usage.hint("nothing was created; see `carbon-vm create --help`"),
+        })
+    }
+}
+
 /// Guest paths a share may not cover: the OS, root's home (its SSH key is written there at boot,
 /// which would write into the host's folder) and container storage.
 const GUEST_SYSTEM: &[&str] = &[

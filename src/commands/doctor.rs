@@ -2,6 +2,7 @@
 
 use crate::home::Home;
 use crate::output::Printer;
+use machine::exit_class::{Class, Classify, Code};
 use machine::host::which;
 use serde::Serialize;
 use std::path::Path;
@@ -257,3 +258,9 @@ fn gpu_checks() -> Vec<Check> {
 #[derive(Debug, thiserror::Error)]
 #[error("{0} requirement(s) missing")]
 pub struct HostNotReady(pub usize);
+
+impl Classify for HostNotReady {
+    fn class(&self) -> Option<Class> {
+        Some(Code::Host.bare())
+    }
+}

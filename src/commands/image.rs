@@ -11,6 +11,7 @@ use guest_image::pack::{PackOptions, pack};
 use guest_image::recipe::{self, RecipeOptions};
 use guest_image::sign::SigningKey;
 use guest_image::{Cache, CachedImage, PullOptions, Sha256Digest, Source, Trust};
+use machine::exit_class::{Class, Classify, Code};
 use machine::guest_image;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -297,6 +298,12 @@ fn rm(a: ImageRmArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
 #[derive(Debug, thiserror::Error)]
 #[error("image {0} is in use by machine(s) {1}: they boot its kernel")]
 pub struct ImageInUse(pub Sha256Digest, pub String);
+
+impl Classify for ImageInUse {
+    fn class(&self) -> Option<Class> {
+        Some(Code::Failure.hint("`carbon-vm rm` those machines first, or `image rm --force`"))
+    }
+}
 
 fn verify(a: IdArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let cache = Cache::open(&home.images)?;

@@ -5,6 +5,7 @@ use crate::home::Home;
 use crate::output::Printer;
 use crate::settings;
 use machine::create::{PodmanTarget, Request};
+use machine::exit_class::{Class, Classify, Code};
 use machine::gpu::Scope;
 use machine::guest_image::{
     self, Cache, Trust,
@@ -124,10 +125,7 @@ fn volumes(
 }
 
 pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
-    let kind = match &a.driver {
-        Some(d) => d.parse()?,
-        None => machine::DriverKind::host_default(),
-    };
+    let kind = a.driver.unwrap_or_else(machine::DriverKind::host_default);
     let start = settings::start_options(home)?;
     let driver = machine::create::host_driver(kind, &start)?;
     let volumes = volumes(&a, driver.limits(false).shares, out)?;
@@ -461,6 +459,12 @@ impl WorkloadReport {
 #[error("Venus does not work in the machine: {} (link: {})", .0.detail, .0.link.name())]
 pub struct GpuCheckFailed(pub machine::host::GpuMissing);
 
+impl Classify for GpuCheckFailed {
+    fn class(&self) -> Option<Class> {
+        Some(Code::GpuCheck.hint(self.0.hint))
+    }
+}
+
 fn blob_line(b: &machine::host::BlobAudit) -> String {
     if b.mac_ok {
         format!(
@@ -482,10 +486,25 @@ fn blob_line(b: &machine::host::BlobAudit) -> String {
 #[error("the guest's GPU memory would not map on a Mac host: {0}")]
 pub struct MacPagesFailed(pub String);
 
+impl Classify for MacPagesFailed {
+    fn class(&self) -> Option<Class> {
+        Some(Code::GpuCheck.hint(
+            "a 16 KiB-page guest kernel rounds every blob (the aarch64 default image boots one); \
+             on a 4 KiB-page guest only a Mesa that aligns its allocations to 16 KiB does",
+        ))
+    }
+}
+
 /// `gpu check --workload` ran the workload and it failed; the hint says what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("the GPU workload failed: {0}")]
 pub struct WorkloadFailed(pub String, pub &'static str);
+
+impl Classify for WorkloadFailed {
+    fn class(&self) -> Option<Class> {
+        Some(Code::GpuCheck.hint(self.1))
+    }
+}
 
 pub fn env(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let m = store(home).open(&a.name)?;

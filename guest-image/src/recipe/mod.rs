@@ -216,6 +216,17 @@ pub enum RecipeError {
     Io(PathBuf, #[source] io::Error),
 }
 
+impl exit_class::Classify for RecipeError {
+    fn class(&self) -> Option<exit_class::Class> {
+        match self {
+            RecipeError::NoMmdebstrap(_) => {
+                Some(exit_class::Code::Host.hint(exit_class::DOCTOR_HINT))
+            }
+            _ => None,
+        }
+    }
+}
+
 pub struct RecipeOptions {
     pub arch: String,
     pub mirror: String,

@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod archive;
+pub mod boot;
 pub mod gpu;
 pub mod net;
 pub mod podman_start;
@@ -404,43 +405,6 @@ pub fn wait_for_text(file: &Path, text: &str) {
             "{text:?} never appeared in {}",
             file.display()
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-/// The connection `vmm` makes to `listener` at start-up (QEMU's Ready chardev), bounded: a VMM
-/// that exits or never connects fails the test with the tail of its `console` instead of holding
-/// the run on an accept with no timeout.
-pub fn vmm_connects(
-    listener: &std::os::unix::net::UnixListener,
-    vmm: &mut std::process::Child,
-    console: &Path,
-) -> std::os::unix::net::UnixStream {
-    let limit = std::time::Duration::from_secs(120);
-    let deadline = std::time::Instant::now() + limit;
-    listener.set_nonblocking(true).unwrap();
-    loop {
-        match listener.accept() {
-            Ok((conn, _)) => {
-                conn.set_nonblocking(false).unwrap();
-                return conn;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => panic!("accept on {listener:?}: {e}"),
-        }
-        let exited = vmm.try_wait().unwrap();
-        if exited.is_some() || std::time::Instant::now() > deadline {
-            let _ = vmm.kill();
-            let _ = vmm.wait();
-            let log = std::fs::read_to_string(console).unwrap_or_default();
-            panic!(
-                "the VMM never connected to its Ready socket ({}); console tail:\n{}",
-                exited.map_or(format!("not within {limit:?}"), |s| format!(
-                    "it exited: {s}"
-                )),
-                tail(&log, 3000)
-            );
-        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -100,18 +100,7 @@ impl Env {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("carbon-vm").unwrap();
-        c.env("CARBON_VM_HOME", self.home.path())
-            .env("DOCKER_CONFIG", self.docker_config())
-            .env(
-                "CONTAINERS_CONF",
-                podman_conf(&self.home.path().join("xdg")),
-            )
-            .env_remove("CARBON_VM_LOG")
-            .env_remove("CARBON_VM_KRUNKIT")
-            .env_remove("CARBON_VM_GVPROXY")
-            .env_remove("CARBON_VM_CATALOG");
-        c
+        Command::from_std(self.process())
     }
 
     /// A plain (not assert_cmd) carbon-vm command, for processes run concurrently or killed.

@@ -5,6 +5,7 @@
 //! The CLI depends on this crate alone: what it needs of the layers below (drivers, host probes)
 //! is re-exported here.
 
+mod atomic;
 mod child;
 pub mod clients;
 pub mod create;

@@ -5,7 +5,7 @@
 //! started from a root with podman 5. Registered only when a podman client is installed.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use toml_edit::{DocumentMut, Item, Table, value};
@@ -142,14 +142,7 @@ fn edit(
     if new == text {
         return Ok(());
     }
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(new.as_bytes()).map_err(io)?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(file).map_err(|e| io(e.error))?;
-    Ok(())
+    crate::atomic::write(file, new.as_bytes(), Some(mode), true).map_err(io)
 }
 
 /// An exclusive flock on the file itself, taken again whenever a concurrent editor replaced the

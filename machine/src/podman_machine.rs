@@ -67,7 +67,7 @@
 use crate::store::{DISK, EFI_VARS, KEY, MachineDir, PodmanMachine, SPEC, Spec, VMM_PID};
 use chrono::{DateTime, FixedOffset, SecondsFormat};
 use serde_json::{Value, json};
-use std::io::{self, Write};
+use std::io;
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -346,15 +346,11 @@ pub fn write(dir: &Path, podman_version: &str, m: &Exposed) -> Result<PathBuf, E
     let path = dir.join(format!("{}.json", m.name));
     let io = |e| ExposeError::Io(path.clone(), e);
     std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(&serde_json::to_vec_pretty(&config(m, schema)).expect("serializes"))
-        .map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist_noclobber(&path)
-        .map_err(|e| match e.error.kind() {
-            io::ErrorKind::AlreadyExists => ExposeError::Exists(path.clone()),
-            _ => io(e.error),
-        })?;
+    let data = serde_json::to_vec_pretty(&config(m, schema)).expect("serializes");
+    crate::atomic::write(&path, &data, None, false).map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => ExposeError::Exists(path.clone()),
+        _ => io(e),
+    })?;
     Ok(path)
 }
 

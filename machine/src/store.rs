@@ -316,15 +316,9 @@ pub struct Lock {
     _file: fs::File,
 }
 
-/// Writes a state file atomically and durably: temp file, fsync, rename, fsync of the directory.
+/// Writes a state file atomically and durably (crate::atomic).
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().expect("state files live in a directory");
-    let io = |e| StoreError::Io(path.into(), e);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(data).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    sync_dir(dir)
+    crate::atomic::write(path, data, None, true).map_err(|e| StoreError::Io(path.into(), e))
 }
 
 /// Makes a rename or a removal in `dir` durable.

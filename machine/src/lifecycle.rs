@@ -201,8 +201,17 @@ fn state_of(m: &MachineDir, spec: &Spec, d: &dyn Driver, vm: &Vm) -> State {
     }
 }
 
-/// Boots the machine; returns once the guest said Ready and the Podman API answers.
-pub fn start(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
+/// Boots the machine (returns once the guest said Ready and the Podman API answers), then makes
+/// it reachable by its name from Podman and docker (crate::clients; `rm` removes both).
+pub fn start(
+    m: &MachineDir,
+    o: &StartOptions,
+) -> Result<crate::clients::Registered, LifecycleError> {
+    boot(m, o)?;
+    Ok(crate::clients::register(m, &m.spec()?)?)
+}
+
+fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     let _lock = m.lock("start")?;
     let _ = fs::remove_file(m.path(STOP_REQUEST)); // from a stop --force that gave up
     let spec = m.spec()?;

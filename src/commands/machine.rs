@@ -200,12 +200,11 @@ pub fn start(a: NameArg, home: &Home, out: Printer) -> anyhow::Result<()> {
     let st = store(home);
     let m = st.open(&a.name)?;
     let o = settings::start_options(home)?;
-    lifecycle::start(&m, &o)?;
+    let registered = lifecycle::start(&m, &o)?;
     let spec = m.spec()?;
     if spec.gpu {
         warn_without_venus(home, &m, &o, &spec);
     }
-    let registered = machine::clients::register(&m, &spec)?;
     match &registered.docker {
         machine::docker::Context::Theirs => eprintln!(
             "warning: docker already has a context named {0} that carbon-vm did not make: left \

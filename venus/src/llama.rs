@@ -17,26 +17,31 @@ pub const IMAGE: &str = "localhost/carbon-llama:latest";
 /// root directory of one in the guest (a shared folder: run as `--rootfs DIR:O`, so nothing is
 /// written there). Only Mesa's Venus ICD is offered to the loader, and ggml is told to take
 /// device 0 even where Venus reports a CPU-type host device (lavapipe), which ggml skips by
-/// default. Outputs are hex, so generated text cannot fake a section marker.
+/// default. The container writes its output into a folder of the guest's (podman's relay of a
+/// container's stdout can lose its end when the container exits). Outputs are hex, so generated
+/// text cannot fake a section marker.
 const GUEST_SCRIPT: &str = r#"
 case $1 in
 /*) how=--rootfs image="$1:O" ;;
 *) how=--pull=never image=$1 ;;
 esac
+out=$(mktemp -d)
 run() {
-    podman run --rm \
+    podman run --rm -v "$out:/carbon-out" \
         -e VK_DRIVER_FILES=/usr/share/vulkan/icd.d/virtio_icd.json -e GGML_VK_VISIBLE_DEVICES=0 \
-        "$how" "$image" llama-completion @COMPLETION@ "$@"
+        "$how" "$image" sh -c 'exec "$@" >/carbon-out/text 2>/carbon-out/log' sh \
+        llama-completion @COMPLETION@ "$@"
 }
 for side in vulkan cpu; do
     if [ $side = vulkan ]; then dev="--device Vulkan0 -ngl 999"; else dev="--device none -ngl 0"; fi
-    run $dev >/tmp/carbon-llama.out 2>/tmp/carbon-llama.log
+    rm -f "$out/text" "$out/log"
+    run $dev 2>"$out/podman.log"
     status=$?
     echo "@@$side-status"; echo $status
-    echo "@@$side"; od -An -v -tx1 /tmp/carbon-llama.out | tr -d ' \n'; echo
-    echo "@@$side-log"; tail -n 400 /tmp/carbon-llama.log
+    echo "@@$side"; od -An -v -tx1 "$out/text" 2>/dev/null | tr -d ' \n'; echo
+    echo "@@$side-log"; cat "$out/podman.log" "$out/log" 2>/dev/null | tail -n 400
 done
-rm -f /tmp/carbon-llama.out /tmp/carbon-llama.log
+rm -rf "$out"
 "#;
 
 /// llama-completion's arguments for the check, on every side: the model of scripts/llama-model.py,

@@ -13,32 +13,36 @@ pub const DEVICE: &str = "carbon-vm.dev/ggml=all";
 /// The guest side: `sh -s -- IMAGE` as for the Venus workload. The RPC side names only ggml's
 /// RPC device (the device's LLAMA_ARG_RPC adds it; a GPU machine's containers also see Venus,
 /// which must not take layers); the CPU side runs without the device. The image's ggml RPC
-/// package version is asked for, to name it if the protocols differ.
+/// package version is asked for, to name it if the protocols differ. The container writes its
+/// output into a folder of the guest's, as in the Venus workload.
 const GUEST_SCRIPT: &str = r#"
 case $1 in
 /*) how=--rootfs image="$1:O" ;;
 *) how=--pull=never image=$1 ;;
 esac
+out=$(mktemp -d)
+to_files='exec "$@" >/carbon-out/text 2>/carbon-out/log'
 for side in rpc cpu; do
+    rm -f "$out/text" "$out/log"
     if [ $side = rpc ]; then
-        podman run --rm --device @DEVICE@ "$how" "$image" \
-            llama-completion @COMPLETION@ --device RPC0 -ngl 999 \
-            >/tmp/carbon-llama.out 2>/tmp/carbon-llama.log
+        podman run --rm -v "$out:/carbon-out" --device @DEVICE@ "$how" "$image" \
+            sh -c "$to_files" sh llama-completion @COMPLETION@ --device RPC0 -ngl 999 \
+            2>"$out/podman.log"
     else
-        podman run --rm "$how" "$image" \
-            llama-completion @COMPLETION@ --device none -ngl 0 \
-            >/tmp/carbon-llama.out 2>/tmp/carbon-llama.log
+        podman run --rm -v "$out:/carbon-out" "$how" "$image" \
+            sh -c "$to_files" sh llama-completion @COMPLETION@ --device none -ngl 0 \
+            2>"$out/podman.log"
     fi
     status=$?
     echo "@@$side-status"; echo $status
-    echo "@@$side"; od -An -v -tx1 /tmp/carbon-llama.out | tr -d ' \n'; echo
-    echo "@@$side-log"; tail -n 400 /tmp/carbon-llama.log
+    echo "@@$side"; od -An -v -tx1 "$out/text" 2>/dev/null | tr -d ' \n'; echo
+    echo "@@$side-log"; cat "$out/podman.log" "$out/log" 2>/dev/null | tail -n 400
 done
 echo "@@image-ggml"
 podman run --rm "$how" "$image" dpkg-query -W -f '${Version}' libggml0-backend-rpc 2>/dev/null |
     od -An -v -tx1 | tr -d ' \n'
 echo
-rm -f /tmp/carbon-llama.out /tmp/carbon-llama.log
+rm -rf "$out"
 "#;
 
 /// The guest side with [`COMPLETION`] and the device in it.

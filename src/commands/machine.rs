@@ -159,8 +159,8 @@ pub fn create_cmd(a: CreateArgs, home: &Home, out: Printer) -> anyhow::Result<()
     let m = machine::create::create(&store(home), &plan, &image)?;
     if plan.driver().capabilities().always_gpu && !a.gpu {
         out.warn(&format!(
-            "the {} driver always gives the guest a Venus GPU and cannot turn it off; without \
-             --gpu, the machine's memory is not checked against the GPU's memory window",
+            "{} always gives the guest a Venus GPU and cannot turn it off; without --gpu, the \
+             machine's memory is not checked against the GPU's memory window",
             kind.name()
         ));
     }

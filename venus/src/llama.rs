@@ -17,25 +17,34 @@ pub const IMAGE: &str = "localhost/carbon-llama:latest";
 /// root directory of one in the guest (a shared folder: run as `--rootfs DIR:O`, so nothing is
 /// written there). Only Mesa's Venus ICD is offered to the loader, and ggml is told to take
 /// device 0 even where Venus reports a CPU-type host device (lavapipe), which ggml skips by
-/// default. The container writes its output into a folder of the guest's (podman's relay of a
-/// container's stdout can lose its end when the container exits). Outputs are hex, so generated
-/// text cannot fake a section marker.
+/// default. The container runs detached and its output is read from its log (nothing is asked
+/// of the image but llama-completion). Outputs are hex, so generated text cannot fake a section
+/// marker.
 const GUEST_SCRIPT: &str = r#"
 case $1 in
 /*) how=--rootfs image="$1:O" ;;
 *) how=--pull=never image=$1 ;;
 esac
 out=$(mktemp -d)
-run() {
-    podman run --rm -v "$out:/carbon-out" \
+start() {
+    podman run -d --log-driver k8s-file \
         -e VK_DRIVER_FILES=/usr/share/vulkan/icd.d/virtio_icd.json -e GGML_VK_VISIBLE_DEVICES=0 \
-        "$how" "$image" sh -c 'exec "$@" >/carbon-out/text 2>/carbon-out/log' sh \
-        llama-completion @COMPLETION@ "$@"
+        "$how" "$image" llama-completion @COMPLETION@ "$@"
+}
+# Detached, then read from its log: podman's relay of an attached container's stdout can lose its
+# end when the container exits.
+run() {
+    id=$(start "$@" 2>"$out/podman.log") || return
+    status=$(podman wait "$id")
+    podman logs "$id" >"$out/text" 2>"$out/log"
+    podman rm -f "$id" >/dev/null 2>&1
+    case $status in '' | *[!0-9]*) return 1 ;; esac
+    return "$status"
 }
 for side in vulkan cpu; do
     if [ $side = vulkan ]; then dev="--device Vulkan0 -ngl 999"; else dev="--device none -ngl 0"; fi
-    rm -f "$out/text" "$out/log"
-    run $dev 2>"$out/podman.log"
+    rm -f "$out/text" "$out/log" "$out/podman.log"
+    run $dev
     status=$?
     echo "@@$side-status"; echo $status
     echo "@@$side"; od -An -v -tx1 "$out/text" 2>/dev/null | tr -d ' \n'; echo

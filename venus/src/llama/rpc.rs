@@ -13,25 +13,36 @@ pub const DEVICE: &str = "carbon-vm.dev/ggml=all";
 /// The guest side: `sh -s -- IMAGE` as for the Venus workload. The RPC side names only ggml's
 /// RPC device (the device's LLAMA_ARG_RPC adds it; a GPU machine's containers also see Venus,
 /// which must not take layers); the CPU side runs without the device. The image's ggml RPC
-/// package version is asked for, to name it if the protocols differ. The container writes its
-/// output into a folder of the guest's, as in the Venus workload.
+/// package version is asked for, to name it if the protocols differ. The container runs
+/// detached and its output is read from its log, as in the Venus workload.
 const GUEST_SCRIPT: &str = r#"
 case $1 in
 /*) how=--rootfs image="$1:O" ;;
 *) how=--pull=never image=$1 ;;
 esac
 out=$(mktemp -d)
-to_files='exec "$@" >/carbon-out/text 2>/carbon-out/log'
+# $1: the side's podman options (the device, or none); the rest: llama-completion's device.
+start() {
+    opts=$1
+    shift
+    podman run -d --log-driver k8s-file $opts "$how" "$image" llama-completion @COMPLETION@ "$@"
+}
+# Detached, then read from its log: podman's relay of an attached container's stdout can lose its
+# end when the container exits.
+run() {
+    id=$(start "$@" 2>"$out/podman.log") || return
+    status=$(podman wait "$id")
+    podman logs "$id" >"$out/text" 2>"$out/log"
+    podman rm -f "$id" >/dev/null 2>&1
+    case $status in '' | *[!0-9]*) return 1 ;; esac
+    return "$status"
+}
 for side in rpc cpu; do
-    rm -f "$out/text" "$out/log"
+    rm -f "$out/text" "$out/log" "$out/podman.log"
     if [ $side = rpc ]; then
-        podman run --rm -v "$out:/carbon-out" --device @DEVICE@ "$how" "$image" \
-            sh -c "$to_files" sh llama-completion @COMPLETION@ --device RPC0 -ngl 999 \
-            2>"$out/podman.log"
+        run "--device @DEVICE@" --device RPC0 -ngl 999
     else
-        podman run --rm -v "$out:/carbon-out" "$how" "$image" \
-            sh -c "$to_files" sh llama-completion @COMPLETION@ --device none -ngl 0 \
-            2>"$out/podman.log"
+        run "" --device none -ngl 0
     fi
     status=$?
     echo "@@$side-status"; echo $status

@@ -31,16 +31,7 @@ start() {
         -e VK_DRIVER_FILES=/usr/share/vulkan/icd.d/virtio_icd.json -e GGML_VK_VISIBLE_DEVICES=0 \
         "$how" "$image" llama-completion @COMPLETION@ "$@"
 }
-# Detached, then read from its log: podman's relay of an attached container's stdout can lose its
-# end when the container exits.
-run() {
-    id=$(start "$@" 2>"$out/podman.log") || return
-    status=$(podman wait "$id")
-    podman logs "$id" >"$out/text" 2>"$out/log"
-    podman rm -f "$id" >/dev/null 2>&1
-    case $status in '' | *[!0-9]*) return 1 ;; esac
-    return "$status"
-}
+@RUN@
 for side in vulkan cpu; do
     if [ $side = vulkan ]; then dev="--device Vulkan0 -ngl 999"; else dev="--device none -ngl 0"; fi
     rm -f "$out/text" "$out/log" "$out/podman.log"
@@ -76,10 +67,29 @@ pub const COMPLETION: [&str; 16] = [
     "4",
 ];
 
+/// `run ARGS...`: the script's `start ARGS...` (`podman run -d` of one side) to its end, its
+/// output in `$out/text` and `$out/log`, podman's own messages in `$out/podman.log`; returns the
+/// container's status. Both workloads' scripts have it (`@RUN@`).
+const RUN: &str = r#"# Detached, then read from its log: podman's relay of an attached container's stdout can lose its
+# end when the container exits.
+run() {
+    id=$(start "$@" 2>"$out/podman.log") || return
+    status=$(podman wait "$id")
+    podman logs "$id" >"$out/text" 2>"$out/log"
+    podman rm -f "$id" >/dev/null 2>&1
+    case $status in '' | *[!0-9]*) return 1 ;; esac
+    return "$status"
+}"#;
+
+/// `script` with [`COMPLETION`] and [`RUN`] in it.
+fn with_completion(script: &str) -> String {
+    let args = shlex::try_join(COMPLETION).expect("COMPLETION holds no NUL");
+    script.replace("@RUN@", RUN).replace("@COMPLETION@", &args)
+}
+
 /// The guest side with [`COMPLETION`] in it.
 pub fn guest_script() -> String {
-    let args = shlex::try_join(COMPLETION).expect("COMPLETION holds no NUL");
-    GUEST_SCRIPT.replace("@COMPLETION@", &args)
+    with_completion(GUEST_SCRIPT)
 }
 
 /// What the workload showed; `failure` is `None` when it passed.

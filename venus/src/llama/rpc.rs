@@ -3,7 +3,7 @@
 //! own ggml backend; and the same decoding on the container's CPU backend. The check passes when
 //! every layer ran on the RPC device and both chose the same tokens.
 
-use super::{COMPLETION, from_hex, offloaded};
+use super::{from_hex, offloaded};
 use crate::check::sections;
 use serde::Serialize;
 
@@ -27,16 +27,7 @@ start() {
     shift
     podman run -d --log-driver k8s-file $opts "$how" "$image" llama-completion @COMPLETION@ "$@"
 }
-# Detached, then read from its log: podman's relay of an attached container's stdout can lose its
-# end when the container exits.
-run() {
-    id=$(start "$@" 2>"$out/podman.log") || return
-    status=$(podman wait "$id")
-    podman logs "$id" >"$out/text" 2>"$out/log"
-    podman rm -f "$id" >/dev/null 2>&1
-    case $status in '' | *[!0-9]*) return 1 ;; esac
-    return "$status"
-}
+@RUN@
 for side in rpc cpu; do
     rm -f "$out/text" "$out/log" "$out/podman.log"
     if [ $side = rpc ]; then
@@ -58,10 +49,7 @@ rm -rf "$out"
 
 /// The guest side with [`COMPLETION`] and the device in it.
 pub fn guest_script() -> String {
-    let args = shlex::try_join(COMPLETION).expect("COMPLETION holds no NUL");
-    GUEST_SCRIPT
-        .replace("@COMPLETION@", &args)
-        .replace("@DEVICE@", DEVICE)
+    super::with_completion(GUEST_SCRIPT).replace("@DEVICE@", DEVICE)
 }
 
 /// What the workload showed; `failure` is `None` when it passed.

@@ -209,6 +209,42 @@ fn ggml_device() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), text);
     assert!(err.contains("offloaded 3/3 layers"), "{err}");
 
+    // The SSH tunnel that serves the device's socket in the guest, killed: the machine is
+    // broken, and `start` opens it again (same VM) with the device serving.
+    let tunnel: i64 = std::fs::read_to_string(machine_dir.join("ggml-forward.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let vmm = std::fs::read_to_string(machine_dir.join("vmm.pid")).unwrap();
+    kill(tunnel);
+    assert!(ends(tunnel, Duration::from_secs(30)));
+    let v = inspect(&g, "gg");
+    assert_eq!(v["state"], "broken", "{v:#}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ggml device's socket"),
+        "{v:#}"
+    );
+    ok(
+        &g.carbon_vm(&["start", "gg"]),
+        "start after the tunnel died",
+    );
+    assert_eq!(
+        std::fs::read_to_string(machine_dir.join("vmm.pid")).unwrap(),
+        vmm
+    );
+    let o = completion(
+        &g,
+        "gg",
+        &["--device", "carbon-vm.dev/ggml=all"],
+        "127.0.0.1:50052",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), text);
+
     // A server of another RPC protocol (a stand-in that answers ggml's HELLO with 99.0.0): the
     // supervisor is ended, `start` repairs the machine with it, and the check names both sides.
     let stub = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ggml-rpc-stub.py");

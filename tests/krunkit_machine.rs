@@ -126,16 +126,13 @@ impl Krunkit {
                 c
             }
         };
+        self.env.configure(&mut c);
         c.args(args)
-            .env("CARBON_VM_HOME", self.env.home.path())
             .env("XDG_CONFIG_HOME", &self.xdg)
             .env("XDG_DATA_HOME", self.data_home())
-            .env("CONTAINERS_CONF", common::podman_conf(&self.xdg))
             .env("CARBON_VM_KRUNKIT", standin())
             .env("CARBON_VM_CATALOG", &self.catalog)
             .env("CARBON_VM_PODMAN_TIMEOUT", "1")
-            .env_remove("CARBON_VM_LOG")
-            .env_remove("CARBON_VM_GVPROXY")
             .envs(vars.iter().copied())
             .output()
             .unwrap()

@@ -7,15 +7,16 @@ use crate::manifest::{MANIFEST_NAME, Manifest};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// The record carbon-vm keeps beside each cached image.
 pub const RECORD_NAME: &str = "image.json";
+/// The lock a pull's scratch directory holds while the pull runs (crate scratch).
+const SCRATCH_LOCK: &str = ".pull.lock";
 /// Every name the cache itself writes in an image's directory: no member may take one.
-const OWN_NAMES: [&str; 2] = [MANIFEST_NAME, RECORD_NAME];
+const OWN_NAMES: [&str; 3] = [MANIFEST_NAME, RECORD_NAME, SCRATCH_LOCK];
 const LOCK_SUFFIX: &str = ".lock";
-const TEMP_PREFIX: &str = ".tmp-";
 /// Shortest ID prefix accepted where an image ID is expected.
 pub const MIN_ID_PREFIX: usize = 4;
 
@@ -191,53 +192,25 @@ impl Cache {
     pub fn remove(&self, id: &str) -> Result<Sha256Digest, CacheError> {
         let image = self.get(id)?;
         let _lock = self.lock(&image.record.id)?;
-        let doomed = self
-            .root
-            .join(format!("{TEMP_PREFIX}rm-{}", image.record.id));
-        let io = |e| CacheError::Io(image.dir.clone(), e);
-        fs::rename(&image.dir, &doomed).map_err(io)?;
-        fs::remove_dir_all(&doomed).map_err(io)?;
+        scratch::remove_aside(&self.root, &image.record.id.to_string(), &image.dir)
+            .map_err(|e| CacheError::Io(image.dir.clone(), e))?;
         // The lock file stays: deleting it could let a waiter and a newcomer lock two inodes.
         Ok(image.record.id)
     }
 
-    /// A private scratch directory for one pull; removed on drop unless committed.
-    pub(crate) fn scratch(&self) -> Result<tempfile::TempDir, CacheError> {
-        self.sweep_stale_scratch();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
-            .tempdir_in(&self.root)
-            .map_err(|e| CacheError::Io(self.root.clone(), e))?;
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
-            .map_err(|e| CacheError::Io(dir.path().into(), e))?;
-        Ok(dir)
-    }
-
-    /// Scratch directories whose process died (kill -9, power loss) are removed by the next pull.
-    fn sweep_stale_scratch(&self) {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
-                continue;
-            };
-            let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            let alive = owner
-                .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
-                .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
-            if !alive {
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
+    /// A private scratch directory for one pull; removed on drop unless committed. What killed
+    /// pulls left is swept first.
+    pub(crate) fn scratch(&self) -> Result<scratch::Scratch, CacheError> {
+        scratch::sweep(&self.root, SCRATCH_LOCK);
+        scratch::Scratch::new_in(&self.root, "pull", SCRATCH_LOCK)
+            .map_err(|e| CacheError::Io(self.root.clone(), e))
     }
 
     /// Moves a verified scratch directory into place as image `id`: record written and every
     /// file synced first, so the entry is complete once it is visible. The caller holds the lock.
     pub(crate) fn commit(
         &self,
-        scratch: tempfile::TempDir,
+        scratch: scratch::Scratch,
         record: &Record,
     ) -> Result<CachedImage, CacheError> {
         let dest = self.root.join(record.id.to_string());
@@ -249,11 +222,13 @@ impl Cache {
         let json = serde_json::to_vec_pretty(record).expect("record serializes");
         fs::write(&rec, json).map_err(|e| io(&rec, e))?;
         sync_tree(scratch.path()).map_err(|e| io(scratch.path(), e))?;
-        let tmp = scratch.keep();
+        let (tmp, _pulling) = scratch.keep();
         if let Err(e) = fs::rename(&tmp, &dest) {
             let _ = fs::remove_dir_all(&tmp);
             return Err(io(&dest, e));
         }
+        // Out of the scratch names now: its lock has done its job.
+        fs::remove_file(dest.join(SCRATCH_LOCK)).map_err(|e| io(&dest, e))?;
         File::open(&self.root)
             .and_then(|d| d.sync_all())
             .map_err(|e| io(&self.root, e))?;

@@ -254,7 +254,11 @@ async fn resolve_oci_layer(
     reference: &oci_client::Reference,
     arch: &str,
 ) -> Result<OciDescriptor, FetchError> {
-    let types = [&OCI_MANIFEST_TYPES[..], &[crate::index::INDEX_TYPE]].concat();
+    let types = [
+        &OCI_MANIFEST_TYPES[..],
+        &[oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE],
+    ]
+    .concat();
     let mut raw = manifest_bytes(client, reference, &types).await?;
     if let Some(entry) = index_entry(&raw, arch)? {
         // By the digest the index names: the index's own digest then pins this manifest too.
@@ -270,13 +274,16 @@ async fn resolve_oci_layer(
 
 /// Where a registry's manifest answer `raw` is an image index: its entry for linux/`arch`.
 /// `None`: it is not an index (an image manifest, or not JSON at all).
-pub fn index_entry(raw: &[u8], arch: &str) -> Result<Option<crate::index::Entry>, FetchError> {
+pub fn index_entry(
+    raw: &[u8],
+    arch: &str,
+) -> Result<Option<oci_client::manifest::ImageIndexEntry>, FetchError> {
     if !crate::index::is_index(raw) {
         return Ok(None);
     }
-    let index: crate::index::Index =
+    let index: oci_client::manifest::OciImageIndex =
         serde_json::from_slice(raw).map_err(|e| FetchError::IndexJson(Untrusted::of(e)))?;
-    let entry = index.select(arch).map_err(|there| FetchError::NoPlatform {
+    let entry = crate::index::select(&index, arch).map_err(|there| FetchError::NoPlatform {
         arch: arch.to_owned(),
         there,
     })?;

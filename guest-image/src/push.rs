@@ -5,12 +5,15 @@
 
 use crate::digest::Sha256Digest;
 use crate::fetch::{FetchError, oci_client_for, registry_auth, runtime};
-use crate::index::{INDEX_TYPE, oci_arch};
+use crate::index::oci_arch;
 use crate::manifest::{MANIFEST_NAME, MAX_METADATA_BYTES, Manifest};
 use crate::untrusted::Untrusted;
 use futures_util::StreamExt;
 use oci_client::RegistryOperation;
-use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
+use oci_client::manifest::{
+    ImageIndexEntry, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
+    OciImageIndex, OciImageManifest,
+};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
@@ -73,14 +76,13 @@ pub fn push_all(
     let mut entries = Vec::new();
     for (file, (arch, platform)) in files.iter().zip(archs) {
         let (sha256, manifest, size) = push_manifest(file, reference, false)?;
-        entries.push(crate::index::Entry {
+        entries.push(ImageIndexEntry {
             media_type: OCI_IMAGE_MEDIA_TYPE.into(),
             digest: manifest.oci(),
             size,
-            platform: Some(crate::index::Platform {
-                architecture: platform.into(),
-                os: "linux".into(),
-            }),
+            platform: Some(crate::index::linux(platform)),
+            annotations: None,
+            artifact_type: None,
         });
         pushed.push(Pushed {
             arch,
@@ -88,11 +90,12 @@ pub fn push_all(
             manifest,
         });
     }
-    let index = crate::index::Index {
+    let index = OciImageIndex {
         schema_version: 2,
-        media_type: Some(INDEX_TYPE.into()),
+        media_type: Some(OCI_IMAGE_INDEX_MEDIA_TYPE.into()),
         artifact_type: Some(ARTIFACT_TYPE.into()),
         manifests: entries,
+        annotations: None,
     };
     let body = serde_json::to_vec(&index).expect("index serializes");
     let digest = Sha256Digest::of(&body);
@@ -103,7 +106,11 @@ pub fn push_all(
             .await
             .map_err(|e| PushError::Upload(Untrusted::of(e)))?;
         client
-            .push_manifest_raw(reference, body, INDEX_TYPE.parse().expect("media type"))
+            .push_manifest_raw(
+                reference,
+                body,
+                OCI_IMAGE_INDEX_MEDIA_TYPE.parse().expect("media type"),
+            )
             .await
             .map_err(|e| PushError::Upload(Untrusted::of(e)))
     })?;

@@ -4,8 +4,8 @@
 
 use crate::podman_machine::{self, ExposeError};
 use crate::store::{
-    DISK, KEY, LOCK, MachineDir, PodmanMachine, SCRATCH_PREFIX, SPEC, Spec, Store, StoreError,
-    sync_dir, write_atomic,
+    DISK, KEY, LOCK, MachineDir, PodmanMachine, SPEC, Spec, Store, StoreError, sync_dir,
+    write_atomic,
 };
 use guest_image::CachedImage;
 use std::fs::File;
@@ -225,15 +225,9 @@ pub fn create(store: &Store, plan: &Plan, img: &CachedImage) -> Result<MachineDi
         .map(|t| reserve_podman_machine(o.name, t))
         .transpose()?;
     let io = |e| StoreError::Io(machines.to_owned(), e);
-    let scratch = tempfile::Builder::new()
-        .prefix(&format!("{SCRATCH_PREFIX}{}-", o.name))
-        .tempdir_in(machines)
-        .map_err(io)?;
-    // Held until the machine is complete: the sweep (store::sweep_scratch) leaves a locked scratch
-    // alone, and a start of the new machine waits for it.
-    let lock = std::fs::File::create(scratch.path().join(LOCK)).map_err(io)?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io(e.into()))?;
+    // Its lock is the machine's: held until the machine is complete, so the sweep leaves the
+    // scratch alone and a start of the new machine waits for it.
+    let scratch = scratch::Scratch::new_in(machines, o.name, LOCK).map_err(io)?;
     let disk = scratch.path().join(DISK);
     clone_disk(&image_disk, &disk, u64::from(o.disk_gib) << 30).map_err(CreateError::Disk)?;
     keygen(&scratch.path().join(KEY), o.name)?;
@@ -250,7 +244,7 @@ pub fn create(store: &Store, plan: &Plan, img: &CachedImage) -> Result<MachineDi
         &serde_json::to_vec_pretty(&spec).expect("serializes"),
     )?;
     // The rename refuses an existing name: of two concurrent creates, exactly one wins.
-    let tmp = scratch.keep();
+    let (tmp, _lock) = scratch.keep();
     let cwd = rustix::fs::CWD;
     if let Err(e) =
         rustix::fs::renameat_with(cwd, &tmp, cwd, &m.dir, rustix::fs::RenameFlags::NOREPLACE)
@@ -345,15 +339,4 @@ fn keygen(path: &Path, name: &str) -> Result<(), CreateError> {
         ));
     }
     Ok(())
-}
-
-/// The machines created from image `id`.
-pub fn users_of(store: &Store, id: &guest_image::Sha256Digest) -> Result<Vec<String>, StoreError> {
-    let mut out = Vec::new();
-    for name in store.names()? {
-        if store.open(&name)?.spec()?.image == *id {
-            out.push(name);
-        }
-    }
-    Ok(out)
 }

@@ -13,6 +13,7 @@ pub mod docker;
 pub mod ggml;
 pub mod gpu;
 pub mod host;
+pub mod images;
 pub mod lifecycle;
 pub mod podman;
 pub mod podman_machine;

@@ -1,7 +1,8 @@
 //! start / stop / remove / state of a machine: ONE sequence for every driver (drivers.rs picks
-//! the `vmm::Driver`). start: gvproxy (gvproxy.rs), the VMM, the guest's Ready line (its host key
-//! pinned), the Podman socket tunnel (tunnel.rs), the Podman API; on any error everything it
-//! started is stopped again ([`Teardown`]).
+//! the `vmm::Driver`). start: gvproxy (gvproxy.rs), which serves the guest's Podman API on the
+//! host from the start, the VMM, the guest's Ready line (its host key pinned), the ggml device's
+//! server and tunnel (ggml_server.rs, tunnel.rs) where the machine has it, the Podman API's
+//! answer; on any error everything it started is stopped again ([`Teardown`]).
 
 mod control_ports;
 mod drivers;
@@ -14,8 +15,6 @@ pub use ggml_server::{GgmlStatus, status as ggml_status};
 
 use crate::store::*;
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vmm::ready::{ReadyChannel, ReadyError};
@@ -40,8 +39,11 @@ pub enum State {
 
 /// Why a machine whose VMM runs is broken when its gvproxy does not.
 const NO_NETWORK: &str = "gvproxy is not running: no network";
-/// Why it is broken when its network runs but the Podman socket tunnel does not.
-const NO_TUNNEL: &str = "the Podman socket is not forwarded (a start did not finish, or the tunnel dropped; `carbon-vm start` repairs it)";
+/// Why it is broken when its network runs but no start saw the guest Ready.
+const NOT_READY: &str =
+    "a start did not finish: the guest has not said Ready (`carbon-vm start` boots it again)";
+/// Why a machine with the ggml device is broken when the SSH tunnel to its guest does not run.
+const NO_TUNNEL: &str = "the ggml device's socket is not forwarded to the guest (the tunnel dropped; `carbon-vm start` repairs it)";
 /// Why it is broken when the ggml device's supervisor does not run.
 const NO_GGML: &str = "the ggml device's server supervisor is not running (`carbon-vm start` repairs it; ggml.log in the machine's dir says why it ended)";
 
@@ -67,7 +69,7 @@ pub enum LifecycleError {
     NoHostKey,
     #[error("the start was interrupted by `carbon-vm stop --force`")]
     Interrupted,
-    #[error("the Podman API did not answer on {0}; the tunnel's log:\n{1}")]
+    #[error("the Podman API did not answer on {0}; gvproxy's log:\n{1}")]
     NoPodman(String, String),
     #[error("gvproxy cannot listen on 127.0.0.1:{0} (the port is taken): {1}")]
     PortTaken(u16, String),
@@ -132,7 +134,7 @@ impl exit_class::Classify for LifecycleError {
             | LifecycleError::Shrink { .. }
             | LifecycleError::PodmanOwnsResources(_) => Code::Usage.bare(),
             LifecycleError::NoPodman(..) => Code::Failure.hint(
-                "the guest booted but its Podman API did not answer, so the machine was stopped; the podman-forward.log and console.log in its dir say more",
+                "the guest booted but its Podman API did not answer, so the machine was stopped; its console.log (and gvproxy.log) in its dir say more",
             ),
             LifecycleError::PortTaken(..) => Code::Failure
                 .hint("the port is fixed in the Podman machine file; free it and start again"),
@@ -195,7 +197,8 @@ fn state_of(m: &MachineDir, spec: &Spec, d: &dyn Driver, vm: &Vm) -> State {
         Ok(true) if gvproxy::live_pid(m, &d.network(vm)).is_none() => {
             State::Broken(NO_NETWORK.into())
         }
-        Ok(true) if tunnel::pid(m).is_none() => State::Broken(NO_TUNNEL.into()),
+        Ok(true) if !m.path(KNOWN_HOSTS).is_file() => State::Broken(NOT_READY.into()),
+        Ok(true) if spec.ggml && tunnel::pid(m).is_none() => State::Broken(NO_TUNNEL.into()),
         Ok(true) if spec.ggml && ggml_server::pid(m).is_none() => State::Broken(NO_GGML.into()),
         Ok(true) => State::Running,
     }
@@ -220,7 +223,8 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     let d = driver(&spec, o)?;
     let vm = vm(m, &spec, o)?;
     // Up already: a start that got the guest's Ready pinned the host key (one interrupted before
-    // did not, and that VM is restarted rather than trusted blindly); only the tunnel may be due.
+    // did not, and that VM is restarted rather than trusted blindly); only the ggml device's
+    // server and tunnel may be due.
     if d.running(&vm)?
         && gvproxy::live_pid(m, &d.network(&vm)).is_some()
         && m.path(KNOWN_HOSTS).is_file()
@@ -229,10 +233,11 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         if spec.ggml && ggml_server::pid(m).is_none() {
             ggml_server::start(m, o, vmm_pid(&vm)?)?;
         }
-        if tunnel::pid(m).is_none() {
-            tunnel::start(m, run.ssh_port)?;
+        let timeout = o.podman_timeout.unwrap_or(o.start_timeout);
+        if spec.ggml && tunnel::pid(m).is_none() {
+            tunnel::open(m, run.ssh_port, timeout)?;
         }
-        wait_podman(m, run.ssh_port, o.podman_timeout.unwrap_or(o.start_timeout))?;
+        wait_podman(m, timeout)?;
         return Ok(run);
     }
     teardown(m, d.as_ref(), &vm)?;
@@ -271,6 +276,8 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         ..vm.clone()
     };
     let ready = ReadyChannel::bind(&vm.ready_socket)?;
+    // Pinned again from this boot's Ready: until then the machine is not up (`state_of`).
+    let _ = fs::remove_file(m.path(KNOWN_HOSTS));
     let _ = fs::remove_file(&vm.console_log);
     // One run per log (bounded: this run's and the last one's), so that what `start` and
     // `gpu check` point at, and the blob audit, are about this boot.
@@ -290,16 +297,17 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         &m.path(KNOWN_HOSTS),
         format!("{} {host_key}\n", crate::ssh::host_alias(&spec.name)).as_bytes(),
     )?;
-    // Before the tunnel, which serves its socket in the guest.
-    if spec.ggml {
-        ggml_server::start(m, o, vmm_pid(&vm)?)?;
-    }
-    tunnel::start(m, run.ssh_port)?;
-    // Podman's service is socket-activated: its first answer can take long on a loaded TCG host.
+    // Ready promises the Podman API answering in the guest, and gvproxy has served it on the
+    // host since before the boot; a loaded TCG host may still be slow to pass the first answer.
     let podman_timeout = o
         .podman_timeout
         .unwrap_or_else(|| o.start_timeout.saturating_sub(started.elapsed()));
-    wait_podman(m, run.ssh_port, podman_timeout)?;
+    // The server before the tunnel, which serves its socket in the guest.
+    if spec.ggml {
+        ggml_server::start(m, o, vmm_pid(&vm)?)?;
+        tunnel::open(m, run.ssh_port, podman_timeout)?;
+    }
+    wait_podman(m, podman_timeout)?;
     tracing::info!(machine = %spec.name, "podman api answers");
     control_ports::share(m, o, run.ssh_port);
     guard.disarm();
@@ -442,14 +450,7 @@ pub fn remove(
     if let Some(pm) = &spec.podman_machine {
         crate::podman_machine::remove(&pm.file, &m.path(DISK))?;
     }
-    let machines = store.machines_dir()?;
-    let doomed = tempfile::Builder::new()
-        .prefix(&format!("{REMOVED_PREFIX}{}-", m.name))
-        .tempdir_in(machines)?
-        .keep();
-    fs::rename(&m.dir, &doomed)?;
-    sync_dir(machines)?;
-    fs::remove_dir_all(&doomed)?;
+    scratch::remove_aside(store.machines_dir()?, &m.name, &m.dir)?;
     Ok(())
 }
 
@@ -547,76 +548,34 @@ fn credentials(
     Ok(c)
 }
 
-/// The Podman API answers `GET /_ping` with `OK` through the tunnel's socket.
-/// How often a tunnel whose connection broke before SSH began is opened again during a start.
-const TUNNEL_RETRIES: u32 = 5;
-
-/// Whether the tunnel's log says its TCP connection broke before SSH began (gvproxy resets the
-/// host side when its dial of a starved TCG guest fails), not that SSH itself refused us.
-fn connection_broke(log: &str) -> bool {
-    // ssh names every failure of its own (auth, host key, config); one that exits without a
-    // word was ended from outside, or lost its connection before it could say so.
-    log.trim().is_empty()
-        || [
-            "kex_exchange_identification",
-            "Connection reset by peer",
-            "Connection closed by",
-            "Connection refused",
-        ]
-        .iter()
-        .any(|s| log.contains(s))
-}
-
-fn wait_podman(m: &MachineDir, ssh_port: u16, timeout: Duration) -> Result<(), LifecycleError> {
+/// Waits until the Podman API answers `GET /_ping` with `OK` on the machine's socket.
+fn wait_podman(m: &MachineDir, timeout: Duration) -> Result<(), LifecycleError> {
     let sock = m.socket(PODMAN_SOCKET);
+    let ping = vmm::http::request("GET", "/_ping", None);
     let deadline = Instant::now() + timeout;
-    let mut retries = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let answer = UnixStream::connect(&sock).and_then(|mut s| {
-            s.set_read_timeout(Some(
-                left.clamp(Duration::from_secs(1), Duration::from_secs(10)),
-            ))?;
-            s.write_all(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")?;
-            let mut r = String::new();
-            s.read_to_string(&mut r)?;
-            Ok(r)
-        });
-        if answer
-            .as_deref()
-            .is_ok_and(|r| r.starts_with("HTTP/1.") && r.ends_with("OK"))
+        let answer = vmm::http::unix(
+            &sock,
+            &ping,
+            left.clamp(Duration::from_secs(1), Duration::from_secs(10)),
+        );
+        if let Ok(Some(r)) = &answer
+            && r.status == 200
+            && r.body == b"OK"
         {
             return Ok(());
         }
         if m.path(STOP_REQUEST).exists() {
             return Err(LifecycleError::Interrupted);
         }
-        if tunnel::pid(m).is_none() {
-            let log = tail(&m.path(FORWARD_LOG), 2000);
-            if retries < TUNNEL_RETRIES && connection_broke(&log) && Instant::now() < deadline {
-                retries += 1;
-                tracing::info!(retries, log = %log.trim(), "tunnel connection broke: again");
-                std::thread::sleep(Duration::from_secs(1));
-                tunnel::start(m, ssh_port)?;
-                continue;
-            }
-            let log = if log.trim().is_empty() {
-                "it wrote nothing (ended by a signal?)".into()
-            } else {
-                log
-            };
-            return Err(LifecycleError::Exited(
-                "ssh (the Podman socket tunnel)",
-                log,
-            ));
-        }
         if Instant::now() > deadline {
             return Err(LifecycleError::NoPodman(
                 sock.display().to_string(),
-                tail(&m.path(FORWARD_LOG), 2000),
+                tail(&m.path(GVPROXY_LOG), 2000),
             ));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -672,21 +631,5 @@ mod tests {
         assert_eq!(super::tail(&p, 100), "aé€z");
         std::fs::write(&p, "one\n\x1b[31mred\n").unwrap();
         assert_eq!(super::tail(&p, 100), "one\n\\u{1b}[31mred");
-    }
-
-    #[test]
-    fn only_a_broken_connection_opens_the_tunnel_again() {
-        for log in [
-            "kex_exchange_identification: read: Connection reset by peer",
-            "ssh: connect to host 127.0.0.1 port 41234: Connection refused",
-        ] {
-            assert!(super::connection_broke(log), "{log}");
-        }
-        for log in [
-            "root@127.0.0.1: Permission denied (publickey).",
-            "Host key verification failed.",
-        ] {
-            assert!(!super::connection_broke(log), "{log}");
-        }
     }
 }

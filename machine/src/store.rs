@@ -25,9 +25,10 @@ pub const VMM_PID: &str = "vmm.pid";
 pub const VMM_LOG: &str = "vmm.log";
 pub const VMM_LOG_PREVIOUS: &str = "vmm.log.1";
 pub const GVPROXY_PID: &str = "gvproxy.pid";
-/// The `ssh -L` process that forwards the guest's Podman socket to PODMAN_SOCKET, and its log.
-pub const FORWARD_PID: &str = "podman-forward.pid";
-pub const FORWARD_LOG: &str = "podman-forward.log";
+/// The `ssh -R` process that serves the ggml device's socket (GGML_SOCKET) in the guest, and
+/// its log (machines with the ggml device only).
+pub const FORWARD_PID: &str = "ggml-forward.pid";
+pub const FORWARD_LOG: &str = "ggml-forward.log";
 /// Named in a Podman machine file as the EFI variable store (Podman requires one; krunkit
 /// ignores it). Never created.
 pub const EFI_VARS: &str = "efi-vars";
@@ -42,7 +43,10 @@ pub const STOP_REQUEST: &str = "stop-request";
 pub const CONTROL_SOCKET: &str = "control.sock";
 pub const NET_SOCKET: &str = "net.sock";
 pub const READY_SOCKET: &str = "ready.sock";
+/// The guest's Podman API, served by gvproxy (its API socket GVPROXY_API) from the guest's
+/// port ssh::GUEST_PODMAN_API_PORT.
 pub const PODMAN_SOCKET: &str = "podman.sock";
+pub const GVPROXY_API: &str = "gvproxy-api.sock";
 /// The ggml device (`create --ggml`, crate::ggml): its supervisor's PID and log (the server's
 /// output too), the relay's socket and the supervisor's word on its server, in the runtime
 /// directory.
@@ -209,7 +213,7 @@ impl Store {
     /// The machines directory, created private if missing, swept of leftover scratch.
     pub(crate) fn machines_dir(&self) -> Result<&Path, StoreError> {
         mkdir_private(&self.machines)?;
-        sweep_scratch(&self.machines);
+        scratch::sweep(&self.machines, LOCK);
         Ok(&self.machines)
     }
 
@@ -326,42 +330,6 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::Io(dir.into(), e))
-}
-
-/// Scratch directories in the machines directory: a create's (`.tmp-NAME-*`, locked while it
-/// runs) and a removal's (`.tmp-rm-*`, garbage once renamed).
-pub(crate) const SCRATCH_PREFIX: &str = ".tmp-";
-pub(crate) const REMOVED_PREFIX: &str = ".tmp-rm-";
-
-/// Removes what killed creates and removals left: a create's scratch whose lock nobody holds (and
-/// that is not brand new: its creator may not have locked it yet), and every renamed-away machine.
-pub(crate) fn sweep_scratch(machines: &Path) {
-    const NEW: Duration = Duration::from_secs(60);
-    let Ok(rd) = fs::read_dir(machines) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if !name.starts_with(SCRATCH_PREFIX) {
-            continue;
-        }
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > NEW));
-        let unlocked = || match fs::File::open(e.path().join(LOCK)) {
-            Ok(f) => {
-                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
-            }
-            Err(_) => true, // killed before it made its lock
-        };
-        let abandoned = name.starts_with(REMOVED_PREFIX) || (old && unlocked());
-        if abandoned {
-            tracing::debug!(dir = %e.path().display(), "removing a leftover scratch directory");
-            let _ = fs::remove_dir_all(e.path());
-        }
-    }
 }
 
 #[cfg(test)]

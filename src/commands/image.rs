@@ -11,7 +11,6 @@ use guest_image::pack::{PackOptions, pack};
 use guest_image::recipe::{self, RecipeOptions};
 use guest_image::sign::SigningKey;
 use guest_image::{Cache, CachedImage, PullOptions, Sha256Digest, Source, Trust};
-use machine::exit_class::{Class, Classify, Code};
 use machine::guest_image;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -275,34 +274,16 @@ fn ls(home: &Home, out: Printer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Machines boot their image's kernel and initrd from the cache, so an image in use stays unless
-/// `--force` (docs/internals.md).
 fn rm(a: ImageRmArgs, home: &Home, out: Printer) -> anyhow::Result<()> {
     let cache = Cache::open(&home.images)?;
-    let image = cache.get(&a.id)?;
-    let users =
-        machine::create::users_of(&crate::commands::machine::store(home), &image.record.id)?;
-    if !users.is_empty() && !a.force {
-        return Err(ImageInUse(image.record.id, users.join(", ")).into());
-    }
-    let id = cache.remove(&image.record.id.to_string())?;
+    let store = crate::commands::machine::store(home);
+    let id = machine::images::remove(&store, &cache, &a.id, a.force)?;
     #[derive(Serialize)]
     struct Removed {
         id: Sha256Digest,
     }
     out.record(&Removed { id }, || format!("removed {id}"));
     Ok(())
-}
-
-/// `image rm` of an image that machines were created from.
-#[derive(Debug, thiserror::Error)]
-#[error("image {0} is in use by machine(s) {1}: they boot its kernel")]
-pub struct ImageInUse(pub Sha256Digest, pub String);
-
-impl Classify for ImageInUse {
-    fn class(&self) -> Option<Class> {
-        Some(Code::Failure.hint("`carbon-vm rm` those machines first, or `image rm --force`"))
-    }
 }
 
 fn verify(a: IdArg, home: &Home, out: Printer) -> anyhow::Result<()> {

@@ -59,13 +59,9 @@ impl GpuEnv {
     /// A command run inside the GPU host root, with the test's own state and Podman config.
     pub fn inside(&self, program: &Path) -> Command {
         let mut c = Command::new(&self.root);
-        c.arg("run")
-            .arg(program)
-            .env("CARBON_VM_HOME", self.env.home.path())
-            .env("DOCKER_CONFIG", self.env.docker_config())
-            .env("XDG_CONFIG_HOME", &self.xdg)
-            .env("CONTAINERS_CONF", super::podman_conf(&self.xdg))
-            .env_remove("CARBON_VM_LOG")
+        c.arg("run").arg(program);
+        self.env.configure(&mut c);
+        c.env("XDG_CONFIG_HOME", &self.xdg)
             .envs(self.vars.iter().map(|(k, v)| (k, v)));
         c
     }

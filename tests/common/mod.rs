@@ -106,6 +106,15 @@ impl Env {
     /// A plain (not assert_cmd) carbon-vm command, for processes run concurrently or killed.
     pub fn process(&self) -> std::process::Command {
         let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("carbon-vm"));
+        self.configure(&mut c);
+        c
+    }
+
+    /// Points `c` at this test's state: carbon-vm's home, docker's configuration and Podman's
+    /// containers.conf, with none of the developer's own carbon-vm settings. Every test command
+    /// that runs carbon-vm (here, inside the GPU root, or as krunkit's rehearsal runs it) starts
+    /// from this; a test adds only what is its own.
+    pub fn configure(&self, c: &mut std::process::Command) {
         c.env("CARBON_VM_HOME", self.home.path())
             .env("DOCKER_CONFIG", self.docker_config())
             .env(
@@ -116,7 +125,6 @@ impl Env {
             .env_remove("CARBON_VM_KRUNKIT")
             .env_remove("CARBON_VM_GVPROXY")
             .env_remove("CARBON_VM_CATALOG");
-        c
     }
 
     /// The docker CLI's configuration (its contexts) for this test: carbon-vm registers each

@@ -5,6 +5,7 @@
 //! from a [`DriverKind`] to its implementation.
 
 pub mod gvproxy;
+pub mod http;
 pub mod krunkit;
 pub mod kvm;
 pub mod platform;
@@ -188,6 +189,11 @@ impl Limits {
 /// The smallest guest that boots carbon-vm's image and runs Podman.
 pub const MIN_MEMORY_MIB: u32 = 1024;
 
+/// How often a shut-down presses the power button again while the guest runs on: a guest that
+/// has not yet started what handles the button misses a press (carbon-vm's image starts logind,
+/// and udev's announcement of the button, just after Ready), as a person would press again.
+const PRESS_AGAIN: Duration = Duration::from_secs(10);
+
 /// The contract every VMM implements. Drivers keep no state between calls: everything is found
 /// again from the [`Vm`]'s paths (pidfiles checked against the process's command line, control
 /// sockets).
@@ -209,9 +215,10 @@ pub trait Driver {
     fn launch(&self, vm: &Vm) -> Result<(), Error>;
     /// Whether this machine's VMM runs.
     fn running(&self, vm: &Vm) -> Result<bool, Error>;
-    /// Asks the guest to power down (ACPI's power button, krunkit's REST `Stop`) and waits up to
-    /// `within` for the VMM to end: false if it still runs then. A VMM that is not running is
-    /// down. What happens next is `machine`'s one stop policy, not the driver's.
+    /// Asks the guest to power down (ACPI's power button, krunkit's REST `Stop`), again every
+    /// [`PRESS_AGAIN`], and waits up to `within` for the VMM to end: false if it still runs
+    /// then. A VMM that is not running is down. What happens next is `machine`'s one stop
+    /// policy, not the driver's.
     fn shut_down(&self, vm: &Vm, within: Duration) -> Result<bool, Error>;
     /// Kills the VMM; returns once it is gone.
     fn kill(&self, vm: &Vm) -> Result<(), Error>;

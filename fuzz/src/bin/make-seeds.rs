@@ -8,7 +8,7 @@ use carbon_vm_fuzz::{
     CONTAINER_IMAGE, EFI_PARTITION, ROOT_PARTITION, VENUS_LIBRARY, corpus_dir, manifest,
 };
 use guest_image::Sha256Digest;
-use guest_image::index::{INDEX_TYPE, Index};
+use oci_client::manifest::{ImageIndexEntry, OCI_IMAGE_INDEX_MEDIA_TYPE, OciImageIndex};
 use guest_image::manifest::{MANIFEST_NAME, SIGNATURE_NAME};
 use guest_image::sign::SigningKey;
 use std::fs;
@@ -359,20 +359,20 @@ fn oci() {
     guest_image::fetch::single_layer(&body).unwrap();
     write("oci", "manifest.json", &body);
 
-    let entry = |arch: &str, d: &[u8]| guest_image::index::Entry {
+    let entry = |arch: &str, d: &[u8]| ImageIndexEntry {
         media_type: OCI_IMAGE_MEDIA_TYPE.into(),
         digest: Sha256Digest::of(d).oci(),
         size: body.len() as i64,
-        platform: Some(guest_image::index::Platform {
-            architecture: arch.into(),
-            os: "linux".into(),
-        }),
+        platform: Some(guest_image::index::linux(arch)),
+        annotations: None,
+        artifact_type: None,
     };
-    let index = Index {
+    let index = OciImageIndex {
         schema_version: 2,
-        media_type: Some(INDEX_TYPE.into()),
+        media_type: Some(OCI_IMAGE_INDEX_MEDIA_TYPE.into()),
         artifact_type: Some(guest_image::push::ARTIFACT_TYPE.into()),
         manifests: vec![entry("amd64", b"x86_64"), entry("arm64", b"aarch64")],
+        annotations: None,
     };
     let index = serde_json::to_vec(&index).unwrap();
     assert!(

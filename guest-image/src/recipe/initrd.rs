@@ -293,7 +293,10 @@ mod tests {
             "kernel/virtio_blk.ko.zst:\nkernel/virtio_mmio.ko:\nkernel/ext4.ko.zst:\n\
              kernel/virtio_net.ko: kernel/net_failover.ko kernel/failover.ko\n\
              kernel/net_failover.ko: kernel/failover.ko\nkernel/failover.ko:\n\
-             kernel/virtio_console.ko:\n",
+             kernel/virtio_console.ko:\n\
+             kernel/nf_tables.ko:\nkernel/nft_reject_inet.ko: kernel/nf_tables.ko\n\
+             kernel/nft_socket.ko: kernel/nf_tables.ko\n\
+             kernel/nft_ct.ko: kernel/nf_conntrack.ko kernel/nf_tables.ko\nkernel/nf_conntrack.ko:\n",
         )
         .unwrap();
         fs::write(
@@ -301,7 +304,17 @@ mod tests {
             "kernel/virtio_pci.ko\nkernel/vmw_vsock_virtio_transport.ko\n",
         )
         .unwrap();
-        for m in ["virtio_net", "net_failover", "failover", "virtio_console"] {
+        for m in [
+            "virtio_net",
+            "net_failover",
+            "failover",
+            "virtio_console",
+            "nf_tables",
+            "nft_reject_inet",
+            "nft_socket",
+            "nft_ct",
+            "nf_conntrack",
+        ] {
             fs::write(mods.join(format!("kernel/{m}.ko")), format!("\x7fELF {m}")).unwrap();
         }
         fs::write(
@@ -338,7 +351,8 @@ mod tests {
         assert_eq!(seen["lib/modules/ext4.ko"].1, b"\x7fELF ext4");
         assert_eq!(
             seen["lib/modules/order"].1,
-            b"virtio_mmio\nvirtio_blk\next4\nfailover\nnet_failover\nvirtio_net\nvirtio_console\n"
+            b"virtio_mmio\nvirtio_blk\next4\nfailover\nnet_failover\nvirtio_net\nvirtio_console\n\
+              nf_tables\nnft_reject_inet\nnft_socket\nnf_conntrack\nnft_ct\n"
         );
         assert_eq!(seen["dev/console"].0, 0o020600);
     }
@@ -351,7 +365,8 @@ mod tests {
         fs::write(
             mods.join("modules.dep"),
             "kernel/virtio_pci.ko:\nkernel/virtio_mmio.ko:\nkernel/virtio_blk.ko:\nkernel/ext4.ko:\n\
-             kernel/virtio_net.ko:\nkernel/virtio_console.ko:\nkernel/vmw_vsock_virtio_transport.ko:\n",
+             kernel/virtio_net.ko:\nkernel/virtio_console.ko:\nkernel/vmw_vsock_virtio_transport.ko:\n\
+             kernel/nf_tables.ko:\nkernel/nft_reject_inet.ko:\nkernel/nft_socket.ko:\nkernel/nft_ct.ko:\n",
         )
         .unwrap();
         let e = build(root.path(), "6.12", &root.path().join("i")).unwrap_err();

@@ -56,6 +56,63 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-ssh-hostkeys.service"),
     ),
     (
+        "etc/systemd/system/carbon-podman-api.socket",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-podman-api.socket"),
+    ),
+    (
+        "etc/systemd/system/carbon-podman-api.service",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-podman-api.service"),
+    ),
+    (
+        "etc/systemd/system/carbon-coldplug.service",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-coldplug.service"),
+    ),
+    (
+        "etc/systemd/system/podman.socket.d/carbon-early.conf",
+        0o644,
+        include_str!(
+            "../../../configs/guest/files/etc/systemd/system/podman.socket.d/carbon-early.conf"
+        ),
+    ),
+    (
+        "etc/systemd/system/podman.service.d/carbon-early.conf",
+        0o644,
+        include_str!(
+            "../../../configs/guest/files/etc/systemd/system/podman.service.d/carbon-early.conf"
+        ),
+    ),
+    (
+        "etc/systemd/system/ssh.service.d/carbon-early.conf",
+        0o644,
+        include_str!(
+            "../../../configs/guest/files/etc/systemd/system/ssh.service.d/carbon-early.conf"
+        ),
+    ),
+    (
+        "etc/systemd/system/systemd-logind.service.d/carbon-after-ready.conf",
+        0o644,
+        include_str!(
+            "../../../configs/guest/files/etc/systemd/system/systemd-logind.service.d/carbon-after-ready.conf"
+        ),
+    ),
+    (
+        "etc/systemd/system/systemd-udevd.service.d/carbon-after-ready.conf",
+        0o644,
+        include_str!(
+            "../../../configs/guest/files/etc/systemd/system/systemd-udevd.service.d/carbon-after-ready.conf"
+        ),
+    ),
+    (
+        "etc/systemd/system/carbon-podman-tmpfiles.service",
+        0o644,
+        include_str!(
+            "../../../configs/guest/files/etc/systemd/system/carbon-podman-tmpfiles.service"
+        ),
+    ),
+    (
         "etc/ssh/sshd_config.d/10-carbon-hostkey.conf",
         0o644,
         include_str!("../../../configs/guest/files/etc/ssh/sshd_config.d/10-carbon-hostkey.conf"),
@@ -167,8 +224,8 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
     ),
 ];
 const ENABLE_UNITS: &str = "carbon-walls.service carbon-network.service ssh.service \
-    podman.socket carbon-forwarder.socket carbon-ssh-hostkeys.service carbon-gpu-devices.service \
-    carbon-ready.service";
+    podman.socket carbon-podman-api.socket carbon-forwarder.socket carbon-ssh-hostkeys.service \
+    carbon-gpu-devices.service carbon-ready.service carbon-coldplug.service";
 /// Units a machine never needs: periodic maintenance of a disk and package state that a machine
 /// rebuilt from a new image replaces anyway (e2scrub, fstrim, apt and dpkg timers); Debian's
 /// first-boot `ssh-keygen -A` (carbon-ssh-hostkeys makes the one key sshd uses; RSA alone takes
@@ -176,13 +233,30 @@ const ENABLE_UNITS: &str = "carbon-walls.service carbon-network.service ssh.serv
 /// EFI pstore), loads on use (drm with virtio_gpu, fuse on opening /dev/fuse) or is not asked
 /// for (modules-load.d is empty); what configures networkd from the kernel command line and udev
 /// from credentials (neither is used: carbon-network.service); logins on the consoles (a
-/// machine's root has no password: `carbon-vm ssh` is the way in).
+/// machine's root has no password: `carbon-vm ssh` is the way in); udev's coldplug before
+/// sysinit.target (carbon-coldplug.service runs it after Ready); the kernel's debug and trace
+/// filesystems, huge pages and a tmpfs of its own for /run/lock (tmpfiles makes the directory),
+/// which nothing in a machine uses (each mount is a process at boot); the remount of what fstab
+/// lists (the root is not listed: the initrd mounted it as it must be).
 const MASK_UNITS: &str = "e2scrub_all.timer e2scrub_reap.service fstrim.timer apt-daily.timer \
     apt-daily-upgrade.timer dpkg-db-backup.timer sshd-keygen.service modprobe@dm_mod.service \
     modprobe@loop.service modprobe@configfs.service modprobe@efi_pstore.service \
     modprobe@drm.service modprobe@fuse.service systemd-modules-load.service \
     systemd-network-generator.service systemd-udev-load-credentials.service \
-    serial-getty@ttyS0.service serial-getty@hvc0.service";
+    serial-getty@ttyS0.service serial-getty@hvc0.service systemd-udev-trigger.service \
+    sys-kernel-debug.mount sys-kernel-tracing.mount dev-hugepages.mount run-lock.mount \
+    systemd-remount-fs.service";
+/// systemd's generators a machine has no use for, disabled (a link to /dev/null in
+/// /etc/systemd/system-generators): each is a process of a fraction of a second under TCG
+/// before the first unit starts. Kept: fstab's (host folders come as fstab.extra) and Podman's
+/// (quadlets). Gone: kernel command line switches carbon-vm does not pass (debug, run), gettys
+/// on consoles (no password logins), GPT auto-mounts (the ESP is the firmware's), hibernation,
+/// rc.local and SysV scripts, SSH over vsock (carbon-vm's SSH is over the network), offline
+/// updates, TPM.
+const DISABLED_GENERATORS: &str = "systemd-debug-generator systemd-getty-generator \
+    systemd-gpt-auto-generator systemd-hibernate-resume-generator systemd-rc-local-generator \
+    systemd-run-generator systemd-ssh-generator systemd-system-update-generator \
+    systemd-sysv-generator systemd-tpm2-generator";
 /// Started at boot though nothing needs them there: netavark's DHCP proxy (its socket stays
 /// enabled and starts it for a macvlan DHCP network) and a getty on a screen machines lack.
 const DISABLE_UNITS: &str = "netavark-dhcp-proxy.service getty@tty1.service";
@@ -331,6 +405,15 @@ pub fn build(
         format!("chroot \"$1\" systemctl enable {ENABLE_UNITS}"),
         format!("chroot \"$1\" systemctl mask {MASK_UNITS}"),
         format!("chroot \"$1\" systemctl disable {DISABLE_UNITS}"),
+        // Podman's tmpfiles.d without its boot-time rules (`!`), which carbon-podman-tmpfiles.service
+        // applies before Podman starts: the boot's own run comes later, under a running Podman.
+        "mkdir -p \"$1\"/etc/tmpfiles.d && sed '/^[^#[:space:]]*!/d' \"$1\"/usr/lib/tmpfiles.d/podman.conf \
+         > \"$1\"/etc/tmpfiles.d/podman.conf"
+            .to_owned(),
+        format!(
+            "mkdir -p \"$1\"/etc/systemd/system-generators && for g in {DISABLED_GENERATORS}; do \
+             ln -sf /dev/null \"$1\"/etc/systemd/system-generators/$g; done"
+        ),
         // The NIC keeps its kernel name, eth0 (carbon-network.service configures it by name).
         "ln -sf /dev/null \"$1\"/etc/systemd/network/99-default.link".to_owned(),
         // The bundled container image goes into the guest's container storage now, by the guest's

@@ -1,20 +1,90 @@
-//! The SSH tunnel (`ssh -N -L`, crate::ssh::podman_forward) that serves the guest's Podman socket
-//! on the host. It opens only once the guest is Ready, so sshd listens and the host key is pinned;
-//! gvproxy's own `-forward-sock` is not used: it waits a bounded time for sshd, then exits and
-//! takes the VM's network with it when a slow first boot outlasts the wait.
+//! The SSH tunnel (`ssh -N -R`, crate::ssh::ggml_forward) that serves the ggml device's socket in
+//! the guest, for machines with that device. It opens only once the guest is Ready, so sshd listens
+//! and the host key is pinned. (The Podman API needs no SSH: gvproxy serves it, gvproxy.rs.)
 
-use super::LifecycleError;
-use crate::store::{FORWARD_LOG, FORWARD_PID, MachineDir, PODMAN_SOCKET};
+use super::{LifecycleError, tail};
+use crate::store::{FORWARD_LOG, FORWARD_PID, GGML_SOCKET, MachineDir, STOP_REQUEST};
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vmm::process::{self, Signal};
 
-pub(super) fn start(m: &MachineDir, ssh_port: u16) -> Result<(), LifecycleError> {
+/// How often a tunnel whose connection broke before SSH began is opened again during a start.
+const RETRIES: u32 = 5;
+
+/// Opens the tunnel and waits, at most `timeout`, until the guest's sshd accepted the forward.
+pub(super) fn open(m: &MachineDir, ssh_port: u16, timeout: Duration) -> Result<(), LifecycleError> {
+    let deadline = Instant::now() + timeout;
+    let mut retries = 0;
+    start(m, ssh_port)?;
+    loop {
+        let log = tail(&m.path(FORWARD_LOG), 64 * 1024);
+        if log.contains(crate::ssh::FORWARD_READY) {
+            return Ok(());
+        }
+        if m.path(STOP_REQUEST).exists() {
+            return Err(LifecycleError::Interrupted);
+        }
+        if pid(m).is_none() {
+            let said = said(&log);
+            if retries < RETRIES && connection_broke(&said) && Instant::now() < deadline {
+                retries += 1;
+                tracing::info!(retries, log = %said, "tunnel connection broke: again");
+                std::thread::sleep(Duration::from_secs(1));
+                start(m, ssh_port)?;
+                continue;
+            }
+            return Err(LifecycleError::Exited(
+                "ssh (the ggml device's tunnel)",
+                if said.is_empty() {
+                    "it wrote nothing (ended by a signal?)".into()
+                } else {
+                    said
+                },
+            ));
+        }
+        if Instant::now() > deadline {
+            kill(m);
+            return Err(LifecycleError::Exited(
+                "ssh (the ggml device's tunnel)",
+                format!(
+                    "the forward was not in place within {timeout:?}: {}",
+                    said(&log)
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What ssh said in its log, without `-v`'s debug lines.
+fn said(log: &str) -> String {
+    log.lines()
+        .filter(|l| !l.starts_with("debug"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether ssh's words say its TCP connection broke before SSH began (gvproxy resets the host
+/// side when its dial of a starved TCG guest fails), not that SSH itself refused us.
+fn connection_broke(said: &str) -> bool {
+    // ssh names every failure of its own (auth, host key, config); one that exits without a
+    // word was ended from outside, or lost its connection before it could say so.
+    said.trim().is_empty()
+        || [
+            "kex_exchange_identification",
+            "Connection reset by peer",
+            "Connection closed by",
+            "Connection refused",
+        ]
+        .iter()
+        .any(|s| said.contains(s))
+}
+
+fn start(m: &MachineDir, ssh_port: u16) -> Result<(), LifecycleError> {
     let log = fs::File::create(m.path(FORWARD_LOG))?;
-    let ggml = m.spec().is_ok_and(|s| s.ggml);
-    let child = crate::ssh::podman_forward(m, ssh_port, ggml)
+    let child = crate::ssh::ggml_forward(m, ssh_port)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -27,7 +97,7 @@ pub(super) fn start(m: &MachineDir, ssh_port: u16) -> Result<(), LifecycleError>
 
 /// The tunnel's PID if it runs (a zombie or a reused PID does not count).
 pub(super) fn pid(m: &MachineDir) -> Option<i32> {
-    let marker = format!("{}:", m.socket(PODMAN_SOCKET).display());
+    let marker = format!(":{}", m.socket(GGML_SOCKET).display());
     process::live_pid(&m.path(FORWARD_PID), &marker)
 }
 
@@ -38,4 +108,24 @@ pub(super) fn kill(m: &MachineDir) {
         process::wait_exit(pid, Duration::from_secs(5));
     }
     let _ = fs::remove_file(m.path(FORWARD_PID));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_broken_connection_opens_the_tunnel_again() {
+        for log in [
+            "debug1: Connecting to 127.0.0.1\nkex_exchange_identification: read: Connection reset by peer",
+            "ssh: connect to host 127.0.0.1 port 41234: Connection refused",
+            "debug1: Reading configuration data /dev/null\ndebug1: Connecting to 127.0.0.1",
+        ] {
+            assert!(super::connection_broke(&super::said(log)), "{log}");
+        }
+        for log in [
+            "debug1: Authentications that can continue: publickey\nroot@127.0.0.1: Permission denied (publickey).",
+            "Host key verification failed.",
+        ] {
+            assert!(!super::connection_broke(&super::said(log)), "{log}");
+        }
+    }
 }

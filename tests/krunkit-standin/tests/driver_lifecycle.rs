@@ -138,6 +138,14 @@ impl Machine {
     }
 }
 
+/// A test that fails mid-way leaves no stand-in (nor its QEMU) running: the driver's kill ends
+/// the stand-in's VM with it.
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.runner.kill(&self.config);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("krunkit went away")]
 struct Gone;

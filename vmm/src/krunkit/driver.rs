@@ -167,11 +167,21 @@ impl Runner {
     /// Asks the guest to power down (REST `Stop`) and waits up to `within` for krunkit to exit:
     /// false if it still runs then.
     pub fn shut_down(&self, c: &KrunkitConfig, within: Duration) -> Result<bool, StopError> {
-        match rest::change_state(&c.rest, StateChange::Stop) {
-            Err(RestError::Gone) => {}
-            Ok(_) if wait_gone(&c.rest, within) => {}
-            Ok(_) => return Ok(false),
-            Err(e) => return Err(StopError::Rest(e)),
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match rest::change_state(&c.rest, StateChange::Stop) {
+                Err(RestError::Gone) => break,
+                Ok(_) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if wait_gone(&c.rest, left.min(crate::PRESS_AGAIN)) {
+                        break;
+                    }
+                    if left <= crate::PRESS_AGAIN {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(StopError::Rest(e)),
+            }
         }
         let _ = remove_leftovers(c);
         Ok(true)

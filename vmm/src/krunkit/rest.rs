@@ -15,11 +15,11 @@
 //!
 //! krunkit serves either a unix socket or a TCP port ([`Endpoint`]).
 //!
-//! A small HTTP/1.1 exchange over std's UnixStream, with httparse for the response: the
-//! workspace's hyper needs an async runtime for one request on a local socket.
+//! The exchange is crate::http's.
 
+use crate::http;
 use serde::Deserialize;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -108,16 +108,7 @@ pub fn change_state(at: &Endpoint, change: StateChange) -> Result<VmState, RestE
 }
 
 fn request(method: &str, body: Option<&str>) -> Vec<u8> {
-    let mut r = format!("{method} {PATH} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    if let Some(b) = body {
-        r.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-            b.len()
-        ));
-    } else {
-        r.push_str("\r\n");
-    }
-    r.into_bytes()
+    http::request(method, PATH, body)
 }
 
 fn exchange(at: &Endpoint, req: &[u8]) -> Result<VmState, RestError> {
@@ -142,10 +133,8 @@ fn exchange(at: &Endpoint, req: &[u8]) -> Result<VmState, RestError> {
     }
 }
 
-fn talk(mut s: impl Read + Write, req: &[u8]) -> Result<VmState, RestError> {
-    s.write_all(req)?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer)?;
+fn talk(s: impl io::Read + io::Write, req: &[u8]) -> Result<VmState, RestError> {
+    let answer = http::exchange(s, req)?;
     if answer.is_empty() {
         // Closed without a word: krunkit is exiting.
         return Err(RestError::Gone);
@@ -156,34 +145,12 @@ fn talk(mut s: impl Read + Write, req: &[u8]) -> Result<VmState, RestError> {
 /// Parses either protocol's answer.
 pub fn parse_response(raw: &[u8]) -> Result<VmState, RestError> {
     let text = || String::from_utf8_lossy(raw).into_owned();
-    let mut headers = [httparse::EMPTY_HEADER; 16];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(raw) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return Err(RestError::Protocol(text())),
-    };
-    let code = resp.code.unwrap_or(0);
-    let length = resp
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        });
-    let rest = &raw[head_len..];
-    let body = match length {
-        Some(n) => rest.get(..n).ok_or_else(|| RestError::Protocol(text()))?,
-        None => rest,
-    };
+    let answer = http::parse(raw).ok_or_else(|| RestError::Protocol(text()))?;
     // Pre-1.3 answers end with a NUL byte.
-    let body = String::from_utf8_lossy(body);
+    let body = answer.text();
     let body = body.trim_end_matches(['\0', '\r', '\n', ' ']);
-    if code != 200 {
-        return Err(RestError::Status(code, body.to_owned()));
+    if answer.status != 200 {
+        return Err(RestError::Status(answer.status, body.to_owned()));
     }
     serde_json::from_str(body).map_err(|_| RestError::Protocol(text()))
 }

@@ -225,10 +225,19 @@ impl Driver for Qemu {
         let Some(pid) = self.pid(vm) else {
             return Ok(true);
         };
-        crate::qmp::Qmp::connect(&vm.control_socket)
-            .and_then(|mut q| q.execute("system_powerdown"))
-            .map_err(|e| Error::vmm("QMP", e))?;
-        Ok(process::wait_exit(pid, within))
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            crate::qmp::Qmp::connect(&vm.control_socket)
+                .and_then(|mut q| q.execute("system_powerdown"))
+                .map_err(|e| Error::vmm("QMP", e))?;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if process::wait_exit(pid, left.min(crate::PRESS_AGAIN)) {
+                return Ok(true);
+            }
+            if left <= crate::PRESS_AGAIN {
+                return Ok(false);
+            }
+        }
     }
 
     fn kill(&self, vm: &Vm) -> Result<(), Error> {

@@ -49,9 +49,24 @@ fn default_image_pulls_over_http_and_oci_and_bundles_venus() {
         "/usr/bin/podman",
         "/usr/sbin/sshd",
         "/usr/bin/socat",
+        "/etc/systemd/system/sockets.target.wants/carbon-podman-api.socket",
+        "/etc/systemd/system/multi-user.target.wants/carbon-coldplug.service",
     ] {
         assert!(root.exists(path).unwrap(), "{path} missing from the guest");
     }
+    // The boot waits for nothing it need not (docs/internals.md, "The guest's boot"): no root
+    // device in fstab, and Podman's boot-time clean-up kept out of the boot's own tmpfiles run
+    // (carbon-podman-tmpfiles.service does it before Podman starts), the rest of podman's kept.
+    let fstab = String::from_utf8(root.read("/etc/fstab").unwrap()).unwrap();
+    assert!(
+        fstab
+            .lines()
+            .all(|l| l.starts_with('#') || l.trim().is_empty()),
+        "{fstab}"
+    );
+    let tmpfiles = String::from_utf8(root.read("/etc/tmpfiles.d/podman.conf").unwrap()).unwrap();
+    assert!(!tmpfiles.contains("D! /run/podman"), "{tmpfiles}");
+    assert!(tmpfiles.contains("x /tmp/podman-run-*"), "{tmpfiles}");
     assert!(
         !root.exists("/etc/ssh/ssh_host_ed25519_key").unwrap(),
         "host keys must be made per machine, not baked into the image"

@@ -175,7 +175,7 @@ fn containers_cannot_reach_carbon_vms_plumbing() {
     let o = m.cv(&["start", MACHINE]);
     assert!(
         o.status.success(),
-        "start (its tunnel is ssh): {}",
+        "start, with a hostile ~/.ssh/config: {}",
         text(&o)
     );
     m.assert_ssh_works("start, with a hostile ~/.ssh/config");

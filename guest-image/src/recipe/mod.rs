@@ -248,12 +248,14 @@ const MASK_UNITS: &str = "e2scrub_all.timer e2scrub_reap.service fstrim.timer ap
     systemd-remount-fs.service";
 /// systemd's generators a machine has no use for, disabled (a link to /dev/null in
 /// /etc/systemd/system-generators): each is a process of a fraction of a second under TCG
-/// before the first unit starts. Kept: fstab's (host folders come as fstab.extra) and Podman's
-/// (quadlets). Gone: kernel command line switches carbon-vm does not pass (debug, run), gettys
+/// before the first unit starts. Kept: fstab's (host folders come as fstab.extra), Podman's
+/// (quadlets) and the debug generator (`systemd.mask=` and the like on the kernel command line:
+/// how a machine's boot is debugged, and how a test keeps a guest from saying Ready). Gone:
+/// `systemd.run=` on the command line, gettys
 /// on consoles (no password logins), GPT auto-mounts (the ESP is the firmware's), hibernation,
 /// rc.local and SysV scripts, SSH over vsock (carbon-vm's SSH is over the network), offline
 /// updates, TPM.
-const DISABLED_GENERATORS: &str = "systemd-debug-generator systemd-getty-generator \
+const DISABLED_GENERATORS: &str = "systemd-getty-generator \
     systemd-gpt-auto-generator systemd-hibernate-resume-generator systemd-rc-local-generator \
     systemd-run-generator systemd-ssh-generator systemd-system-update-generator \
     systemd-sysv-generator systemd-tpm2-generator";

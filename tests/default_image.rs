@@ -49,7 +49,6 @@ fn default_image_pulls_over_http_and_oci_and_bundles_venus() {
         "/usr/bin/podman",
         "/usr/sbin/sshd",
         "/usr/bin/socat",
-        "/etc/systemd/system/sockets.target.wants/carbon-podman-api.socket",
         "/etc/systemd/system/multi-user.target.wants/carbon-coldplug.service",
     ] {
         assert!(root.exists(path).unwrap(), "{path} missing from the guest");

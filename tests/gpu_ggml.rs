@@ -211,7 +211,7 @@ fn ggml_device() {
 
     // The SSH tunnel that serves the device's socket in the guest, killed: the machine is
     // broken, and `start` opens it again (same VM) with the device serving.
-    let tunnel: i64 = std::fs::read_to_string(machine_dir.join("ggml-forward.pid"))
+    let tunnel: i64 = std::fs::read_to_string(machine_dir.join("tunnel.pid"))
         .unwrap()
         .trim()
         .parse()
@@ -225,7 +225,7 @@ fn ggml_device() {
         v["reason"]
             .as_str()
             .unwrap()
-            .contains("ggml device's socket"),
+            .contains("SSH tunnel to the guest"),
         "{v:#}"
     );
     ok(

@@ -1,6 +1,7 @@
-//! Faults during `start` on QEMU (TCG): carbon-vm, QEMU or gvproxy killed with SIGKILL, and
-//! gvproxy (which serves the Podman API on the host) killed on a running machine. Each is followed by a truthful `list` and a
-//! `start` that works. QEMU's messages after it daemonized are kept in the machine's vmm.log.
+//! Faults during `start` on QEMU (TCG): carbon-vm, QEMU or gvproxy killed with SIGKILL, and the
+//! SSH tunnel (the host's Podman socket) or gvproxy killed on a running machine. Each is followed
+//! by a truthful `list` and a `start` that works. QEMU's messages after it daemonized are kept in
+//! the machine's vmm.log.
 
 mod common;
 
@@ -92,14 +93,17 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
     assert_eq!(state(), "running");
     podman_ps();
 
-    // A start on a running machine changes nothing: the same VM, its API still answering.
+    // The SSH tunnel (the host's Podman socket) killed on a running machine: broken, and start
+    // opens it again without a reboot.
     let qemu = std::fs::read_to_string(dir.join("vmm.pid")).unwrap();
+    kill9(common::wait_for_pid(&dir.join("tunnel.pid")));
+    assert_eq!(state(), "broken");
+    assert!(reason().contains("SSH tunnel"), "{}", reason());
     cv().args(["start", "dev"]).assert().success();
     assert_eq!(std::fs::read_to_string(dir.join("vmm.pid")).unwrap(), qemu);
     podman_ps();
 
-    // gvproxy (the network, and the host's way to the Podman API) killed on a running machine:
-    // broken, and start boots it again.
+    // gvproxy (the network) killed on a running machine: broken, and start boots it again.
     kill9(common::wait_for_pid(&dir.join("gvproxy.pid")));
     assert_eq!(state(), "broken");
     assert!(reason().contains("gvproxy is not running"), "{}", reason());

@@ -12,10 +12,6 @@
 //!   (192.168.127.254, which gvproxy NATs to the host's 127.0.0.1): the SSH forward, from a
 //!   container and from root in the guest, while the user's own loopback service still answers;
 //!   and the SSH forward of a machine started after this one;
-//! - the guest's Podman API port (192.168.127.2:48220, gvproxy's way to the API): from an
-//!   unprivileged container, a `--network host` container and root in the guest, refused; the
-//!   forwarder refuses to publish it on the host; a container that publishes it does not take
-//!   the host's API;
 //! - ssh (`carbon-vm ssh`) ignores the user's ~/.ssh/config;
 //! - a shared folder that holds carbon-vm's own state (the image cache, other machines), from a
 //!   rootful container that mounts it: writing the cached kernel or another machine's disk,
@@ -320,66 +316,11 @@ fn containers_cannot_reach_carbon_vms_plumbing() {
         "an idle connection: {idle}"
     );
 
-    podman_api_port(&m, &forwarder);
     control_ports(&m, ssh_port);
     share_attacks(&m, &share);
 
     let o = m.cv(&["rm", "--force", MACHINE]);
     assert!(o.status.success(), "rm: {}", text(&o));
-}
-
-/// The guest's port 48220, where gvproxy reaches the guest's Podman API (root in the guest), is
-/// gvproxy's alone.
-fn podman_api_port(m: &Machine, forwarder: &dyn Fn(&str) -> String) {
-    let api = "192.168.127.2 48220";
-    let ping = "GET /_ping HTTP/1.0\r\n\r\n";
-    assert_refused(
-        &m.in_container(&["--user", "65534:65534", "--cap-drop", "all"], api, ping),
-        "the guest's Podman API port from an unprivileged container",
-    );
-    assert_refused(
-        &m.in_container(&["--network", "host"], api, ping),
-        "the guest's Podman API port from a --network host container",
-    );
-    let from_guest = m.guest("exec 3<>/dev/tcp/192.168.127.2/48220 && echo reached");
-    assert!(
-        from_guest.contains("Connection refused") && !from_guest.contains("reached"),
-        "the guest's Podman API port from root in the guest: {from_guest}"
-    );
-    // Published on the host, any local user would reach root in the guest.
-    let port = common::servers::free_port();
-    let answer = forwarder(&request(
-        "expose",
-        &format!(r#"{{"local":":{port}","remote":":48220","protocol":"tcp"}}"#),
-    ));
-    assert!(
-        answer.starts_with("HTTP/1.1 400"),
-        "expose of 48220: {answer}"
-    );
-    assert_eq!(listeners("tcp", port), Vec::<String>::new());
-    // A container publishing the port (its DNAT rule would catch gvproxy's connections, were
-    // they tracked): whether Podman starts it or not, the host's API is still Podman's.
-    let _ = m.podman(&[
-        "run",
-        "-d",
-        "--name",
-        "api-thief",
-        "-p",
-        "48220:8080",
-        "localhost/attacker",
-        "busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-    ]);
-    let o = m.podman(&["version", "--format", "{{.Server.Version}}"]);
-    assert!(
-        o.status.success() && !o.stdout.is_empty(),
-        "the host's Podman API after a container published 48220: {}",
-        text(&o)
-    );
-    let _ = m.podman(&["rm", "--force", "api-thief"]);
 }
 
 /// host.containers.internal reaches the user's services on the host's loopback, not carbon-vm's.

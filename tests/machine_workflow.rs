@@ -14,7 +14,7 @@ use common::net::{listeners, loopback};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Polls `cond` until it holds, at most `limit`: a port opens or closes asynchronously (the
@@ -332,6 +332,33 @@ fn folders_ports_and_clients_work_as_with_podman_machine() {
     ok(
         &docker("docker", &["rm", "-f", "by-docker"]),
         "docker rm -f",
+    );
+    // Attached runs: the docker CLI half-closes its side of the attach connection (at once
+    // without -i, at the end of its input with it), and the output must still come back.
+    let o = docker(
+        "docker",
+        &["run", "--rm", "localhost/web", "echo", "attached-output"],
+    );
+    assert_eq!(ok(&o, "docker run (attached)").trim(), "attached-output");
+    // Bounded: a lost half-close leaves cat waiting for the end of its input.
+    let mut cat = Command::new("timeout")
+        .args(["120", "docker", "--context", "dev", "run", "--rm", "-i"])
+        .args(["localhost/web", "cat"])
+        .env("DOCKER_CONFIG", env.docker_config())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cat.stdin
+        .take()
+        .unwrap()
+        .write_all(b"from-stdin\n")
+        .unwrap();
+    let o = cat.wait_with_output().unwrap();
+    assert_eq!(
+        ok(&o, "docker run -i (stdin to its end)").trim(),
+        "from-stdin"
     );
     // A compose project in the home directory, its bind mount relative to it (compose makes it
     // absolute on the host: the same path in the guest).

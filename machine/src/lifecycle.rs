@@ -1,8 +1,8 @@
 //! start / stop / remove / state of a machine: ONE sequence for every driver (drivers.rs picks
-//! the `vmm::Driver`). start: gvproxy (gvproxy.rs), which serves the guest's Podman API on the
-//! host from the start, the VMM, the guest's Ready line (its host key pinned), the ggml device's
-//! server and tunnel (ggml_server.rs, tunnel.rs) where the machine has it, the Podman API's
-//! answer; on any error everything it started is stopped again ([`Teardown`]).
+//! the `vmm::Driver`). start: gvproxy (gvproxy.rs), the VMM, the guest's Ready line (its host key
+//! pinned), the ggml device's server where the machine has it (ggml_server.rs), the SSH tunnel
+//! that serves the guest's Podman API (tunnel.rs), the API's answer; on any error everything it
+//! started is stopped again ([`Teardown`]).
 
 mod control_ports;
 mod drivers;
@@ -42,8 +42,8 @@ const NO_NETWORK: &str = "gvproxy is not running: no network";
 /// Why it is broken when its network runs but no start saw the guest Ready.
 const NOT_READY: &str =
     "a start did not finish: the guest has not said Ready (`carbon-vm start` boots it again)";
-/// Why a machine with the ggml device is broken when the SSH tunnel to its guest does not run.
-const NO_TUNNEL: &str = "the ggml device's socket is not forwarded to the guest (the tunnel dropped; `carbon-vm start` repairs it)";
+/// Why it is broken when the SSH tunnel to its guest does not run.
+const NO_TUNNEL: &str = "the SSH tunnel to the guest is not running: no Podman socket (nor ggml device) on the host (`carbon-vm start` repairs it; tunnel.log in the machine's dir says why it ended)";
 /// Why it is broken when the ggml device's supervisor does not run.
 const NO_GGML: &str = "the ggml device's server supervisor is not running (`carbon-vm start` repairs it; ggml.log in the machine's dir says why it ended)";
 
@@ -69,7 +69,7 @@ pub enum LifecycleError {
     NoHostKey,
     #[error("the start was interrupted by `carbon-vm stop --force`")]
     Interrupted,
-    #[error("the Podman API did not answer on {0}; gvproxy's log:\n{1}")]
+    #[error("the Podman API did not answer on {0}; the tunnel's log:\n{1}")]
     NoPodman(String, String),
     #[error("gvproxy cannot listen on 127.0.0.1:{0} (the port is taken): {1}")]
     PortTaken(u16, String),
@@ -134,7 +134,7 @@ impl exit_class::Classify for LifecycleError {
             | LifecycleError::Shrink { .. }
             | LifecycleError::PodmanOwnsResources(_) => Code::Usage.bare(),
             LifecycleError::NoPodman(..) => Code::Failure.hint(
-                "the guest booted but its Podman API did not answer, so the machine was stopped; its console.log (and gvproxy.log) in its dir say more",
+                "the guest booted but its Podman API did not answer, so the machine was stopped; its console.log and tunnel.log in its dir say more",
             ),
             LifecycleError::PortTaken(..) => Code::Failure
                 .hint("the port is fixed in the Podman machine file; free it and start again"),
@@ -198,7 +198,7 @@ fn state_of(m: &MachineDir, spec: &Spec, d: &dyn Driver, vm: &Vm) -> State {
             State::Broken(NO_NETWORK.into())
         }
         Ok(true) if !m.path(KNOWN_HOSTS).is_file() => State::Broken(NOT_READY.into()),
-        Ok(true) if spec.ggml && tunnel::pid(m).is_none() => State::Broken(NO_TUNNEL.into()),
+        Ok(true) if tunnel::pid(m).is_none() => State::Broken(NO_TUNNEL.into()),
         Ok(true) if spec.ggml && ggml_server::pid(m).is_none() => State::Broken(NO_GGML.into()),
         Ok(true) => State::Running,
     }
@@ -224,7 +224,7 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     let vm = vm(m, &spec, o)?;
     // Up already: a start that got the guest's Ready pinned the host key (one interrupted before
     // did not, and that VM is restarted rather than trusted blindly); only the ggml device's
-    // server and tunnel may be due.
+    // server and the tunnel may be due.
     if d.running(&vm)?
         && gvproxy::live_pid(m, &d.network(&vm)).is_some()
         && m.path(KNOWN_HOSTS).is_file()
@@ -234,8 +234,8 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
             ggml_server::start(m, o, vmm_pid(&vm)?)?;
         }
         let timeout = o.podman_timeout.unwrap_or(o.start_timeout);
-        if spec.ggml && tunnel::pid(m).is_none() {
-            tunnel::open(m, run.ssh_port, timeout)?;
+        if tunnel::pid(m).is_none() {
+            tunnel::open(m, run.ssh_port, spec.ggml, timeout)?;
         }
         wait_podman(m, timeout)?;
         return Ok(run);
@@ -297,16 +297,16 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         &m.path(KNOWN_HOSTS),
         format!("{} {host_key}\n", crate::ssh::host_alias(&spec.name)).as_bytes(),
     )?;
-    // Ready promises the Podman API answering in the guest, and gvproxy has served it on the
-    // host since before the boot; a loaded TCG host may still be slow to pass the first answer.
+    // Ready promises sshd listening and the Podman API answering in the guest; a loaded TCG host
+    // may still be slow to pass the first answer.
     let podman_timeout = o
         .podman_timeout
         .unwrap_or_else(|| o.start_timeout.saturating_sub(started.elapsed()));
     // The server before the tunnel, which serves its socket in the guest.
     if spec.ggml {
         ggml_server::start(m, o, vmm_pid(&vm)?)?;
-        tunnel::open(m, run.ssh_port, podman_timeout)?;
     }
+    tunnel::open(m, run.ssh_port, spec.ggml, podman_timeout)?;
     wait_podman(m, podman_timeout)?;
     tracing::info!(machine = %spec.name, "podman api answers");
     control_ports::share(m, o, run.ssh_port);
@@ -548,7 +548,8 @@ fn credentials(
     Ok(c)
 }
 
-/// Waits until the Podman API answers `GET /_ping` with `OK` on the machine's socket.
+/// Waits until the Podman API answers `GET /_ping` with `OK` on the machine's socket, through
+/// the tunnel.
 fn wait_podman(m: &MachineDir, timeout: Duration) -> Result<(), LifecycleError> {
     let sock = m.socket(PODMAN_SOCKET);
     let ping = vmm::http::request("GET", "/_ping", None);
@@ -572,7 +573,13 @@ fn wait_podman(m: &MachineDir, timeout: Duration) -> Result<(), LifecycleError> 
         if Instant::now() > deadline {
             return Err(LifecycleError::NoPodman(
                 sock.display().to_string(),
-                tail(&m.path(GVPROXY_LOG), 2000),
+                tail(&m.path(FORWARD_LOG), 2000),
+            ));
+        }
+        if tunnel::pid(m).is_none() {
+            return Err(LifecycleError::Exited(
+                "ssh (the tunnel to the guest)",
+                tail(&m.path(FORWARD_LOG), 2000),
             ));
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -25,10 +25,10 @@ pub const VMM_PID: &str = "vmm.pid";
 pub const VMM_LOG: &str = "vmm.log";
 pub const VMM_LOG_PREVIOUS: &str = "vmm.log.1";
 pub const GVPROXY_PID: &str = "gvproxy.pid";
-/// The `ssh -R` process that serves the ggml device's socket (GGML_SOCKET) in the guest, and
-/// its log (machines with the ggml device only).
-pub const FORWARD_PID: &str = "ggml-forward.pid";
-pub const FORWARD_LOG: &str = "ggml-forward.log";
+/// The SSH tunnel to the guest: it serves the guest's Podman API on PODMAN_SOCKET and, for
+/// machines with the ggml device, that device's socket (GGML_SOCKET) in the guest; and its log.
+pub const FORWARD_PID: &str = "tunnel.pid";
+pub const FORWARD_LOG: &str = "tunnel.log";
 /// Named in a Podman machine file as the EFI variable store (Podman requires one; krunkit
 /// ignores it). Never created.
 pub const EFI_VARS: &str = "efi-vars";
@@ -43,10 +43,8 @@ pub const STOP_REQUEST: &str = "stop-request";
 pub const CONTROL_SOCKET: &str = "control.sock";
 pub const NET_SOCKET: &str = "net.sock";
 pub const READY_SOCKET: &str = "ready.sock";
-/// The guest's Podman API, served by gvproxy (its API socket GVPROXY_API) from the guest's
-/// port ssh::GUEST_PODMAN_API_PORT.
+/// The guest's Podman API, served by the SSH tunnel (FORWARD_PID).
 pub const PODMAN_SOCKET: &str = "podman.sock";
-pub const GVPROXY_API: &str = "gvproxy-api.sock";
 /// The ggml device (`create --ggml`, crate::ggml): its supervisor's PID and log (the server's
 /// output too), the relay's socket and the supervisor's word on its server, in the runtime
 /// directory.

@@ -1,14 +1,12 @@
-//! gvproxy, the user-mode network every driver uses: DHCP and NAT for the guest, the SSH port
-//! forward on 127.0.0.1, and its API on a unix socket (`-listen`), through which carbon-vm has
-//! gvproxy serve a host unix socket that it connects to a guest TCP port ([`expose_unix`]): the
-//! Podman API, open from before the VM boots and without SSH. gvproxy's own `-forward-sock` is
-//! not used: it forwards over SSH, waits a bounded time for the guest's sshd and exits when a slow
-//! boot outlasts it, taking the VM's network with it.
+//! gvproxy, the user-mode network every driver uses: DHCP and NAT for the guest and the SSH port
+//! forward on 127.0.0.1. The guest's Podman socket is not served by gvproxy: its `-forward-sock`
+//! waits a bounded time for the guest's sshd and exits when a slow boot outlasts it, taking the
+//! VM's network with it, and its API's unix-socket forward (`expose`, protocol `unix`) closes both
+//! ways at the first end of either, so a Docker client's half-close (`docker run` without `-i`
+//! shuts its writing side at once) loses the container's output. carbon-vm forwards that socket
+//! over SSH itself once the guest is Ready.
 
-use crate::http;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 /// The MAC address gvproxy's DHCP server hands 192.168.127.2 to.
 pub const GUEST_MAC: &str = "5a:94:ef:e4:0c:ee";
@@ -19,8 +17,6 @@ pub struct GvproxyConfig {
     pub listen: Listen,
     /// Host port (on 127.0.0.1 only) forwarded to the guest's port 22.
     pub ssh_port: u16,
-    /// gvproxy's API, a unix socket in the machine's private runtime directory.
-    pub api: PathBuf,
     pub pidfile: PathBuf,
     pub log: PathBuf,
 }
@@ -59,42 +55,12 @@ pub fn command_line(c: &GvproxyConfig) -> Vec<String> {
         c.listen.uri(),
         "-ssh-port".into(),
         c.ssh_port.to_string(),
-        "-listen".into(),
-        format!("unix://{}", p(&c.api)),
         "-pid-file".into(),
         p(&c.pidfile),
         "-log-file".into(),
         p(&c.log),
     ]
 }
-
-/// Has gvproxy (its API at `api`) listen on the unix socket `local` and connect each client to
-/// the guest's TCP `guest_port`. gvproxy removes a file at `local` and makes the socket with its
-/// umask: `local` belongs in a private directory.
-pub fn expose_unix(api: &Path, local: &Path, guest_port: u16) -> io::Result<()> {
-    let body = serde_json::json!({
-        "local": local,
-        "remote": format!("tcp://{GUEST_IP}:{guest_port}"),
-        "protocol": "unix",
-    })
-    .to_string();
-    let req = http::request("POST", "/services/forwarder/expose", Some(&body));
-    match http::unix(api, &req, Duration::from_secs(10))? {
-        Some(r) if r.status == 200 => Ok(()),
-        Some(r) => Err(io::Error::other(format!(
-            "gvproxy refused to forward {} to the guest's port {guest_port}: HTTP {} {}",
-            local.display(),
-            r.status,
-            r.text().trim()
-        ))),
-        None => Err(io::Error::other(
-            "gvproxy's API answered something not HTTP",
-        )),
-    }
-}
-
-/// The address gvproxy's DHCP server leases to [`GUEST_MAC`].
-pub const GUEST_IP: &str = "192.168.127.2";
 
 #[cfg(test)]
 mod tests {
@@ -105,14 +71,12 @@ mod tests {
         let argv = command_line(&GvproxyConfig {
             listen: Listen::Qemu("/r/net.sock".into()),
             ssh_port: 40022,
-            api: "/r/gvproxy-api.sock".into(),
             pidfile: "/m/gvproxy.pid".into(),
             log: "/m/gvproxy.log".into(),
         });
         let s = argv.join(" ");
         assert!(s.contains("-listen-qemu unix:///r/net.sock"));
         assert!(s.contains("-ssh-port 40022"));
-        assert!(s.contains("-listen unix:///r/gvproxy-api.sock"), "{s}");
         // A -forward-sock would make gvproxy exit when the guest's sshd comes up late.
         assert!(!s.contains("-forward"), "{s}");
     }
@@ -122,7 +86,6 @@ mod tests {
         let argv = command_line(&GvproxyConfig {
             listen: Listen::Vfkit("/r/net.sock".into()),
             ssh_port: 40022,
-            api: "/r/gvproxy-api.sock".into(),
             pidfile: "/m/gvproxy.pid".into(),
             log: "/m/gvproxy.log".into(),
         });

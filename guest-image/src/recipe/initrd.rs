@@ -295,8 +295,7 @@ mod tests {
              kernel/net_failover.ko: kernel/failover.ko\nkernel/failover.ko:\n\
              kernel/virtio_console.ko:\n\
              kernel/nf_tables.ko:\nkernel/nft_reject_inet.ko: kernel/nf_tables.ko\n\
-             kernel/nft_socket.ko: kernel/nf_tables.ko\n\
-             kernel/nft_ct.ko: kernel/nf_conntrack.ko kernel/nf_tables.ko\nkernel/nf_conntrack.ko:\n",
+             kernel/nft_socket.ko: kernel/nf_tables.ko\n",
         )
         .unwrap();
         fs::write(
@@ -312,8 +311,6 @@ mod tests {
             "nf_tables",
             "nft_reject_inet",
             "nft_socket",
-            "nft_ct",
-            "nf_conntrack",
         ] {
             fs::write(mods.join(format!("kernel/{m}.ko")), format!("\x7fELF {m}")).unwrap();
         }
@@ -352,7 +349,7 @@ mod tests {
         assert_eq!(
             seen["lib/modules/order"].1,
             b"virtio_mmio\nvirtio_blk\next4\nfailover\nnet_failover\nvirtio_net\nvirtio_console\n\
-              nf_tables\nnft_reject_inet\nnft_socket\nnf_conntrack\nnft_ct\n"
+              nf_tables\nnft_reject_inet\nnft_socket\n"
         );
         assert_eq!(seen["dev/console"].0, 0o020600);
     }
@@ -366,7 +363,7 @@ mod tests {
             mods.join("modules.dep"),
             "kernel/virtio_pci.ko:\nkernel/virtio_mmio.ko:\nkernel/virtio_blk.ko:\nkernel/ext4.ko:\n\
              kernel/virtio_net.ko:\nkernel/virtio_console.ko:\nkernel/vmw_vsock_virtio_transport.ko:\n\
-             kernel/nf_tables.ko:\nkernel/nft_reject_inet.ko:\nkernel/nft_socket.ko:\nkernel/nft_ct.ko:\n",
+             kernel/nf_tables.ko:\nkernel/nft_reject_inet.ko:\nkernel/nft_socket.ko:\n",
         )
         .unwrap();
         let e = build(root.path(), "6.12", &root.path().join("i")).unwrap_err();

@@ -56,16 +56,6 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-ssh-hostkeys.service"),
     ),
     (
-        "etc/systemd/system/carbon-podman-api.socket",
-        0o644,
-        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-podman-api.socket"),
-    ),
-    (
-        "etc/systemd/system/carbon-podman-api.service",
-        0o644,
-        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-podman-api.service"),
-    ),
-    (
         "etc/systemd/system/carbon-coldplug.service",
         0o644,
         include_str!("../../../configs/guest/files/etc/systemd/system/carbon-coldplug.service"),
@@ -224,7 +214,7 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
     ),
 ];
 const ENABLE_UNITS: &str = "carbon-walls.service carbon-network.service ssh.service \
-    podman.socket carbon-podman-api.socket carbon-forwarder.socket carbon-ssh-hostkeys.service \
+    podman.socket carbon-forwarder.socket carbon-ssh-hostkeys.service \
     carbon-gpu-devices.service carbon-ready.service carbon-coldplug.service";
 /// Units a machine never needs: periodic maintenance of a disk and package state that a machine
 /// rebuilt from a new image replaces anyway (e2scrub, fstrim, apt and dpkg timers); Debian's

@@ -1,26 +1,14 @@
 //! A machine's gvproxy: started before the VMM (which attaches to its socket at start-up), found
-//! again by its pidfile and the listen URI on its command line, stopped after the VMM. It serves
-//! the guest's Podman API on the machine's PODMAN_SOCKET from the start: each connection to it
-//! becomes one to the guest's [`GUEST_PODMAN_API_PORT`], so the API answers as soon as the guest
-//! serves it, with no SSH handshake after Ready.
+//! again by its pidfile and the listen URI on its command line, stopped after the VMM.
 
 use super::{LifecycleError, tail};
-use crate::store::{
-    GVPROXY_API, GVPROXY_LOG, GVPROXY_PID, MachineDir, NET_SOCKET, PODMAN_SOCKET, PodmanMachine,
-};
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use crate::store::{GVPROXY_LOG, GVPROXY_PID, MachineDir, NET_SOCKET, PodmanMachine};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use vmm::gvproxy::{GvproxyConfig, Listen};
 use vmm::process::{self, Signal};
-
-/// Where the guest serves its Podman API to gvproxy, and to nothing else: the guest image's
-/// carbon-podman-api.socket listens there, and its walls (walls.nft, the forwarder) keep it
-/// gvproxy's alone.
-pub(crate) const GUEST_PODMAN_API_PORT: u16 = 48220;
 
 /// Fresh ports are tried this often when another process takes the chosen one first.
 const PORT_TRIES: usize = 5;
@@ -69,7 +57,6 @@ fn spawn(
     let args = vmm::gvproxy::command_line(&GvproxyConfig {
         listen: listen.clone(),
         ssh_port,
-        api: m.socket(GVPROXY_API),
         pidfile: m.path(GVPROXY_PID),
         log: m.path(GVPROXY_LOG),
     });
@@ -88,14 +75,8 @@ fn spawn(
                 e,
             )
         })?;
-    let mut serving = Ok(());
-    for socket in [NET_SOCKET, GVPROXY_API] {
-        if serving.is_ok() {
-            serving = super::until_serving(&mut gv, &m.socket(socket), Duration::from_secs(20))?;
-        }
-    }
-    match serving {
-        Ok(()) => serve_podman(m),
+    match super::until_serving(&mut gv, &m.socket(NET_SOCKET), Duration::from_secs(20))? {
+        Ok(()) => Ok(()),
         Err(Some(status)) => {
             let log = tail(&m.path(GVPROXY_LOG), 2000);
             if log.contains("address already in use") {
@@ -136,47 +117,5 @@ pub(super) fn kill(m: &MachineDir, listen: &Listen) {
     if let Some(pid) = live_pid(m, listen) {
         process::signal(pid, Signal::KILL);
         process::wait_exit(pid, Duration::from_secs(5));
-    }
-}
-
-/// Has gvproxy serve the guest's Podman API on PODMAN_SOCKET, private to the user.
-fn serve_podman(m: &MachineDir) -> Result<(), LifecycleError> {
-    let sock = m.socket(PODMAN_SOCKET);
-    vmm::gvproxy::expose_unix(&m.socket(GVPROXY_API), &sock, GUEST_PODMAN_API_PORT)
-        .map_err(|e| LifecycleError::Exited("gvproxy", e.to_string()))?;
-    // gvproxy made it with its umask; the directory is private already.
-    fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    /// The port is the guest image's: its socket unit listens there, and its walls keep it
-    /// gvproxy's (the forwarder refuses to forward a host port to it).
-    #[test]
-    fn the_guest_image_serves_the_podman_api_where_gvproxy_connects() {
-        let port = super::GUEST_PODMAN_API_PORT.to_string();
-        let files = "../configs/guest/files/";
-        for (file, text) in [
-            (
-                "carbon-podman-api.socket",
-                include_str!(
-                    "../../../configs/guest/files/etc/systemd/system/carbon-podman-api.socket"
-                ),
-            ),
-            (
-                "walls.nft",
-                include_str!("../../../configs/guest/files/usr/lib/carbon-vm/walls.nft"),
-            ),
-            (
-                "forwarder",
-                include_str!("../../../configs/guest/files/usr/lib/carbon-vm/forwarder"),
-            ),
-        ] {
-            assert!(
-                text.contains(&port),
-                "{files}...{file} does not name port {port}"
-            );
-        }
     }
 }

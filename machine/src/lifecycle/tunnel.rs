@@ -1,9 +1,9 @@
-//! The SSH tunnel (`ssh -N -R`, crate::ssh::ggml_forward) that serves the ggml device's socket in
-//! the guest, for machines with that device. It opens only once the guest is Ready, so sshd listens
-//! and the host key is pinned. (The Podman API needs no SSH: gvproxy serves it, gvproxy.rs.)
+//! The SSH tunnel (crate::ssh::tunnel) that serves the guest's Podman API on the host, and the ggml
+//! device's socket in the guest for machines with that device. It opens only once the guest is
+//! Ready, so sshd listens and the host key is pinned.
 
 use super::{LifecycleError, tail};
-use crate::store::{FORWARD_LOG, FORWARD_PID, GGML_SOCKET, MachineDir, STOP_REQUEST};
+use crate::store::{FORWARD_LOG, FORWARD_PID, MachineDir, PODMAN_SOCKET, STOP_REQUEST};
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
@@ -13,14 +13,22 @@ use vmm::process::{self, Signal};
 /// How often a tunnel whose connection broke before SSH began is opened again during a start.
 const RETRIES: u32 = 5;
 
-/// Opens the tunnel and waits, at most `timeout`, until the guest's sshd accepted the forward.
-pub(super) fn open(m: &MachineDir, ssh_port: u16, timeout: Duration) -> Result<(), LifecycleError> {
+/// Opens the tunnel and waits, at most `timeout`, until its forwards are in place: the host's
+/// Podman socket listening, and with `ggml` the guest's sshd serving the device's socket.
+pub(super) fn open(
+    m: &MachineDir,
+    ssh_port: u16,
+    ggml: bool,
+    timeout: Duration,
+) -> Result<(), LifecycleError> {
     let deadline = Instant::now() + timeout;
     let mut retries = 0;
-    start(m, ssh_port)?;
+    start(m, ssh_port, ggml)?;
     loop {
         let log = tail(&m.path(FORWARD_LOG), 64 * 1024);
-        if log.contains(crate::ssh::FORWARD_READY) {
+        if log.contains(crate::ssh::LOCAL_FORWARD_READY)
+            && (!ggml || log.contains(crate::ssh::REMOTE_FORWARD_READY))
+        {
             return Ok(());
         }
         if m.path(STOP_REQUEST).exists() {
@@ -32,11 +40,11 @@ pub(super) fn open(m: &MachineDir, ssh_port: u16, timeout: Duration) -> Result<(
                 retries += 1;
                 tracing::info!(retries, log = %said, "tunnel connection broke: again");
                 std::thread::sleep(Duration::from_secs(1));
-                start(m, ssh_port)?;
+                start(m, ssh_port, ggml)?;
                 continue;
             }
             return Err(LifecycleError::Exited(
-                "ssh (the ggml device's tunnel)",
+                "ssh (the tunnel to the guest)",
                 if said.is_empty() {
                     "it wrote nothing (ended by a signal?)".into()
                 } else {
@@ -47,7 +55,7 @@ pub(super) fn open(m: &MachineDir, ssh_port: u16, timeout: Duration) -> Result<(
         if Instant::now() > deadline {
             kill(m);
             return Err(LifecycleError::Exited(
-                "ssh (the ggml device's tunnel)",
+                "ssh (the tunnel to the guest)",
                 format!(
                     "the forward was not in place within {timeout:?}: {}",
                     said(&log)
@@ -82,9 +90,9 @@ fn connection_broke(said: &str) -> bool {
         .any(|s| said.contains(s))
 }
 
-fn start(m: &MachineDir, ssh_port: u16) -> Result<(), LifecycleError> {
+fn start(m: &MachineDir, ssh_port: u16, ggml: bool) -> Result<(), LifecycleError> {
     let log = fs::File::create(m.path(FORWARD_LOG))?;
-    let child = crate::ssh::ggml_forward(m, ssh_port)
+    let child = crate::ssh::tunnel(m, ssh_port, ggml)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -97,7 +105,7 @@ fn start(m: &MachineDir, ssh_port: u16) -> Result<(), LifecycleError> {
 
 /// The tunnel's PID if it runs (a zombie or a reused PID does not count).
 pub(super) fn pid(m: &MachineDir) -> Option<i32> {
-    let marker = format!(":{}", m.socket(GGML_SOCKET).display());
+    let marker = format!("{}:", m.socket(PODMAN_SOCKET).display());
     process::live_pid(&m.path(FORWARD_PID), &marker)
 }
 

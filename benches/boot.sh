@@ -103,7 +103,8 @@ boot() {
     shift
     qemu-system-x86_64 "${qemu_common[@]}" "$@"
     t0=$(now)
-    read -r -t 600 line <"$work/ready.out"
+    # One open of the pipe for every line: the guest's early `Key ...` comes before Ready.
+    while read -r -t 600 line && [[ $line != Ready* ]]; do :; done <"$work/ready.out"
     t1=$(now)
     [[ $line == Ready* ]] || { echo "$label: no Ready (got '$line')" >&2; exit 1; }
     echo "$t1 - $t0" | bc -l >>"$work/$label"

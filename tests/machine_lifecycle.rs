@@ -1,5 +1,5 @@
-//! End to end on QEMU (TCG): create, start, the real podman client over the gvproxy-forwarded
-//! socket, ssh, graceful stop through QMP, `set` (more disk, fewer CPUs), start again, rm.
+//! End to end on QEMU (TCG): create, start, the real podman client over the SSH-forwarded
+//! socket (the tunnel begun at the guest's early key, before Ready), ssh, graceful stop through QMP, `set` (more disk, fewer CPUs), start again, rm.
 
 mod common;
 
@@ -190,7 +190,22 @@ fn create_start_podman_ssh_stop_start_rm() {
     );
     assert_eq!(env.json(&["inspect", "dev"])["state"], "stopped");
 
-    cv().args(["start", "dev"]).assert().success();
+    // The guest's early key (sent once sshd listens) starts the tunnel before Ready.
+    let o = cv()
+        .env("CARBON_VM_LOG", "machine=info")
+        .args(["start", "dev"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    let (early, ready) = (
+        log.find("early key: tunnel started"),
+        log.find("guest ready"),
+    );
+    assert!(
+        early.is_some() && ready.is_some() && early < ready,
+        "the tunnel began before Ready:\n{log}"
+    );
     // `set` took effect: the guest grew its root into the larger disk and has one CPU.
     let facts = guest_numbers("df --output=size -B1G / | tail -n 1; nproc");
     assert!(

@@ -276,7 +276,8 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         ..vm.clone()
     };
     let ready = ReadyChannel::bind(&vm.ready_socket)?;
-    // Pinned again from this boot's Ready: until then the machine is not up (`state_of`).
+    // Pinned again from this boot's key (early, or at Ready): until then the machine is not up
+    // (`state_of`).
     let _ = fs::remove_file(m.path(KNOWN_HOSTS));
     let _ = fs::remove_file(&vm.console_log);
     // One run per log (bounded: this run's and the last one's), so that what `start` and
@@ -284,8 +285,29 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     let _ = fs::rename(&vm.vmm_log, m.path(VMM_LOG_PREVIOUS));
     d.launch(&boot)?;
     tracing::info!(machine = %spec.name, "vmm running");
+    let pin = |key: &str| {
+        write_atomic(
+            &m.path(KNOWN_HOSTS),
+            format!("{} {key}\n", crate::ssh::host_alias(&spec.name)).as_bytes(),
+        )
+    };
+    // The guest's key comes first when sshd listens: pinned, the tunnel connects while the
+    // guest's Podman starts (a failure here is the tunnel's again after Ready, then reported).
+    let mut early_key = None;
     let host_key = ready
-        .wait(o.start_timeout, || still_starting(m, d.as_ref(), &vm))
+        .wait_with_key(
+            o.start_timeout,
+            || still_starting(m, d.as_ref(), &vm),
+            |key| {
+                if early_key.is_none() && pin(key).is_ok() {
+                    early_key = Some(key.to_owned());
+                    match tunnel::start(m, run.ssh_port, spec.ggml) {
+                        Ok(()) => tracing::info!(machine = %spec.name, "early key: tunnel started"),
+                        Err(e) => tracing::debug!(error = %e, "the tunnel did not start early"),
+                    }
+                }
+            },
+        )
         .map_err(|e| match e {
             ReadyError::Timeout(t) => LifecycleError::NotReady(t, console_tail(&vm.console_log)),
             ReadyError::NoHostKey => LifecycleError::NoHostKey,
@@ -293,10 +315,11 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
             ReadyError::Io(e) => e.into(),
         })?;
     tracing::info!(machine = %spec.name, "guest ready");
-    write_atomic(
-        &m.path(KNOWN_HOSTS),
-        format!("{} {host_key}\n", crate::ssh::host_alias(&spec.name)).as_bytes(),
-    )?;
+    if early_key.as_deref() != Some(host_key.as_str()) {
+        // No early key (an older image), or another one at Ready: Ready's is the one.
+        tunnel::kill(m);
+        pin(&host_key)?;
+    }
     // Ready promises sshd listening and the Podman API answering in the guest; a loaded TCG host
     // may still be slow to pass the first answer.
     let podman_timeout = o

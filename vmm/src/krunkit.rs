@@ -42,6 +42,9 @@ pub const GPU_MAX_MEMORY_MIB: u32 = {
 /// `VirtioVsockNew(1025, readySocket, true)`, "the connection from guest to host", after
 /// `net.Listen("unix", readySocket)`). krunkit never creates nor removes that socket file.
 pub const READY_VSOCK_PORT: u32 = 1025;
+/// Where the guest says `Key <host key>` before Ready (crate::ready), to the same socket: not on
+/// READY_VSOCK_PORT, where Podman, when it starts the machine, takes any first line for Ready.
+pub const KEY_VSOCK_PORT: u32 = 1026;
 
 /// Venus shared-memory window arithmetic, in MiB: libkrun on macOS sizes the window as
 /// `63488 MiB - RAM rounded up to a GiB` so that RAM + window stay inside the 64 GiB (36-bit)
@@ -142,6 +145,11 @@ pub fn command_line(c: &KrunkitConfig) -> Vec<String> {
             p(&c.ready_socket)
         ),
         "--device".into(),
+        format!(
+            "virtio-vsock,port={KEY_VSOCK_PORT},socketURL={},listen",
+            p(&c.ready_socket)
+        ),
+        "--device".into(),
         format!("virtio-serial,logFilePath={}", p(&c.console_log)),
         "--device".into(),
         "virtio-rng".into(),
@@ -225,6 +233,8 @@ mod tests {
             "virtio-net,unixSocketPath=/r/dev/net.sock,mac=5a:94:ef:e4:0c:ee",
             "--device",
             "virtio-vsock,port=1025,socketURL=/r/dev/ready.sock,listen",
+            "--device",
+            "virtio-vsock,port=1026,socketURL=/r/dev/ready.sock,listen",
             "--device",
             "virtio-serial,logFilePath=/m/dev/console.log",
             "--device",

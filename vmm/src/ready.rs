@@ -1,10 +1,11 @@
 //! The guest's Ready signal, the same for every driver: the host listens on a unix socket before
 //! the VMM starts (QEMU connects its virtio-serial port `carbon.ready` to it; krunkit connects it
-//! when the guest connects to vsock port 1025), and carbon-vm's guest writes one line,
-//! `Ready <its SSH host key>`, once sshd and the Podman socket listen. The key is pinned from this
-//! private channel, so SSH never trusts a key on first use; a bare `Ready` (a guest that is not
-//! carbon-vm's) is refused. Lines are bounded (`MAX_LINE`): a guest that writes without end
-//! cannot grow the host's memory while it is awaited.
+//! when the guest connects to vsock port 1025 or 1026), and carbon-vm's guest writes
+//! `Key <its SSH host key>` once sshd listens, then `Ready <its SSH host key>` once the Podman
+//! API answers too. The key is pinned from this private channel, so SSH never trusts a key on
+//! first use; a bare `Ready` (a guest that is not carbon-vm's) is refused. Lines are bounded
+//! (`MAX_LINE`): a guest that writes without end cannot grow the host's memory while it is
+//! awaited.
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::net::UnixListener;
@@ -48,7 +49,19 @@ impl ReadyChannel {
     pub fn wait<E: std::error::Error + 'static>(
         &self,
         timeout: Duration,
+        check: impl FnMut() -> Result<(), E>,
+    ) -> Result<String, ReadyError<E>> {
+        self.wait_with_key(timeout, check, |_| {})
+    }
+
+    /// [`wait`](Self::wait), telling `on_key` of each `Key <host key>` line on the way: the
+    /// guest's word that sshd listens with that key, sent before its last wait for Ready (Podman's
+    /// first answer), so that the host can open its SSH tunnel meanwhile.
+    pub fn wait_with_key<E: std::error::Error + 'static>(
+        &self,
+        timeout: Duration,
         mut check: impl FnMut() -> Result<(), E>,
+        mut on_key: impl FnMut(&str),
     ) -> Result<String, ReadyError<E>> {
         let deadline = Instant::now() + timeout;
         let mut last_check = Instant::now();
@@ -86,11 +99,12 @@ impl ReadyChannel {
                     // That connection ended without Ready: wait for the next one.
                     Ok(0) => break,
                     Ok(_) if line.ends_with(b"\n") => {
-                        if !overlong
-                            && line.len() <= MAX_LINE
-                            && let Some(key) = parse(&line)
-                        {
-                            return key;
+                        if !overlong && line.len() <= MAX_LINE {
+                            match parse(&line) {
+                                Some(Line::Ready(ready)) => return ready,
+                                Some(Line::Key(key)) => on_key(&key),
+                                None => {}
+                            }
                         }
                         overlong = false;
                         line.clear();
@@ -116,19 +130,29 @@ impl ReadyChannel {
     }
 }
 
-/// `Ready KEY` -> the key; a bare `Ready` -> refused; anything else is not the signal.
-fn parse<E: std::error::Error + 'static>(line: &[u8]) -> Option<Result<String, ReadyError<E>>> {
+enum Line<E: std::error::Error + 'static> {
+    Key(String),
+    Ready(Result<String, ReadyError<E>>),
+}
+
+/// `Ready KEY` -> the key; a bare `Ready` -> refused; `Key KEY` -> the early key (a bare `Key` is
+/// nothing); anything else is not the signal.
+fn parse<E: std::error::Error + 'static>(line: &[u8]) -> Option<Line<E>> {
     let line = String::from_utf8_lossy(line);
     let line = line.trim();
     if line == "Ready" {
-        return Some(Err(ReadyError::NoHostKey));
+        return Some(Line::Ready(Err(ReadyError::NoHostKey)));
+    }
+    if let Some(key) = line.strip_prefix("Key ") {
+        let key = key.trim();
+        return (!key.is_empty()).then(|| Line::Key(key.to_owned()));
     }
     let key = line.strip_prefix("Ready ")?.trim();
-    Some(if key.is_empty() {
+    Some(Line::Ready(if key.is_empty() {
         Err(ReadyError::NoHostKey)
     } else {
         Ok(key.to_owned())
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -161,6 +185,24 @@ mod tests {
             .unwrap();
         assert_eq!(key, "ssh-ed25519 AAAA");
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn early_keys_are_told_on_the_way_to_ready() {
+        let (_d, ch, sock) = channel();
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.write_all(b"Key\nKey ssh-ed25519 EARLY\nbooting\nReady ssh-ed25519 EARLY\n")
+            .unwrap();
+        let mut told = Vec::new();
+        let key = ch
+            .wait_with_key(
+                Duration::from_secs(10),
+                || Ok::<_, Gone>(()),
+                |k| told.push(k.to_owned()),
+            )
+            .unwrap();
+        assert_eq!(key, "ssh-ed25519 EARLY");
+        assert_eq!(told, ["ssh-ed25519 EARLY"]);
     }
 
     #[test]

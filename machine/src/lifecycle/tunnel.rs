@@ -13,8 +13,9 @@ use vmm::process::{self, Signal};
 /// How often a tunnel whose connection broke before SSH began is opened again during a start.
 const RETRIES: u32 = 5;
 
-/// Opens the tunnel and waits, at most `timeout`, until its forwards are in place: the host's
-/// Podman socket listening, and with `ggml` the guest's sshd serving the device's socket.
+/// Opens the tunnel, unless one runs (begun at the guest's early key), and waits, at most
+/// `timeout`, until its forwards are in place: the host's Podman socket listening, and with `ggml`
+/// the guest's sshd serving the device's socket.
 pub(super) fn open(
     m: &MachineDir,
     ssh_port: u16,
@@ -23,7 +24,9 @@ pub(super) fn open(
 ) -> Result<(), LifecycleError> {
     let deadline = Instant::now() + timeout;
     let mut retries = 0;
-    start(m, ssh_port, ggml)?;
+    if pid(m).is_none() {
+        start(m, ssh_port, ggml)?;
+    }
     loop {
         let log = tail(&m.path(FORWARD_LOG), 64 * 1024);
         if log.contains(crate::ssh::LOCAL_FORWARD_READY)
@@ -90,7 +93,8 @@ fn connection_broke(said: &str) -> bool {
         .any(|s| said.contains(s))
 }
 
-fn start(m: &MachineDir, ssh_port: u16, ggml: bool) -> Result<(), LifecycleError> {
+/// Starts the tunnel's ssh without waiting for it ([`open`] waits).
+pub(super) fn start(m: &MachineDir, ssh_port: u16, ggml: bool) -> Result<(), LifecycleError> {
     let log = fs::File::create(m.path(FORWARD_LOG))?;
     let child = crate::ssh::tunnel(m, ssh_port, ggml)
         .stdin(Stdio::null())

@@ -20,20 +20,28 @@ pub enum Boot<'a> {
     Efi { code: &'a Path, vars: &'a Path },
 }
 
-/// What the guest said on `carbon.ready` and what its console shows.
+/// What the guest said on `carbon.ready` (its lines up to Ready) and what its console shows.
 pub struct Booted {
-    pub ready: String,
+    pub said: Vec<String>,
     pub console: String,
 }
 
 impl Booted {
-    /// Fails the test unless the guest said `Ready <host key>`.
+    /// Fails the test unless the guest said `Key <host key>` (once sshd listened), then
+    /// `Ready <the same key>`.
     pub fn assert_ready(&self) {
+        let ready = self.said.last().map(|l| l.trim()).unwrap_or_default();
         assert!(
-            self.ready.trim().starts_with("Ready ssh-ed25519 "),
+            ready.starts_with("Ready ssh-ed25519 "),
             "no Ready from the guest ({:?}); console tail:\n{}",
-            self.ready,
+            self.said,
             super::tail(&self.console, 3000)
+        );
+        let key = ready.strip_prefix("Ready ").unwrap();
+        assert!(
+            self.said.iter().any(|l| l.trim() == format!("Key {key}")),
+            "no early key before Ready: {:?}",
+            self.said
         );
     }
 }
@@ -89,17 +97,29 @@ pub fn to_ready(disk: &str, boot: Boot, limit: Duration) -> Booted {
         .stdout(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("qemu-system-x86_64 is installed (scripts/install-deps): {e}"));
-    // QEMU connects to our socket at start-up; the guest writes one line when it is ready.
+    // QEMU connects to our socket at start-up; the guest writes its key, then Ready.
     let conn = vmm_connects(&listener, &mut qemu, &console);
     conn.set_read_timeout(Some(limit)).unwrap();
-    let mut ready = String::new();
-    if let Err(e) = BufReader::new(conn).read_line(&mut ready) {
-        ready = format!("nothing: {e}");
+    let mut said = Vec::new();
+    for line in BufReader::new(conn).lines() {
+        match line {
+            Ok(l) => {
+                let ready = l.starts_with("Ready");
+                said.push(l);
+                if ready {
+                    break;
+                }
+            }
+            Err(e) => {
+                said.push(format!("nothing more: {e}"));
+                break;
+            }
+        }
     }
     let _ = qemu.kill();
     let _ = qemu.wait();
     Booted {
-        ready,
+        said,
         console: std::fs::read_to_string(&console).unwrap_or_default(),
     }
 }

@@ -1,6 +1,6 @@
 //! The SSH tunnel (crate::ssh::tunnel) that serves the guest's Podman API on the host, and the ggml
-//! device's socket in the guest for machines with that device. It opens only once the guest is
-//! Ready, so sshd listens and the host key is pinned.
+//! device's socket in the guest for machines with that device. It starts at the guest's early
+//! `Key` line (sshd listens, the host key is pinned) or, failing that, once the guest is Ready.
 
 use super::{LifecycleError, tail};
 use crate::store::{FORWARD_LOG, FORWARD_PID, MachineDir, PODMAN_SOCKET, STOP_REQUEST};

@@ -84,6 +84,28 @@ fn create_start_podman_ssh_stop_start_rm() {
         images_mtime < booted,
         "the container storage was written by this boot ({images_mtime} >= {booted})"
     );
+    // A new machine's guest was asked to grow its root (the carbon.grow-root credential), and the
+    // host recorded the size it was grown to, which spares the next boots the check.
+    let o = cv()
+        .args([
+            "ssh",
+            "dev",
+            "--",
+            "systemctl show -P ConditionResult systemd-repart.service systemd-growfs-root.service",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["yes", "yes"]
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.home.path().join("machines/dev/root-grown")).unwrap(),
+        "8"
+    );
 
     let o = podman()
         .args([
@@ -147,13 +169,24 @@ fn create_start_podman_ssh_stop_start_rm() {
         "{out}"
     );
     // The guest's units form no ordering cycle: systemd breaks one by dropping a start job (once
-    // podman.socket's), which whichever job it picks makes a flaky machine.
+    // podman.socket's), which whichever job it picks makes a flaky machine. journald starts after
+    // Ready: the start waits for it, and --sync for what was logged before it ran (systemd's own
+    // lines from the start of the boot, which must be there).
     let o = cv()
-        .args(["ssh", "dev", "--", "journalctl", "-b", "-o", "cat"])
+        .args([
+            "ssh",
+            "dev",
+            "--",
+            "systemctl start systemd-journald.service && journalctl --sync && journalctl -b -o cat",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let journal = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        journal.contains("Starting carbon-walls.service"),
+        "the journal lacks the boot's first units:\n{journal}"
+    );
     let cycles: Vec<_> = journal
         .lines()
         .filter(|l| l.contains("ordering cycle"))
@@ -213,6 +246,10 @@ fn create_start_podman_ssh_stop_start_rm() {
         "root not grown to the 12 GiB disk: {facts:?}"
     );
     assert_eq!(facts[1], 1, "cpus not changed");
+    assert_eq!(
+        std::fs::read_to_string(env.home.path().join("machines/dev/root-grown")).unwrap(),
+        "12"
+    );
     let o = podman().args(["-c", "dev", "ps"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = cv().args(["rm", "dev"]).output().unwrap();

@@ -315,6 +315,10 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
             ReadyError::Io(e) => e.into(),
         })?;
     tracing::info!(machine = %spec.name, "guest ready");
+    // Only spares the next boot a check: a start that cannot write it is no worse.
+    if let Err(e) = write_atomic(&m.path(ROOT_GROWN), spec.disk_gib.to_string().as_bytes()) {
+        tracing::debug!(error = %e, "root-grown not written");
+    }
     if early_key.as_deref() != Some(host_key.as_str()) {
         // No early key (an older image), or another one at Ready: Ready's is the one.
         tunnel::kill(m);
@@ -534,8 +538,8 @@ pub fn ssh(m: &MachineDir, o: &StartOptions) -> Result<std::process::Command, Li
 }
 
 /// systemd credentials for the guest (SMBIOS OEM strings): root's SSH key, the hostname, and
-/// carbon-vm's control ports (`control_ports::known`), the shared folders' mounts
-/// (systemd-fstab-generator reads `fstab.extra`).
+/// carbon-vm's control ports (`control_ports::known`), the ggml device, whether the root may need
+/// growing (ROOT_GROWN), the shared folders' mounts (systemd-fstab-generator reads `fstab.extra`).
 fn credentials(
     m: &MachineDir,
     spec: &Spec,
@@ -560,6 +564,9 @@ fn credentials(
     ];
     if spec.ggml {
         c.push("io.systemd.credential:carbon.ggml=1".into());
+    }
+    if fs::read_to_string(m.path(ROOT_GROWN)).ok().as_deref() != Some(&spec.disk_gib.to_string()) {
+        c.push("io.systemd.credential:carbon.grow-root=1".into());
     }
     if !spec.volumes.is_empty() {
         let fstab = crate::volumes::fstab_extra(&spec.volumes);

@@ -16,6 +16,10 @@ pub const DISK: &str = "disk.raw";
 pub const KEY: &str = "id_ed25519";
 /// The guest's host key, pinned from the Ready channel (never trusted on first use over SSH).
 pub const KNOWN_HOSTS: &str = "known_hosts";
+/// The disk size (GiB) the guest's root was last grown to: written at Ready, which promises the
+/// root grown. A start whose disk differs (a new machine, `set --disk-size`) asks the guest to
+/// grow it (the carbon.grow-root credential); the others spare it the check.
+pub const ROOT_GROWN: &str = "root-grown";
 pub const CONSOLE_LOG: &str = "console.log";
 pub const GVPROXY_LOG: &str = "gvproxy.log";
 /// The VMM's pidfile (QEMU's `-pidfile`, krunkit's `--pidfile`).

@@ -82,25 +82,16 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         ),
     ),
     (
-        "etc/systemd/system/systemd-logind.service.d/carbon-after-ready.conf",
-        0o644,
-        include_str!(
-            "../../../configs/guest/files/etc/systemd/system/systemd-logind.service.d/carbon-after-ready.conf"
-        ),
-    ),
-    (
-        "etc/systemd/system/systemd-udevd.service.d/carbon-after-ready.conf",
-        0o644,
-        include_str!(
-            "../../../configs/guest/files/etc/systemd/system/systemd-udevd.service.d/carbon-after-ready.conf"
-        ),
-    ),
-    (
         "etc/systemd/system/carbon-podman-tmpfiles.service",
         0o644,
         include_str!(
             "../../../configs/guest/files/etc/systemd/system/carbon-podman-tmpfiles.service"
         ),
+    ),
+    (
+        "etc/ssh/sshd_config.d/30-carbon-root-key.conf",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/ssh/sshd_config.d/30-carbon-root-key.conf"),
     ),
     (
         "etc/ssh/sshd_config.d/10-carbon-hostkey.conf",
@@ -136,6 +127,11 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         "usr/lib/carbon-vm/gpu-devices",
         0o755,
         include_str!("../../../configs/guest/files/usr/lib/carbon-vm/gpu-devices"),
+    ),
+    (
+        "etc/systemd/system/carbon-ggml-device.service",
+        0o644,
+        include_str!("../../../configs/guest/files/etc/systemd/system/carbon-ggml-device.service"),
     ),
     (
         "usr/lib/carbon-vm/ggml-device",
@@ -215,7 +211,8 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
 ];
 const ENABLE_UNITS: &str = "carbon-walls.service carbon-network.service ssh.service \
     podman.socket carbon-forwarder.socket carbon-ssh-hostkeys.service \
-    carbon-gpu-devices.service carbon-ready.service carbon-coldplug.service";
+    carbon-gpu-devices.service carbon-ggml-device.service carbon-ready.service \
+    carbon-coldplug.service";
 /// Units a machine never needs: periodic maintenance of a disk and package state that a machine
 /// rebuilt from a new image replaces anyway (e2scrub, fstrim, apt and dpkg timers); Debian's
 /// first-boot `ssh-keygen -A` (carbon-ssh-hostkeys makes the one key sshd uses; RSA alone takes
@@ -227,15 +224,31 @@ const ENABLE_UNITS: &str = "carbon-walls.service carbon-network.service ssh.serv
 /// sysinit.target (carbon-coldplug.service runs it after Ready); the kernel's debug and trace
 /// filesystems, huge pages and a tmpfs of its own for /run/lock (tmpfiles makes the directory),
 /// which nothing in a machine uses (each mount is a process at boot); the remount of what fstab
-/// lists (the root is not listed: the initrd mounted it as it must be).
-const MASK_UNITS: &str = "e2scrub_all.timer e2scrub_reap.service fstrim.timer apt-daily.timer \
-    apt-daily-upgrade.timer dpkg-db-backup.timer sshd-keygen.service modprobe@dm_mod.service \
-    modprobe@loop.service modprobe@configfs.service modprobe@efi_pstore.service \
-    modprobe@drm.service modprobe@fuse.service systemd-modules-load.service \
-    systemd-network-generator.service systemd-udev-load-credentials.service \
-    serial-getty@ttyS0.service serial-getty@hvc0.service systemd-udev-trigger.service \
-    sys-kernel-debug.mount sys-kernel-tracing.mount dev-hugepages.mount run-lock.mount \
-    systemd-remount-fs.service";
+/// lists (the root is not listed: the initrd mounted it as it must be); the list of static device
+/// nodes made from the running kernel's modules at each boot and the first of the two tmpfiles runs
+/// over /dev (the recipe writes that list for the image's kernel into tmpfiles.d, and groups exist
+/// before the first boot: one run makes the nodes with their owners, on the way to the host
+/// folders' mounts, which come after local-fs-pre.target).
+const MASK_UNITS: &str = "kmod-static-nodes.service systemd-tmpfiles-setup-dev-early.service \
+    e2scrub_all.timer e2scrub_reap.service fstrim.timer apt-daily.timer apt-daily-upgrade.timer \
+    dpkg-db-backup.timer sshd-keygen.service modprobe@dm_mod.service modprobe@loop.service \
+    modprobe@configfs.service modprobe@efi_pstore.service modprobe@drm.service \
+    modprobe@fuse.service systemd-modules-load.service systemd-network-generator.service \
+    systemd-udev-load-credentials.service serial-getty@ttyS0.service serial-getty@hvc0.service \
+    systemd-udev-trigger.service sys-kernel-debug.mount sys-kernel-tracing.mount \
+    dev-hugepages.mount run-lock.mount systemd-remount-fs.service";
+/// Units that wait for Ready (an `After=carbon-ready.service` drop-in each): nothing Ready promises
+/// needs them, and under TCG each is seconds of CPU that Ready's units would wait behind. udev and
+/// its coldplug (carbon-coldplug.service): the initrd and carbon-gpu-devices load the drivers that
+/// matter, devtmpfs makes the nodes, and the kernel's events wait in udev's socket. logind: an SSH
+/// login starts it through D-Bus when it needs it. journald: what units and the kernel log waits
+/// in its sockets and the kernel's buffer until it starts (carbon-ready.service fails after two
+/// minutes without Podman's answer, and runs again, so that the journal does not wait for a Ready
+/// that does not come). The journal's flush to disk, the boot's own tmpfiles run (Podman's
+/// clean-up runs before, carbon-podman-tmpfiles.service) and the saved random seed.
+const AFTER_READY_UNITS: &str = "systemd-udevd.service systemd-logind.service \
+    systemd-journald.service systemd-journal-flush.service systemd-tmpfiles-setup.service \
+    systemd-random-seed.service";
 /// systemd's generators a machine has no use for, disabled (a link to /dev/null in
 /// /etc/systemd/system-generators): each is a process of a fraction of a second under TCG
 /// before the first unit starts. Kept: fstab's (host folders come as fstab.extra), Podman's
@@ -406,6 +419,18 @@ pub fn build(
             "mkdir -p \"$1\"/etc/systemd/system-generators && for g in {DISABLED_GENERATORS}; do \
              ln -sf /dev/null \"$1\"/etc/systemd/system-generators/$g; done"
         ),
+        format!(
+            "for u in {AFTER_READY_UNITS}; do mkdir -p \"$1\"/etc/systemd/system/$u.d && \
+             printf '# carbon-vm: after Ready (guest-image recipe, AFTER_READY_UNITS)\\n[Unit]\\nAfter=carbon-ready.service\\n' \
+             > \"$1\"/etc/systemd/system/$u.d/carbon-after-ready.conf; done"
+        ),
+        // The static device nodes of the image's kernel (kmod-static-nodes.service is masked): a
+        // node for each module that a first open loads (modules.devname), with its directory.
+        "awk '!/^#/ && NF == 3 { n = split($2, p, \"/\"); \
+         if (n > 1 && !seen[p[1]]++) print \"d /dev/\" p[1] \" 0755 - - -\"; \
+         print substr($3, 1, 1) \"! /dev/\" $2 \" 0600 - - - \" substr($3, 2) }' \
+         \"$1\"/usr/lib/modules/*/modules.devname > \"$1\"/usr/lib/tmpfiles.d/carbon-static-nodes.conf"
+            .to_owned(),
         // The NIC keeps its kernel name, eth0 (carbon-network.service configures it by name).
         "ln -sf /dev/null \"$1\"/etc/systemd/network/99-default.link".to_owned(),
         // The bundled container image goes into the guest's container storage now, by the guest's

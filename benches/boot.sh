@@ -174,8 +174,11 @@ for ((i = 1; i <= rounds; i++)); do
              -device virtio-net-pci,netdev=net,mac=5a:94:ef:e4:0c:ee,romfile=
              -smbios "type=11,value=io.systemd.credential:ssh.authorized_keys.root=$pubkey"
              -smbios "type=11,value=io.systemd.credential:system.hostname=bench")
+    # As `carbon-vm start` asks a new machine's guest, and only it, to grow its root.
+    grow=(-smbios "type=11,value=io.systemd.credential:carbon.grow-root=1")
     for label in efi-first efi-warm; do
-        boot "$label" "${machine[@]}"
+        boot "$label" "${machine[@]}" ${grow[@]+"${grow[@]}"}
+        grow=()
         ((i == 1)) && blame "EFI ${label#efi-} boot" "${efi_ssh[@]}" -p "$port" root@127.0.0.1
         stop_qemu "${efi_ssh[@]}" -p "$port" root@127.0.0.1 systemctl poweroff
     done

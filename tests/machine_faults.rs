@@ -112,22 +112,7 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
     podman_ps();
     // A boot of a machine whose root was grown to its disk before: the guest starts nothing to
     // check it again (no carbon.grow-root credential; docs/internals.md, "The guest's boot").
-    let o = cv()
-        .args([
-            "ssh",
-            "dev",
-            "--",
-            "systemctl show -P ConditionResult systemd-repart.service systemd-growfs-root.service",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .collect::<Vec<_>>(),
-        ["no", "no"]
-    );
+    assert!(!common::root_growth_checked(cv(), "dev"));
     cv().args(["stop", "--force", "dev"]).assert().success();
     assert_eq!(state(), "stopped");
 

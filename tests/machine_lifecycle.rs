@@ -86,22 +86,7 @@ fn create_start_podman_ssh_stop_start_rm() {
     );
     // A new machine's guest was asked to grow its root (the carbon.grow-root credential), and the
     // host recorded the size it was grown to, which spares the next boots the check.
-    let o = cv()
-        .args([
-            "ssh",
-            "dev",
-            "--",
-            "systemctl show -P ConditionResult systemd-repart.service systemd-growfs-root.service",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .collect::<Vec<_>>(),
-        ["yes", "yes"]
-    );
+    assert!(common::root_growth_checked(cv(), "dev"));
     assert_eq!(
         std::fs::read_to_string(env.home.path().join("machines/dev/root-grown")).unwrap(),
         "8"

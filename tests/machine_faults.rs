@@ -154,3 +154,134 @@ fn kills_during_start_leave_a_truthful_state_and_a_working_start() {
     common::wait_for_text(&vmm_log, said);
     cv().args(["rm", "--force", "dev"]).assert().success();
 }
+
+/// `carbon-vm` run as the tests' ordinary user by a test that keeps root (to mount and fill a
+/// tmpfs), with `env`'s state.
+fn as_test_user(env: &Env) -> Command {
+    let user = std::env::var("CARBON_VM_TEST_USER")
+        .expect("CARBON_VM_TEST_USER names the user machines run as (scripts/test sets it)");
+    let mut c = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/as-user"));
+    c.arg(user).arg(assert_cmd::cargo::cargo_bin("carbon-vm"));
+    env.configure(&mut c);
+    c
+}
+
+/// Removes the machine as its user when dropped (before the tmpfs under it is unmounted).
+struct RemoveAs<'a>(&'a Env);
+
+impl Drop for RemoveAs<'_> {
+    fn drop(&mut self) {
+        let _ = as_test_user(self.0)
+            .args(["rm", "--force", "dev"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The host's filesystem fills under a running machine: QEMU pauses the guest on the write it
+/// cannot place (nothing the guest wrote is lost), `list` says so instead of "running", `start`
+/// fails at once saying so, and once there is space again a forced stop and a start bring it
+/// back. The test keeps root to mount and fill a small tmpfs; the machine runs as the ordinary user.
+#[test]
+fn a_full_host_disk_pauses_the_guest_and_says_so() {
+    let Some(image) = common::default_image() else {
+        return;
+    };
+    // The image's unpacked copy and the machine's disk (its written blocks) fit, little more.
+    let Some(fs) = common::tmpfs::Tmpfs::mount("2600m") else {
+        return;
+    };
+    let env = fs.env();
+    let cv = |args: &[&str]| {
+        let o = as_test_user(&env).args(args).output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let state = || {
+        let o = as_test_user(&env)
+            .args(["--json", "list"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (
+            v[0]["state"].as_str().unwrap().to_owned(),
+            v[0]["reason"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    // Everything under the home is the user's, the Podman configuration the test made included.
+    common::podman_conf(&env.home.path().join("xdg"));
+    let user = std::env::var("CARBON_VM_TEST_USER").unwrap();
+    assert!(
+        Command::new("chown")
+            .args(["-R", &user])
+            .arg(env.home.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let sha = common::sha256_file(&image);
+    let image = image.to_str().unwrap();
+    assert_eq!(cv(&["image", "pull", image, "--sha256", &sha]).0, Some(0));
+    let _remove = RemoveAs(&env);
+    let (code, err) = cv(&["create", "dev", "--memory", "2048", "--disk-size", "8"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = cv(&["start", "dev"]);
+    assert_eq!(code, Some(0), "{err}");
+
+    // The filesystem filled but for a MiB (the machine's logs go on), then the guest writes.
+    let filler = fs.path().join("filler");
+    let free = rustix::fs::statvfs(fs.path()).unwrap();
+    let fill = free.f_bavail * free.f_frsize - (1 << 20);
+    assert!(
+        Command::new("fallocate")
+            .args(["-l", &fill.to_string()])
+            .arg(&filler)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut writer = as_test_user(&env)
+        .args([
+            "ssh",
+            "dev",
+            "--",
+            "head -c 64M /dev/urandom > /var/tmp/fill && sync",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let said = "found the host's filesystem full";
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let reason = loop {
+        let (state, reason) = state();
+        if state != "running" {
+            assert_eq!(state, "broken", "{reason}");
+            break reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest still runs on a full disk"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(reason.contains(said), "{reason}");
+    // A start of the paused machine says why at once (exit 6: the host), and leaves it as it is.
+    let (code, err) = cv(&["start", "dev"]);
+    assert_eq!(code, Some(6), "{err}");
+    assert!(err.contains(said), "{err}");
+    assert_eq!(state().0, "broken");
+    let _ = writer.kill();
+    let _ = writer.wait();
+
+    // Space again: the paused guest is ended, and the machine starts.
+    std::fs::remove_file(&filler).unwrap();
+    let (code, err) = cv(&["stop", "--force", "dev"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = cv(&["start", "dev"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(state().0, "running");
+}

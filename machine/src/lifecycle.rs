@@ -110,8 +110,8 @@ impl exit_class::Classify for LifecycleError {
             LifecycleError::Vmm(V::Gpu(_)) => {
                 Code::Host.hint("`carbon-vm doctor` shows what the host's Venus stack lacks")
             }
-            // The error's text has the remedy (CARBON_VM_ACCEL=tcg).
-            LifecycleError::Vmm(V::KvmFailed(_)) => Code::Host.bare(),
+            // The error's text has the remedy (CARBON_VM_ACCEL=tcg; free space, stop --force, start).
+            LifecycleError::Vmm(V::KvmFailed(_) | V::DiskFull(_)) => Code::Host.bare(),
             LifecycleError::Vmm(V::Missing(..)) | LifecycleError::Missing(..) => {
                 Code::Host.hint(DOCTOR_HINT)
             }
@@ -234,10 +234,11 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
             ggml_server::start(m, o, vmm_pid(&vm)?)?;
         }
         let timeout = o.podman_timeout.unwrap_or(o.start_timeout);
+        let alive = || still_starting(m, d.as_ref(), &vm);
         if tunnel::pid(m).is_none() {
-            tunnel::open(m, run.ssh_port, spec.ggml, timeout)?;
+            tunnel::open(m, run.ssh_port, spec.ggml, timeout, &alive)?;
         }
-        wait_podman(m, timeout)?;
+        wait_podman(m, timeout, &alive)?;
         return Ok(run);
     }
     teardown(m, d.as_ref(), &vm)?;
@@ -333,8 +334,9 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     if spec.ggml {
         ggml_server::start(m, o, vmm_pid(&vm)?)?;
     }
-    tunnel::open(m, run.ssh_port, spec.ggml, podman_timeout)?;
-    wait_podman(m, podman_timeout)?;
+    let alive = || still_starting(m, d.as_ref(), &vm);
+    tunnel::open(m, run.ssh_port, spec.ggml, podman_timeout, &alive)?;
+    wait_podman(m, podman_timeout, &alive)?;
     tracing::info!(machine = %spec.name, "podman api answers");
     control_ports::share(m, o, run.ssh_port);
     guard.disarm();
@@ -349,7 +351,8 @@ fn vmm_pid(vm: &Vm) -> Result<i32, LifecycleError> {
         .map_err(|_| LifecycleError::Exited("the VMM", "its pidfile holds no PID".into()))
 }
 
-/// While waiting for Ready: the VMM and gvproxy still run, and nobody asked to stop.
+/// While a start waits (for Ready, the tunnel, the Podman API): the VMM still runs its guest
+/// (not gone, not paused), gvproxy still runs, and nobody asked to stop.
 fn still_starting(m: &MachineDir, d: &dyn Driver, vm: &Vm) -> Result<(), LifecycleError> {
     if m.path(STOP_REQUEST).exists() {
         return Err(LifecycleError::Interrupted);
@@ -579,8 +582,12 @@ fn credentials(
 }
 
 /// Waits until the Podman API answers `GET /_ping` with `OK` on the machine's socket, through
-/// the tunnel.
-fn wait_podman(m: &MachineDir, timeout: Duration) -> Result<(), LifecycleError> {
+/// the tunnel; `alive` fails the wait early.
+fn wait_podman(
+    m: &MachineDir,
+    timeout: Duration,
+    alive: &dyn Fn() -> Result<(), LifecycleError>,
+) -> Result<(), LifecycleError> {
     let sock = m.socket(PODMAN_SOCKET);
     let ping = vmm::http::request("GET", "/_ping", None);
     let deadline = Instant::now() + timeout;
@@ -597,9 +604,7 @@ fn wait_podman(m: &MachineDir, timeout: Duration) -> Result<(), LifecycleError> 
         {
             return Ok(());
         }
-        if m.path(STOP_REQUEST).exists() {
-            return Err(LifecycleError::Interrupted);
-        }
+        alive()?;
         if Instant::now() > deadline {
             return Err(LifecycleError::NoPodman(
                 sock.display().to_string(),

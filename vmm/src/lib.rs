@@ -255,6 +255,13 @@ pub enum Error {
          runs it without KVM)"
     )]
     KvmFailed(String),
+    #[error(
+        "QEMU paused the guest: a write to its disk ({}) found the host's filesystem full; free \
+         space there, then start the machine again (`carbon-vm stop --force` first ends a guest \
+         left paused)",
+        .0.display()
+    )]
+    DiskFull(PathBuf),
     #[error("the VMM (pid {0}) is still running after SIGKILL")]
     Unkillable(i32),
     /// The VMM or its control protocol failed (QMP, krunkit's REST API): `what` says which.

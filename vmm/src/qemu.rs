@@ -146,7 +146,12 @@ pub fn command_line(c: &QemuConfig) -> Vec<String> {
         ),
         "-no-reboot".into(),
         "-drive".into(),
-        format!("{}if=virtio,format=raw,discard=unmap", marker(&c.disk)),
+        // A write the host's full filesystem refuses pauses the guest (QMP run state io-error,
+        // which the driver reports) rather than failing it: the guest loses nothing.
+        format!(
+            "{}if=virtio,format=raw,discard=unmap,werror=enospc,rerror=report",
+            marker(&c.disk)
+        ),
         "-netdev".into(),
         format!(
             "stream,id=net0,addr.type=unix,addr.path={}",
@@ -323,7 +328,7 @@ mod tests {
         );
         assert!(has(
             "-drive",
-            "file=/m/dev/disk.raw,if=virtio,format=raw,discard=unmap"
+            "file=/m/dev/disk.raw,if=virtio,format=raw,discard=unmap,werror=enospc,rerror=report"
         ));
         assert!(has(
             "-netdev",
@@ -438,7 +443,7 @@ mod tests {
         let p = pairs(&command_line(&c));
         assert!(p.contains(&(
             "-drive".into(),
-            "file=/m/a,,b/disk.raw,if=virtio,format=raw,discard=unmap".into()
+            "file=/m/a,,b/disk.raw,if=virtio,format=raw,discard=unmap,werror=enospc,rerror=report".into()
         )));
         assert!(p.contains(&(
             "-qmp".into(),

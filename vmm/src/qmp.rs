@@ -1,5 +1,5 @@
 //! A minimal QMP client (QEMU Machine Protocol: JSON lines over a unix socket): enough for
-//! graceful power-down.
+//! graceful power-down and the VM's run state.
 
 use serde_json::{Value, json};
 use std::io::{self, BufRead, BufReader, Write};
@@ -23,9 +23,11 @@ pub enum QmpError {
 }
 
 impl Qmp {
-    pub fn connect(socket: &Path) -> Result<Qmp, QmpError> {
+    /// Connects, waiting at most `timeout` for each of QEMU's answers (QEMU serves one QMP client
+    /// at a time: another one's connection makes this one wait).
+    pub fn connect(socket: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
         let stream = UnixStream::connect(socket)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_read_timeout(Some(timeout))?;
         let mut q = Qmp {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
@@ -44,6 +46,15 @@ impl Qmp {
             return Err(QmpError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
         serde_json::from_str(&line).map_err(|_| QmpError::Protocol(line))
+    }
+
+    /// The VM's run state as QEMU names it (`running`, `paused`, `io-error`...).
+    pub fn status(&mut self) -> Result<String, QmpError> {
+        let r = self.execute("query-status")?;
+        r.get("status")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| QmpError::Protocol(r.to_string()))
     }
 
     /// Runs a command and returns its `return` value, skipping asynchronous events.

@@ -3,7 +3,7 @@
 //! `Key` line (sshd listens, the host key is pinned) or, failing that, once the guest is Ready.
 
 use super::{LifecycleError, tail};
-use crate::store::{FORWARD_LOG, FORWARD_PID, MachineDir, PODMAN_SOCKET, STOP_REQUEST};
+use crate::store::{FORWARD_LOG, FORWARD_PID, MachineDir, PODMAN_SOCKET};
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
@@ -15,12 +15,14 @@ const RETRIES: u32 = 5;
 
 /// Opens the tunnel, unless one runs (begun at the guest's early key), and waits, at most
 /// `timeout`, until its forwards are in place: the host's Podman socket listening, and with `ggml`
-/// the guest's sshd serving the device's socket.
+/// the guest's sshd serving the device's socket. `alive` fails the wait early (the VM gone or
+/// paused, a stop requested).
 pub(super) fn open(
     m: &MachineDir,
     ssh_port: u16,
     ggml: bool,
     timeout: Duration,
+    alive: &dyn Fn() -> Result<(), LifecycleError>,
 ) -> Result<(), LifecycleError> {
     let deadline = Instant::now() + timeout;
     let mut retries = 0;
@@ -34,9 +36,7 @@ pub(super) fn open(
         {
             return Ok(());
         }
-        if m.path(STOP_REQUEST).exists() {
-            return Err(LifecycleError::Interrupted);
-        }
+        alive()?;
         if pid(m).is_none() {
             let said = said(&log);
             if retries < RETRIES && connection_broke(&said) && Instant::now() < deadline {

@@ -13,6 +13,13 @@ use std::time::Duration;
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// What QEMU prints when KVM cannot go on running the guest.
 const KVM_FAILED: &str = "KVM internal error";
+/// QMP's run state of a VM QEMU paused on a write error (the drive's `werror=enospc`: the host's
+/// filesystem is full).
+const IO_ERROR: &str = "io-error";
+/// How long a command QEMU is asked over QMP may take.
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the run state may take: it is asked often (every state, every check during a start).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Qemu {
     pub arch: Arch,
@@ -207,17 +214,25 @@ impl Driver for Qemu {
         launched
     }
 
-    /// A QEMU that runs a guest KVM gave up on (it pauses the VM and says so on stderr) is a
-    /// VM that will never answer: an error, not "running".
+    /// A QEMU that runs a guest KVM gave up on (it pauses the VM and says so on stderr), or one
+    /// that paused it when a write to its disk found the host's filesystem full (QMP's
+    /// `io-error`), is a VM that will not answer: an error, not "running".
     fn running(&self, vm: &Vm) -> Result<bool, Error> {
         if self.pid(vm).is_none() {
             return Ok(false);
         }
         let log = std::fs::read(&vm.vmm_log).unwrap_or_default();
         let log = String::from_utf8_lossy(&log);
-        match log.lines().find(|l| l.starts_with(KVM_FAILED)) {
-            Some(line) => Err(Error::KvmFailed(line.trim().into())),
-            None => Ok(true),
+        if let Some(line) = log.lines().find(|l| l.starts_with(KVM_FAILED)) {
+            return Err(Error::KvmFailed(line.trim().into()));
+        }
+        // A QMP that does not answer (still starting, or busy with another client) says nothing
+        // either way: the VM counts as running.
+        let status = crate::qmp::Qmp::connect(&vm.control_socket, STATUS_TIMEOUT)
+            .and_then(|mut q| q.status());
+        match status {
+            Ok(s) if s == IO_ERROR => Err(Error::DiskFull(vm.disk.clone())),
+            _ => Ok(true),
         }
     }
 
@@ -227,7 +242,7 @@ impl Driver for Qemu {
         };
         let deadline = std::time::Instant::now() + within;
         loop {
-            crate::qmp::Qmp::connect(&vm.control_socket)
+            crate::qmp::Qmp::connect(&vm.control_socket, QMP_TIMEOUT)
                 .and_then(|mut q| q.execute("system_powerdown"))
                 .map_err(|e| Error::vmm("QMP", e))?;
             let left = deadline.saturating_duration_since(std::time::Instant::now());

@@ -14,7 +14,7 @@ pub const DEVICE: &str = "carbon-vm.dev/ggml=all";
 /// RPC device (the device's LLAMA_ARG_RPC adds it; a GPU machine's containers also see Venus,
 /// which must not take layers); the CPU side runs without the device. The image's ggml RPC
 /// package version is asked for, to name it if the protocols differ. The container runs
-/// detached and writes the completion to a file, as in the Venus workload.
+/// detached and its output is read from its log, as in the Venus workload.
 const GUEST_SCRIPT: &str = r#"
 case $1 in
 /*) how=--rootfs image="$1:O" ;;
@@ -25,7 +25,7 @@ out=$(mktemp -d)
 start() {
     opts=$1
     shift
-    podman run -d --log-driver k8s-file $opts @LLAMA@ "$@"
+    podman run -d --log-driver k8s-file $opts "$how" "$image" llama-completion @COMPLETION@ "$@"
 }
 @RUN@
 for side in rpc cpu; do

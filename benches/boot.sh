@@ -6,7 +6,8 @@
 #   (c) its warm boot (the same machine started again);
 # on both boot paths: direct kernel boot (QEMU, what `carbon-vm start` does: (b) and (c) are
 # `carbon-vm create/start/stop`) and EFI (OVMF -> systemd-boot on the disk's EFI partition, the
-# krunkit path; raw QEMU with a machine-like disk copy, credentials and user networking).
+# krunkit path; raw QEMU with the disk of a `carbon-vm create`d machine, credentials and user
+# networking).
 # Every boot is timed from the moment the VM runs (QEMU's -daemonize returned) to the Ready line.
 # Prints the medians, the ratios (goals: first/warm <= 1.2, warm/minimal <= 2.0), `start` as a
 # user sees it (goal: Ready -> Podman API < 1 s), and for first and warm boots the guest's
@@ -164,8 +165,10 @@ for ((i = 1; i <= rounds; i++)); do
     efi_args minimal "$work/minimal-efi.raw" snapshot=on
     boot efi-minimal "${efi[@]}"
     stop_qemu kill "$(cat "$work/qemu.pid")"
-    cp --sparse=always "$disk" "$work/machine.raw"
-    truncate -s 8G "$work/machine.raw"
+    # A machine's disk as `create` makes it (grown to 8 GiB, its root partition with it).
+    "$bin" -q create bench --image "$sha" --disk-size 8
+    mv "$CARBON_VM_HOME/machines/bench/disk.raw" "$work/machine.raw"
+    "$bin" -q rm --force bench
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     efi_args machine "$work/machine.raw"
     machine=("${efi[@]}"

@@ -176,6 +176,30 @@ fn bad_specs_images_in_use_and_qemu_failures_leave_nothing_behind() {
         std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 1 << 30,
         "the grown disk is sparse"
     );
+    // The disk's partition table is the guest's to write: one the host cannot read (here its
+    // primary header's signature gone) fails the growth with a clear error, the disk unchanged.
+    let before = (spec(), std::fs::read(&disk).unwrap()[..1 << 20].to_vec());
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::File::options().write(true).open(&disk).unwrap(),
+        b"NOT PART",
+        512,
+    )
+    .unwrap();
+    let table = std::fs::read(&disk).unwrap()[..1 << 20].to_vec();
+    fails(
+        &run(&env, &["set", "dev", "--disk-size", "4"]),
+        1,
+        "cannot grow the root partition of",
+    );
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 3 << 30);
+    assert_eq!(std::fs::read(&disk).unwrap()[..1 << 20], table[..]);
+    assert_eq!(spec(), before.0, "a failed set left machine.json alone");
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::File::options().write(true).open(&disk).unwrap(),
+        &before.1,
+        0,
+    )
+    .unwrap();
 
     // QEMU missing from PATH: gvproxy started first is stopped again.
     let bin = dir.path().join("bin");

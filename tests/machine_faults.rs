@@ -277,10 +277,15 @@ fn a_full_host_disk_pauses_the_guest_and_says_so() {
     let _ = writer.kill();
     let _ = writer.wait();
 
-    // Space again: the paused guest is ended, and the machine starts.
-    std::fs::remove_file(&filler).unwrap();
+    // The paused guest ended, a start on the full filesystem is refused before anything runs.
     let (code, err) = cv(&["stop", "--force", "dev"]);
     assert_eq!(code, Some(0), "{err}");
+    let (code, err) = cv(&["start", "dev"]);
+    assert_eq!(code, Some(6), "{err}");
+    assert!(err.contains("too little to start the machine"), "{err}");
+    assert_eq!(state().0, "stopped");
+    // Space again: the machine starts.
+    std::fs::remove_file(&filler).unwrap();
     let (code, err) = cv(&["start", "dev"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(state().0, "running");

@@ -39,6 +39,11 @@ fn create_start_podman_ssh_stop_start_rm() {
     ])
     .assert()
     .success();
+    // `create` grew the root partition to the disk's end on the host: nothing is left to grow,
+    // and the table reads whole at the new size (the guest only grows the filesystem).
+    let disk = env.home.path().join("machines/dev/disk.raw");
+    assert!(!guest_image::grow::grow_root(&disk, "carbon-root").unwrap());
+    guest_image::inspect::open_partition(&disk, "carbon-root").unwrap();
     let started: serde_json::Value = serde_json::from_slice(
         &cv()
             .args(["--json", "start", "dev"])
@@ -195,6 +200,7 @@ fn create_start_podman_ssh_stop_start_rm() {
     cv().args(["set", "dev", "--disk-size", "12", "--cpus", "1"])
         .assert()
         .success();
+    assert!(!guest_image::grow::grow_root(&disk, "carbon-root").unwrap());
     let v = env.json(&["inspect", "dev"]);
     assert_eq!(
         (v["disk_gib"].as_u64(), v["cpus"].as_u64()),

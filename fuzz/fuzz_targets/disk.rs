@@ -1,7 +1,7 @@
 //! An image's disk as `pull` and `image verify` read it (`guest_image::inspect::verify_venus`):
 //! the GPT (primary and backup headers, the partition table) and the ext4 root filesystem in it
 //! (superblock, group descriptors, inodes, extents, directories, symlinks), down to the Venus
-//! ICD's JSON.
+//! ICD's JSON; then the same disk as a machine's, grown on the host (`guest_image::grow`).
 //!
 //! The GPT's CRC32s would stop nearly every mutation at the first check: an input whose first
 //! byte is zero (the protective MBR's boot code, which nothing reads; every seed's) has them made
@@ -29,7 +29,18 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|mut f| f.write_all(&bytes))
         .expect("writing the disk");
     let _ = guest_image::inspect::verify_venus(&disk, &MANIFEST);
+    // The same bytes as a machine's disk, whose table the guest writes, made a MiB longer and
+    // its root grown to the new end as `set --disk-size` does (`guest_image::grow`).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .and_then(|f| f.set_len(bytes.len() as u64 + (1 << 20)))
+        .expect("lengthening the disk");
+    let _ = guest_image::grow::grow_root(&disk, ROOT);
 });
+
+/// The root partition's name in every seed (the image recipe's).
+const ROOT: &str = "carbon-root";
 
 fn le32(b: &[u8], at: usize) -> u64 {
     u64::from(u32::from_le_bytes(b[at..at + 4].try_into().unwrap()))

@@ -83,7 +83,7 @@ impl Ext4Read for Window {
     }
 }
 
-fn gpt_error(e: impl std::error::Error + 'static) -> InspectError {
+pub(crate) fn gpt_error(e: impl std::error::Error + 'static) -> InspectError {
     InspectError::Gpt(Untrusted::of(e))
 }
 
@@ -114,10 +114,23 @@ fn check_header(which: &'static str, h: &Header, sectors: u64) -> Result<(), Ins
     }
 }
 
-/// Opens the ext4 filesystem in the partition named `name`, after checking the partition table
-/// against the disk it describes.
-pub fn open_partition(disk: &Path, name: &str) -> Result<Ext4, InspectError> {
-    let mut file = File::open(disk).map_err(gpt_error)?;
+/// Which of a disk's GPT headers [`read_gpt`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Headers {
+    /// Both, each checked: an image's disk as it was packed.
+    Both,
+    /// The primary alone: a disk file just made longer, whose backup header is not yet at its end
+    /// (`grow::grow_root` then writes it there).
+    PrimaryOnly,
+}
+
+/// The GPT of the disk `file`, its headers and every used partition checked against the disk
+/// first, in the only layout the `gpt` crate reads without panicking.
+pub(crate) fn read_gpt(
+    mut file: File,
+    headers: Headers,
+    writable: bool,
+) -> Result<gpt::GptDisk<File>, InspectError> {
     let lb = gpt::disk::LogicalBlockSize::Lb512;
     let sectors = file.metadata().map_err(gpt_error)?.len() / 512;
     // The primary header first, alone: the crate asserts on what it does not expect.
@@ -125,14 +138,16 @@ pub fn open_partition(disk: &Path, name: &str) -> Result<Ext4, InspectError> {
         gpt::header::read_header_from_arbitrary_device(&mut file, lb).map_err(gpt_error)?;
     check_header("primary", &primary, sectors)?;
     let gpt = gpt::GptConfig::new()
-        .writable(false)
-        .only_valid_headers(true)
+        .writable(writable)
+        .only_valid_headers(headers == Headers::Both)
         .logical_block_size(lb)
         .open_from_device(file)
         .map_err(gpt_error)?;
-    let backup = gpt.backup_header().map_err(gpt_error)?;
-    check_header("backup", backup, sectors)?;
-    let h = gpt.header();
+    if headers == Headers::Both {
+        let backup = gpt.backup_header().map_err(gpt_error)?;
+        check_header("backup", backup, sectors)?;
+    }
+    let h = gpt.primary_header().map_err(gpt_error)?;
     for p in gpt.partitions().values().filter(|p| p.is_used()) {
         if p.first_lba < h.first_usable || p.first_lba > p.last_lba || p.last_lba > h.last_usable {
             return Err(InspectError::BadPartition {
@@ -144,6 +159,14 @@ pub fn open_partition(disk: &Path, name: &str) -> Result<Ext4, InspectError> {
             });
         }
     }
+    Ok(gpt)
+}
+
+/// Opens the ext4 filesystem in the partition named `name`, after checking the partition table
+/// against the disk it describes.
+pub fn open_partition(disk: &Path, name: &str) -> Result<Ext4, InspectError> {
+    let lb = gpt::disk::LogicalBlockSize::Lb512;
+    let gpt = read_gpt(File::open(disk).map_err(gpt_error)?, Headers::Both, false)?;
     let part = gpt
         .partitions()
         .values()

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod catalog;
 pub mod digest;
 pub mod fetch;
+pub mod grow;
 mod hashing;
 pub mod index;
 pub mod inspect;

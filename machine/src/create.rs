@@ -47,6 +47,8 @@ pub enum CreateError {
     Ports(#[source] io::Error),
     #[error("cannot clone the image disk")]
     Disk(#[source] io::Error),
+    #[error("cannot grow the root partition of the machine's disk")]
+    GrowRoot(#[source] guest_image::grow::GrowError),
     #[error("ssh-keygen failed (install openssh-client): {0}")]
     Keygen(String),
 }
@@ -230,6 +232,9 @@ pub fn create(store: &Store, plan: &Plan, img: &CachedImage) -> Result<MachineDi
     let scratch = scratch::Scratch::new_in(machines, o.name, LOCK).map_err(io)?;
     let disk = scratch.path().join(DISK);
     clone_disk(&image_disk, &disk, u64::from(o.disk_gib) << 30).map_err(CreateError::Disk)?;
+    // The guest's first boot then grows only the filesystem (docs/internals.md, "The guest's boot").
+    guest_image::grow::grow_root(&disk, &img.manifest.boot.root_partition)
+        .map_err(CreateError::GrowRoot)?;
     keygen(&scratch.path().join(KEY), o.name)?;
     let spec = spec_of(
         plan,
@@ -287,6 +292,7 @@ fn spec_of(
         kernel,
         initrd,
         cmdline: img.manifest.boot.cmdline.clone(),
+        root_partition: img.manifest.boot.root_partition.clone(),
         podman_default: o.podman_default,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

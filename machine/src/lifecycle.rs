@@ -15,7 +15,7 @@ pub use ggml_server::{GgmlStatus, status as ggml_status};
 
 use crate::store::*;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vmm::ready::{ReadyChannel, ReadyError};
 use vmm::{Driver, Vm};
@@ -81,6 +81,12 @@ pub enum LifecycleError {
     Running(String),
     #[error("machine {0} must be stopped to change it (`carbon-vm stop {0}`)")]
     MustStop(String),
+    #[error(
+        "the filesystem of {dir} has {free_mib} MiB free: too little to start the machine, whose disk, logs and sockets are written there"
+    )]
+    HostFull { dir: PathBuf, free_mib: u64 },
+    #[error("cannot grow the root partition of {0}; the disk is unchanged")]
+    GrowRoot(PathBuf, #[source] guest_image::grow::GrowError),
     #[error("--disk-size {got} GiB would shrink machine {name}'s {now} GiB disk; disks only grow")]
     Shrink { name: String, got: u32, now: u32 },
     #[error(
@@ -115,6 +121,9 @@ impl exit_class::Classify for LifecycleError {
             LifecycleError::Vmm(V::Missing(..)) | LifecycleError::Missing(..) => {
                 Code::Host.hint(DOCTOR_HINT)
             }
+            LifecycleError::HostFull { .. } => Code::Host.hint(
+                "free space there (or put CARBON_VM_HOME on a larger filesystem), then start again",
+            ),
             LifecycleError::NoGgmlServer(_) => {
                 Code::Host.hint("`carbon-vm doctor` shows the ggml server it looks for")
             }
@@ -214,6 +223,10 @@ pub fn start(
     Ok(crate::clients::register(m, &m.spec()?)?)
 }
 
+/// Less free space than this where the machine lives refuses a start: its logs, pidfiles and
+/// the guest's first writes need some.
+const MIN_FREE_TO_START: u64 = 64 << 20;
+
 fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
     let _lock = m.lock("start")?;
     let _ = fs::remove_file(m.path(STOP_REQUEST)); // from a stop --force that gave up
@@ -255,6 +268,15 @@ fn boot(m: &MachineDir, o: &StartOptions) -> Result<Run, LifecycleError> {
         s.hidden.iter().try_for_each(|h| private.create(h))?;
     }
     d.check_host(&vm)?;
+    // On a full filesystem the guest pauses at its first write (vmm::Error::DiskFull), and
+    // gvproxy fails before it can log why: said here, before anything starts.
+    let free = crate::host::free_bytes(&m.dir)?;
+    if free < MIN_FREE_TO_START {
+        return Err(LifecycleError::HostFull {
+            dir: m.dir.clone(),
+            free_mib: free >> 20,
+        });
+    }
     // The runtime root first: a directory another user made there could hold our sockets.
     if let Some(root) = m.run_dir.parent() {
         mkdir_private(root)?;
@@ -493,8 +515,8 @@ pub struct Changes {
 }
 
 /// Changes a stopped machine's resources, checked as `create` checks them. A disk only grows: its
-/// file is lengthened (sparse, so free until the guest writes) and the guest grows its root
-/// partition and filesystem on the next boot (systemd-repart, systemd-growfs).
+/// file is lengthened (sparse, so free until the guest writes), its root partition grown to the
+/// new end here, and the guest grows the filesystem on the next boot (systemd-growfs).
 pub fn set(m: &MachineDir, o: &StartOptions, c: Changes) -> Result<Spec, LifecycleError> {
     let _lock = m.lock("set")?;
     if state(m, o) != State::Stopped {
@@ -522,6 +544,11 @@ pub fn set(m: &MachineDir, o: &StartOptions, c: Changes) -> Result<Spec, Lifecyc
         crate::spec::validate_disk(gib, old_len)?;
         f.set_len(old_len.max(u64::from(gib) << 30)).map_err(io)?;
         f.sync_all().map_err(io)?;
+        if let Err(e) = guest_image::grow::grow_root(&disk, &spec.root_partition) {
+            // grow_root leaves the table as it was; the disk's length is put back too.
+            let _ = f.set_len(old_len).and_then(|()| f.sync_all());
+            return Err(LifecycleError::GrowRoot(disk, e));
+        }
         spec.disk_gib = gib;
     }
     if let Err(e) = m.write_json(SPEC, &spec) {

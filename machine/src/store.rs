@@ -72,6 +72,10 @@ pub struct Spec {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
+    /// The GPT name of the disk's root partition, which `create` and `set --disk-size` grow to
+    /// the disk (the image's; every image before this field named it carbon-root).
+    #[serde(default = "carbon_root")]
+    pub root_partition: String,
     /// Whether `start` makes this machine Podman's default connection.
     pub podman_default: bool,
     /// Seconds since the epoch.
@@ -85,6 +89,10 @@ pub struct Spec {
     /// The ggml device: ggml's RPC server on the host for this machine's containers.
     #[serde(default)]
     pub ggml: bool,
+}
+
+fn carbon_root() -> String {
+    "carbon-root".into()
 }
 
 fn host_arch() -> String {

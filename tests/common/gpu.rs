@@ -87,25 +87,44 @@ impl GpuEnv {
             .output()
             .unwrap();
         if o.status.code().is_none() {
-            let machines = self.env.home.path().join("machines");
-            let consoles: Vec<String> = super::listing(&machines)
-                .iter()
-                .map(|m| {
-                    let log = machines.join(m).join("console.log");
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    format!("--- {}:\n{}", log.display(), super::tail(&text, 6000))
-                })
-                .collect();
             panic!(
                 "{what} was killed ({}; limit {} s)\n{}\n{}\n{}",
                 o.status,
                 limit.as_secs(),
                 String::from_utf8_lossy(&o.stdout),
                 String::from_utf8_lossy(&o.stderr),
-                consoles.join("\n")
+                self.machine_logs("console.log", 6000)
             );
         }
         o
+    }
+
+    /// The tail of file `log` of each of this test's machines, each under its path.
+    fn machine_logs(&self, log: &str, bytes: usize) -> String {
+        let machines = self.env.home.path().join("machines");
+        super::listing(&machines)
+            .iter()
+            .map(|m| {
+                let path = machines.join(m).join(log);
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                format!("--- {}:\n{}", path.display(), super::tail(&text, bytes))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A failed GPU test's machines are removed with its state: their logs go to the test's output
+/// first, since what failed in the host's Venus stack (QEMU, virglrenderer) is only in vmm.log.
+impl Drop for GpuEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "the machines' logs at the failure:\n{}\n{}",
+                self.machine_logs("vmm.log", 8000),
+                self.machine_logs("console.log", 6000)
+            );
+        }
     }
 }
 

@@ -284,10 +284,11 @@ fn find_missing(
         ));
     }
     if !vm.iter().any(Device::is_venus) {
-        return Some(Missing::new(
-            Link::HostStack,
-            format!("the guest's Vulkan loader lists {}", names(vm)),
-        ));
+        let mut lists = format!("the guest's Vulkan loader lists {}", names(vm));
+        if vm.is_empty() {
+            lists.push_str(&said(get("vm"), get("vm-exit")));
+        }
+        return Some(Missing::new(Link::HostStack, lists));
     }
     if s.contains_key("container-run") || !s.contains_key("container-dri") {
         return Some(Missing::new(
@@ -521,6 +522,24 @@ mod tests {
         for (output, want) in cases {
             assert_eq!(link(&output), Some(want), "{want:?}");
         }
+    }
+
+    #[test]
+    fn a_machine_that_lists_nothing_says_what_its_vulkaninfo_said() {
+        let aborted = format!(
+            "{}@@vm-exit\n134\n",
+            with_section("vm", "MESA-VIRTIO: debug: vn_ring_wait: aborting\n")
+        );
+        let m = diagnose(&aborted).missing.unwrap();
+        assert_eq!(m.link, Link::HostStack);
+        assert!(
+            m.detail.ends_with(
+                "lists no Vulkan device (vulkaninfo: MESA-VIRTIO: debug: vn_ring_wait: aborting; \
+                 killed by signal 6 (exit 134))"
+            ),
+            "{}",
+            m.detail
+        );
     }
 
     #[test]

@@ -27,28 +27,11 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../configs/guest/files/etc/fstab"),
     ),
     (
-        "etc/repart.d/50-root.conf",
-        0o644,
-        include_str!("../../../configs/guest/files/etc/repart.d/50-root.conf"),
-    ),
-    (
-        "etc/systemd/system/systemd-growfs-root.service.d/after-repart.conf",
+        "etc/systemd/system/systemd-growfs-root.service.d/carbon-when-grown.conf",
         0o644,
         include_str!(
-            "../../../configs/guest/files/etc/systemd/system/systemd-growfs-root.service.d/after-repart.conf"
+            "../../../configs/guest/files/etc/systemd/system/systemd-growfs-root.service.d/carbon-when-grown.conf"
         ),
-    ),
-    (
-        "etc/systemd/system/systemd-repart.service.d/carbon-when-grown.conf",
-        0o644,
-        include_str!(
-            "../../../configs/guest/files/etc/systemd/system/systemd-repart.service.d/carbon-when-grown.conf"
-        ),
-    ),
-    (
-        "usr/lib/carbon-vm/root-grows",
-        0o755,
-        include_str!("../../../configs/guest/files/usr/lib/carbon-vm/root-grows"),
     ),
     (
         "etc/systemd/system/carbon-ssh-hostkeys.service",

@@ -41,7 +41,7 @@ pub fn grow_root(disk: &Path, name: &str) -> Result<bool, GrowError> {
         .open(disk)
         .map_err(inspect::gpt_error)?;
     let sectors = file.metadata().map_err(inspect::gpt_error)?.len() / 512;
-    let mut gpt = inspect::read_gpt(file, Headers::PrimaryOnly, true)?;
+    let mut gpt = inspect::read_gpt(file, Headers::PrimaryOnly)?;
     let h = gpt.primary_header().map_err(inspect::gpt_error)?;
     // The crate rewrites a table of any other size as 128 entries.
     if h.num_parts != ENTRIES {
@@ -54,28 +54,25 @@ pub fn grow_root(disk: &Path, name: &str) -> Result<bool, GrowError> {
         return Ok(false);
     };
     let mut parts = gpt.partitions().clone();
-    let root = parts
-        .values()
-        .filter(|p| p.is_used() && p.name == name)
-        .map(|p| (p.part_guid, p.last_lba))
-        .next()
+    // By its entry, not its GUID: the guest could give two entries the same one.
+    let (&root, root_last) = parts
+        .iter()
+        .find(|(_, p)| p.is_used() && p.name == name)
+        .map(|(id, p)| (id, p.last_lba))
         .ok_or_else(|| GrowError::NoPartition(name.to_owned()))?;
     if parts
-        .values()
-        .any(|p| p.is_used() && p.part_guid != root.0 && p.last_lba > root.1)
+        .iter()
+        .any(|(&id, p)| id != root && p.is_used() && p.last_lba > root_last)
     {
         return Err(GrowError::NotLast(name.to_owned()));
     }
     let end = ((last_usable + 1) / ALIGN_SECTORS * ALIGN_SECTORS).saturating_sub(1);
-    let grows = end > root.1;
+    let grows = end > root_last;
     if !grows && h.backup_lba == sectors - 1 {
         return Ok(false);
     }
-    for p in parts
-        .values_mut()
-        .filter(|p| grows && p.part_guid == root.0)
-    {
-        p.last_lba = end;
+    if grows {
+        parts.get_mut(&root).expect("found above").last_lba = end;
     }
     // What is rewritten in place (the protective MBR, the primary header and its table), kept so
     // that a failed write can put it back: the backup's copy goes past the disk's old end.
@@ -149,7 +146,7 @@ mod tests {
     }
 
     fn table(path: &Path) -> gpt::GptDisk<File> {
-        inspect::read_gpt(File::open(path).unwrap(), Headers::Both, false).unwrap()
+        inspect::read_gpt(File::open(path).unwrap(), Headers::Both).unwrap()
     }
 
     fn root_last(g: &gpt::GptDisk<File>) -> u64 {
@@ -230,6 +227,36 @@ mod tests {
         assert!(matches!(e, GrowError::NotLast(_)), "{e}");
         let e = grow_root(&path, "nope").unwrap_err();
         assert!(matches!(e, GrowError::NoPartition(_)), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_later_partition_sharing_the_roots_guid_is_still_after_it() {
+        // A guest's table whose ESP, after the root, carries the root's GUID: refused as not
+        // last, not grown over the other.
+        let dir = tempfile::tempdir().unwrap();
+        let path = disk(dir.path(), 32, true);
+        let mut g = gpt::GptConfig::new()
+            .writable(true)
+            .logical_block_size(LogicalBlockSize::Lb512)
+            .open(&path)
+            .unwrap();
+        let mut parts = g.partitions().clone();
+        let guid = parts
+            .values()
+            .find(|p| p.name == "carbon-root")
+            .unwrap()
+            .part_guid;
+        for p in parts.values_mut() {
+            p.part_guid = guid;
+        }
+        g.update_partitions(parts).unwrap();
+        g.write().unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(64 * MIB).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let e = grow_root(&path, "carbon-root").unwrap_err();
+        assert!(matches!(e, GrowError::NotLast(_)), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
 

@@ -119,8 +119,8 @@ fn check_header(which: &'static str, h: &Header, sectors: u64) -> Result<(), Ins
 pub(crate) enum Headers {
     /// Both, each checked: an image's disk as it was packed.
     Both,
-    /// The primary alone: a disk file just made longer, whose backup header is not yet at its end
-    /// (`grow::grow_root` then writes it there).
+    /// The primary alone, the table read to be rewritten: a disk file just made longer, whose
+    /// backup header is not yet at its end (`grow::grow_root` then writes it there).
     PrimaryOnly,
 }
 
@@ -129,7 +129,6 @@ pub(crate) enum Headers {
 pub(crate) fn read_gpt(
     mut file: File,
     headers: Headers,
-    writable: bool,
 ) -> Result<gpt::GptDisk<File>, InspectError> {
     let lb = gpt::disk::LogicalBlockSize::Lb512;
     let sectors = file.metadata().map_err(gpt_error)?.len() / 512;
@@ -138,7 +137,7 @@ pub(crate) fn read_gpt(
         gpt::header::read_header_from_arbitrary_device(&mut file, lb).map_err(gpt_error)?;
     check_header("primary", &primary, sectors)?;
     let gpt = gpt::GptConfig::new()
-        .writable(writable)
+        .writable(headers == Headers::PrimaryOnly)
         .only_valid_headers(headers == Headers::Both)
         .logical_block_size(lb)
         .open_from_device(file)
@@ -166,7 +165,7 @@ pub(crate) fn read_gpt(
 /// against the disk it describes.
 pub fn open_partition(disk: &Path, name: &str) -> Result<Ext4, InspectError> {
     let lb = gpt::disk::LogicalBlockSize::Lb512;
-    let gpt = read_gpt(File::open(disk).map_err(gpt_error)?, Headers::Both, false)?;
+    let gpt = read_gpt(File::open(disk).map_err(gpt_error)?, Headers::Both)?;
     let part = gpt
         .partitions()
         .values()

@@ -50,6 +50,13 @@ fn main() -> ExitCode {
             if let Some(h) = hint {
                 eprintln!("hint: {h}");
             }
+            // A build a signal stopped, once clean, ends as that signal would have ended it.
+            if let Some(i) = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<machine::guest_image::interrupt::Interrupted>())
+            {
+                let _ = signal_hook::low_level::emulate_default_handler(i.0);
+            }
             ExitCode::from(code)
         }
     }

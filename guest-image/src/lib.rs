@@ -9,6 +9,7 @@ pub mod grow;
 mod hashing;
 pub mod index;
 pub mod inspect;
+pub mod interrupt;
 pub mod manifest;
 pub mod pack;
 pub mod progress;

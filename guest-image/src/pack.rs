@@ -8,6 +8,7 @@
 
 use crate::digest::Sha256Digest;
 use crate::hashing::HashingWriter;
+use crate::interrupt;
 use crate::manifest::{
     Boot, Bundles, ContainerDriver, ContainerImage, MANIFEST_NAME, Manifest, Member, SCHEMA,
     SIGNATURE_NAME,
@@ -66,6 +67,8 @@ pub enum PackError {
     Sign(#[from] crate::sign::SignError),
     #[error("I/O error at {0}")]
     Io(PathBuf, #[source] io::Error),
+    #[error("image pack stopped")]
+    Interrupted(#[from] crate::interrupt::Interrupted),
 }
 
 impl exit_class::Classify for PackError {
@@ -93,8 +96,18 @@ pub struct PackOptions {
     pub bootloader: Option<PathBuf>,
 }
 
-/// Packs `rootfs` into the artifact `output` (written atomically); returns its sha256.
+/// Packs `rootfs` into the artifact `output` (written atomically); returns its sha256. A signal
+/// ([`crate::interrupt`]) stops it with its scratch removed and no artifact written.
 pub fn pack(
+    rootfs: &Path,
+    output: &Path,
+    opts: &PackOptions,
+    progress: &dyn Progress,
+) -> Result<Sha256Digest, PackError> {
+    pack_steps(rootfs, output, opts, progress).map_err(interrupt::or_interrupted)
+}
+
+fn pack_steps(
     rootfs: &Path,
     output: &Path,
     opts: &PackOptions,
@@ -134,9 +147,11 @@ pub fn pack(
     progress.begin("root filesystem", None);
     let root_img = work.path().join("root.img");
     make_root_fs(rootfs, &root_img, opts)?;
+    interrupt::check()?;
     progress.begin("EFI partition", None);
     let esp_img = work.path().join("esp.img");
     make_esp(rootfs, &esp_img, &kernel, &initrd, &cmdline, opts)?;
+    interrupt::check()?;
     progress.begin("disk", None);
     let disk = work.path().join("disk.raw");
     assemble_disk(&disk, &esp_img, &root_img, root_uuid, opts)?;
@@ -151,6 +166,7 @@ pub fn pack(
     ];
     let mut members = Vec::new();
     for (name, path) in &members_src {
+        interrupt::check()?;
         let (size, sha256) = hash_file(path).map_err(io_err(path))?;
         members.push(Member {
             path: (*name).into(),
@@ -313,14 +329,15 @@ fn package_version(rootfs: &Path, package: &'static str) -> Result<String, PackE
         return Err(PackError::NoPackageDb(rootfs.into()));
     };
     // The database path is the root's own: the host's rpm may default to another (Debian's).
-    let out = Command::new("rpm")
-        .arg("--root")
-        .arg(rootfs)
-        .arg("--dbpath")
-        .arg(format!("/{db}"))
-        .args(["-q", "--qf", "%{VERSION}-%{RELEASE}", package])
-        .output()
-        .map_err(|e| PackError::MissingTool("rpm", "rpm", e))?;
+    let out = interrupt::output(
+        Command::new("rpm")
+            .arg("--root")
+            .arg(rootfs)
+            .arg("--dbpath")
+            .arg(format!("/{db}"))
+            .args(["-q", "--qf", "%{VERSION}-%{RELEASE}", package]),
+    )
+    .map_err(|e| PackError::MissingTool("rpm", "rpm", e))?;
     if !out.status.success() {
         return Err(PackError::NoPackage(package));
     }
@@ -386,9 +403,7 @@ fn stable_uuid(opts: &PackOptions, role: &str) -> uuid::Uuid {
 }
 
 fn run(cmd: &mut Command, tool: &'static str, package: &'static str) -> Result<(), PackError> {
-    let out = cmd
-        .output()
-        .map_err(|e| PackError::MissingTool(tool, package, e))?;
+    let out = interrupt::output(cmd).map_err(|e| PackError::MissingTool(tool, package, e))?;
     if !out.status.success() {
         return Err(PackError::Tool(
             format!("{cmd:?}"),
@@ -630,6 +645,8 @@ struct ProgressReader<'a, R> {
 
 impl<R: Read> Read for ProgressReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // The longest step of all: a signal stops it here (`pack` reports why).
+        interrupt::check().map_err(io::Error::other)?;
         let n = self.inner.read(buf)?;
         self.progress.advance(n as u64);
         Ok(n)

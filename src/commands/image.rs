@@ -17,8 +17,14 @@ use std::path::{Path, PathBuf};
 
 pub fn run(cmd: ImageCommand, home: &Home, out: Printer) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Build(a) => build(a, out),
-        ImageCommand::Pack(a) => pack_cmd(a, out),
+        ImageCommand::Build(a) => {
+            stop_on_signals()?;
+            build(a, out)
+        }
+        ImageCommand::Pack(a) => {
+            stop_on_signals()?;
+            pack_cmd(a, out)
+        }
         ImageCommand::Sign(a) => sign_cmd(a, out),
         ImageCommand::Pull(a) => pull(a, home, out),
         ImageCommand::Push(a) => push(a, out),
@@ -26,6 +32,20 @@ pub fn run(cmd: ImageCommand, home: &Home, out: Printer) -> anyhow::Result<()> {
         ImageCommand::Rm(a) => rm(a, home, out),
         ImageCommand::Verify(a) => verify(a, home, out),
     }
+}
+
+/// SIGINT, SIGTERM and SIGHUP stop a build or pack cleanly instead of killing it where it stands
+/// (guest_image::interrupt); main then dies of the same signal.
+fn stop_on_signals() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot handle signals")?;
+    std::thread::spawn(move || {
+        for s in signals.forever() {
+            guest_image::interrupt::request(s);
+        }
+    });
+    Ok(())
 }
 
 /// SOURCE_DATE_EPOCH when set (reproducible builds), else now.

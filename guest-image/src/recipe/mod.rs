@@ -6,6 +6,7 @@ mod initrd;
 mod oci_archive;
 
 use crate::digest::Sha256Digest;
+use crate::interrupt;
 use crate::pack::{CONTAINER_DIR, PackError, PackOptions, pack};
 use crate::progress::Progress;
 use std::fs;
@@ -276,6 +277,8 @@ pub enum RecipeError {
     Pack(#[from] PackError),
     #[error("I/O error at {0}")]
     Io(PathBuf, #[source] io::Error),
+    #[error("image build stopped")]
+    Interrupted(#[from] crate::interrupt::Interrupted),
 }
 
 impl exit_class::Classify for RecipeError {
@@ -323,18 +326,34 @@ fn package_list(text: &str, arch: &str) -> String {
         .join(",")
 }
 
-/// Builds the default guest into `output`; returns the artifact's sha256.
+/// Builds the default guest into `output`; returns the artifact's sha256. A signal
+/// ([`crate::interrupt`]) stops it with mmdebstrap gone, its mounts undone and the scratch
+/// removed.
 pub fn build(
+    output: &Path,
+    opts: &RecipeOptions,
+    progress: &dyn Progress,
+) -> Result<Sha256Digest, RecipeError> {
+    build_steps(output, opts, progress).map_err(|e| match e {
+        // pack's own reason is the same signal.
+        RecipeError::Pack(PackError::Interrupted(i)) => i.into(),
+        e => interrupt::or_interrupted(e),
+    })
+}
+
+fn build_steps(
     output: &Path,
     opts: &RecipeOptions,
     progress: &dyn Progress,
 ) -> Result<Sha256Digest, RecipeError> {
     let deb_arch = debian_arch(&opts.arch)?;
     let out_dir = crate::pack::parent_dir(output);
-    let work = tempfile::Builder::new()
-        .prefix(".carbon-recipe-")
-        .tempdir_in(out_dir)
-        .map_err(|e| RecipeError::Io(out_dir.into(), e))?;
+    let work = Work(Some(
+        tempfile::Builder::new()
+            .prefix(".carbon-recipe-")
+            .tempdir_in(out_dir)
+            .map_err(|e| RecipeError::Io(out_dir.into(), e))?,
+    ));
     let ioe = |p: &Path| {
         let p = p.to_owned();
         move |e| RecipeError::Io(p, e)
@@ -455,6 +474,7 @@ pub fn build(
         final_hooks: &hooks,
     }
     .build(opts, deb_arch, &rootfs)?;
+    interrupt::check()?;
     progress.begin("initrd", None);
     let kernel_version = crate::pack::kernel_version(&rootfs)?;
     initrd::build(
@@ -475,6 +495,70 @@ pub fn build(
     Ok(pack(&rootfs, output, &pack_opts, progress)?)
 }
 
+/// The recipe's scratch directory beside the output, removed when the build ends unless something
+/// is still mounted under it: mmdebstrap mounts /proc, /sys and /dev in the roots it builds and
+/// unmounts them as it ends, but if it was killed first a removal would walk into them. Then the
+/// directory is left, and said so.
+struct Work(Option<tempfile::TempDir>);
+
+impl Work {
+    fn path(&self) -> &Path {
+        self.0.as_ref().expect("until dropped").path()
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let dir = self.0.take().expect("dropped once");
+        let mounted = mounts_under(dir.path());
+        if !mounted.is_empty() {
+            let dir = dir.keep();
+            tracing::warn!(
+                "{} is left as it is: {} still mounted under it (unmount, then remove it)",
+                dir.display(),
+                mounted.join(", ")
+            );
+        }
+    }
+}
+
+/// The mount points at or under `dir`, as this process sees them.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let Ok(table) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect()
+}
+
+/// A mountinfo path field: space, tab, newline and backslash are written as octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        // Three octal digits of one byte (the first at most 3).
+        let octal = b.get(i + 1..i + 4).filter(|d| {
+            (b'0'..=b'3').contains(&d[0]) && d[1..].iter().all(|c| (b'0'..=b'7').contains(c))
+        });
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The Venus bundle `from` (one architecture's tree) into the overlay, at `venus::bundle::DIR`;
 /// refused unless it holds the driver, its ICD and its description.
 fn copy_bundle(from: &Path, overlay: &Path) -> Result<(), RecipeError> {
@@ -488,12 +572,13 @@ fn copy_bundle(from: &Path, overlay: &Path) -> Result<(), RecipeError> {
         }
     }
     let to = overlay.join(venus::bundle::DIR.trim_start_matches('/'));
-    let status = Command::new("cp")
-        .args(["-R", "--no-preserve=ownership"])
-        .arg(from)
-        .arg(&to)
-        .status()
-        .map_err(|e| RecipeError::Io(to.clone(), e))?;
+    let status = interrupt::status(
+        Command::new("cp")
+            .args(["-R", "--no-preserve=ownership"])
+            .arg(from)
+            .arg(&to),
+    )
+    .map_err(|e| RecipeError::Io(to.clone(), e))?;
     if !status.success() {
         return Err(RecipeError::Io(
             to,
@@ -546,7 +631,8 @@ impl Root<'_> {
             cmd.arg(format!("--{last}-hook={h}"));
         }
         cmd.arg(SUITE).arg(target).arg(&opts.mirror);
-        let status = cmd.status().map_err(RecipeError::NoMmdebstrap)?;
+        let status = interrupt::status(&mut cmd).map_err(RecipeError::NoMmdebstrap)?;
+        interrupt::check()?;
         if !status.success() {
             return Err(RecipeError::Mmdebstrap(self.what, status));
         }
@@ -579,6 +665,15 @@ mod tests {
             .collect();
         listed.sort();
         assert_eq!(listed, on_disk);
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(
+            super::unescape_mountinfo(r"/var/tmp/my\040images/.carbon-recipe-x/rootfs/proc"),
+            "/var/tmp/my images/.carbon-recipe-x/rootfs/proc"
+        );
+        assert_eq!(super::unescape_mountinfo(r"/a\134b\01\777"), r"/a\b\01\777");
     }
 
     #[test]

@@ -50,8 +50,8 @@ pub struct Vm {
     /// vhost-device-vsock and virtiofsd.
     helpers: Vec<Child>,
     qmp: PathBuf,
-    /// Sockets, the firmware's variable store: gone with the VM.
-    _run: tempfile::TempDir,
+    /// Sockets, the firmware's variable store: gone with the VM (swept, if it was killed).
+    _run: scratch::Scratch,
 }
 
 impl Vm {
@@ -142,9 +142,7 @@ pub fn boot(
     memory_mib: u32,
     events: Sender<Event>,
 ) -> Result<Vm, String> {
-    let run = tempfile::Builder::new()
-        .prefix("krunkit-standin-")
-        .tempdir()
+    let run = krunkit_standin::runtime_dir("vm")
         .map_err(|e| format!("cannot create a runtime directory: {e}"))?;
     let r = run.path();
     let mut helpers = Vec::new();

@@ -78,10 +78,8 @@ fn die_with_parent(_: &mut Command) {}
 
 fn run(real: &str, vfkit_path: &Path, rest: Vec<String>) -> Result<ExitCode, String> {
     let (pidfile, mut rest) = take_flag(&rest, "pid-file");
-    let dir = tempfile::Builder::new()
-        .prefix("gvproxy-vfkit-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
+    // Its sockets and gvproxy's pid file; swept if the shim is killed.
+    let dir = krunkit_standin::runtime_dir("gvproxy-vfkit").map_err(|e| e.to_string())?;
     let stream_path = dir.path().join("qemu.sock");
     rest.extend([
         "-listen-qemu".into(),

@@ -1,7 +1,8 @@
 //! `image build` stopped by a signal. The recipe's real mmdebstrap runs (packages from the Debian
 //! mirror, CARBON_VM_DEBIAN_MIRROR or deb.debian.org) until it has mounted /proc and /sys in a root
 //! it builds; then carbon-vm alone gets SIGTERM, as from `kill` or a service manager stopping it.
-//! Nothing of the build may outlive carbon-vm: no process, no mount, no scratch, no artifact.
+//! Nothing of the build may outlive carbon-vm: no process (and so no mount namespace of its
+//! tools'), no mount on the host, no scratch, no artifact.
 //! Runs as root (mmdebstrap needs it: .config/nextest.toml keeps root for this test).
 
 mod common;
@@ -13,9 +14,14 @@ use std::time::{Duration, Instant};
 
 /// Mount points at or under `dir`, from this process's view.
 fn mounts_under(dir: &Path) -> Vec<String> {
+    mounts_seen_by("self", dir)
+}
+
+/// Mount points at or under `dir`, as process `pid` sees them (nothing once it is gone).
+fn mounts_seen_by(pid: &str, dir: &Path) -> Vec<String> {
     let prefix = dir.to_str().unwrap();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .filter(|m| m.starts_with(prefix))
@@ -95,9 +101,15 @@ fn a_build_stopped_by_sigterm_leaves_nothing_behind() {
         .unwrap();
     let log = || std::fs::read_to_string(env.home.path().join("build.err")).unwrap_or_default();
 
-    // mmdebstrap at its worst moment: a root's API filesystems mounted, its workers running.
+    // mmdebstrap at its worst moment: a root's API filesystems mounted (where its processes see
+    // them: carbon-vm gives them a mount namespace of their own), its workers running.
+    let mounting = || {
+        processes_in(dir)
+            .iter()
+            .any(|p| !mounts_seen_by(p.split(':').next().unwrap(), dir).is_empty())
+    };
     let deadline = Instant::now() + Duration::from_secs(600);
-    while mounts_under(dir).is_empty() {
+    while !mounting() {
         if let Some(st) = build.try_wait().unwrap() {
             panic!(
                 "image build ended ({st}) before mmdebstrap mounted anything:\n{}",

@@ -3,8 +3,9 @@
 //! behind: its first process ignores a lone SIGTERM and waits for its workers, which only a signal
 //! to their whole process group stops. So the CLI reports SIGINT, SIGTERM and SIGHUP here
 //! ([`request`]) instead of dying; every child the build runs is in a process group of its own,
-//! which gets the signal (mmdebstrap then unmounts what it mounted and exits), and the build's own
-//! steps stop at their next [`check`], removing their scratch on the way out.
+//! which gets the signal and is waited for, and (as root) a mount namespace of its own, so that
+//! what it mounted goes with it; the build's own steps stop at their next [`check`], removing
+//! their scratch on the way out.
 
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -68,9 +69,13 @@ pub fn or_interrupted<E: From<Interrupted>>(err: E) -> E {
 }
 
 /// Runs `cmd` to its end in a process group of its own, which [`request`] signals until it has
-/// been waited for. Not started at all once a signal came.
+/// been waited for, with (as root, on Linux) a mount namespace and a temporary directory (TMPDIR)
+/// of its own, removed after it: a tool killed half-way (mmdebstrap: its worker, by the signal,
+/// before its clean-up) leaves neither mounts nor files. Not started at all once a signal came.
 fn supervised<T>(cmd: &mut Command, wait: impl FnOnce(Child) -> io::Result<T>) -> io::Result<T> {
-    cmd.process_group(0);
+    let tmp = tempfile::Builder::new().prefix(".carbon-tool-").tempdir()?;
+    cmd.process_group(0).env("TMPDIR", tmp.path());
+    private_mounts(cmd);
     let child = {
         // Spawned under the lock: a signal either finds the child listed or stops it starting.
         let mut groups = groups();
@@ -85,11 +90,46 @@ fn supervised<T>(cmd: &mut Command, wait: impl FnOnce(Child) -> io::Result<T>) -
         drain(leader);
     }
     groups().retain(|&g| g != leader);
+    drop(tmp);
     result
 }
 
+/// What a tool mounts (mmdebstrap: /proc, /sys and /dev in the root it builds) stays in a mount
+/// namespace of the tool's own, gone with its last process: killed at any moment, it cannot leave
+/// a mount on the host, where removing the scratch would walk into it. mmdebstrap's own clean-up
+/// on a signal is not reliable (its worker's handlers are set only while it mounts). Only root
+/// can do this, and only root's mmdebstrap mounts on the host (a user's runs in its own
+/// namespaces already).
+#[cfg(target_os = "linux")]
+fn private_mounts(cmd: &mut Command) {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    // SAFETY: unshare(2) and mount(2) are async-signal-safe system calls, made between fork and
+    // exec with nothing else running in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn private_mounts(_: &mut Command) {}
+
 /// How long a signalled group's other processes get to finish after its leader: mmdebstrap's
-/// first process exits at once, its worker then undoes its mounts.
+/// first process exits at once, its worker after it.
 const DRAIN: Duration = Duration::from_secs(60);
 
 /// Waits until no process is left in the group `leader` led (bounded: then SIGKILL).

@@ -69,8 +69,8 @@ pub fn or_interrupted<E: From<Interrupted>>(err: E) -> E {
 }
 
 /// Runs `cmd` to its end in a process group of its own, which [`request`] signals until it has
-/// been waited for, with (as root, on Linux) a mount namespace and a temporary directory (TMPDIR)
-/// of its own, removed after it: a tool killed half-way (mmdebstrap: its worker, by the signal,
+/// been waited for, with a temporary directory (TMPDIR) of its own, removed after it, and (as
+/// root, on Linux) a mount namespace of its own: a tool killed half-way (mmdebstrap: its worker, by the signal,
 /// before its clean-up) leaves neither mounts nor files. Not started at all once a signal came.
 fn supervised<T>(cmd: &mut Command, wait: impl FnOnce(Child) -> io::Result<T>) -> io::Result<T> {
     let tmp = tempfile::Builder::new().prefix(".carbon-tool-").tempdir()?;
